@@ -1,0 +1,28 @@
+"""harness: compare tensor-decomposition backends for compressing neural networks.
+
+The package is the host: hook specifications, the plugin manager, the CLI, the
+planner, runner, executors, results store, models, data, training and metrics.
+Backends and reports are plugins found through the ``harness`` entry-point group.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+from harness.backends import BackendInfo, DecomposeRequest, Unsupported, largest_fitting
+
+hookimpl = pluggy.HookimplMarker("harness")
+
+try:
+    __version__ = version("tensor-harness")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "BackendInfo",
+    "DecomposeRequest",
+    "Unsupported",
+    "__version__",
+    "hookimpl",
+    "largest_fitting",
+]

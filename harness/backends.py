@@ -1,0 +1,160 @@
+"""What a backend declares and what it is asked: the contract between host and backend plugins.
+
+A backend plugin describes itself with a :class:`BackendInfo` (which library it wraps,
+which methods it offers per layer kind, which conv features it cannot handle) and is
+asked to decompose one layer at a time with a :class:`DecomposeRequest`. Declared
+gaps become ``unsupported`` cells before any backend code runs; a backend that
+finds a gap only at decomposition time raises :class:`Unsupported`. The budget
+helper :func:`largest_fitting` is shared by every backend so that "the largest rank
+whose replacement fits dense/ratio parameters" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+LAYER_KINDS = ("linear", "conv2d")
+
+# Conv features a backend may declare it cannot handle; see conv_features().
+CONV_FEATURES = ("groups", "dilation", "non_square_stride", "padding_mode", "padding_same")
+
+
+class Unsupported(Exception):
+    """Raised by a backend when it cannot decompose a layer as requested; the cell becomes `unsupported`."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A backend's self-description, given to the host by ``harness_register_backends``.
+
+    ``methods`` maps a layer kind (``"linear"`` or ``"conv2d"``) to the method names the
+    backend offers for it. ``conv_unsupported`` names entries of :data:`CONV_FEATURES` the
+    backend cannot handle. ``init`` is ``"decompose"`` when the backend starts from the
+    trained weights and ``"scratch"`` when it builds the factorised layer from random
+    init; ``init_per_method`` overrides it per method. ``available`` is False when the
+    wrapped library cannot be imported; ``install_hint`` then says how to get it.
+    """
+
+    name: str
+    library: str
+    library_version: str | None
+    methods: dict[str, tuple[str, ...]]
+    conv_unsupported: frozenset[str] = frozenset()
+    init: str = "decompose"
+    init_per_method: dict[str, str] = field(default_factory=dict)
+    available: bool = True
+    install_hint: str = ""
+    description: str = ""
+
+    def methods_for(self, kind: str) -> tuple[str, ...]:
+        return tuple(self.methods.get(kind, ()))
+
+    def all_methods(self) -> list[str]:
+        seen: list[str] = []
+        for names in self.methods.values():
+            seen.extend(n for n in names if n not in seen)
+        return seen
+
+    def init_for(self, method: str) -> str:
+        return self.init_per_method.get(method, self.init)
+
+
+@dataclass(frozen=True)
+class DecomposeRequest:
+    """One layer to decompose: passed to ``harness_decompose_layer``.
+
+    Exactly one of ``ratio`` and ``rank`` drives the size: with ``ratio`` the backend
+    picks the largest rank whose replacement has at most ``max_params`` parameters
+    (bias included); ``rank`` is an explicit rank in the backend's own notion.
+    ``options`` carries method-specific settings (e.g. tensorized shapes).
+    """
+
+    backend: str
+    method: str
+    layer_path: str
+    kind: str
+    ratio: float | None = None
+    rank: Any = None
+    seed: int = 0
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+    dense_params: int = 0
+
+    @property
+    def max_params(self) -> int | None:
+        """Parameter budget of the replacement: floor(dense_params / ratio), or None for an explicit rank."""
+        if self.ratio is None:
+            return None
+        return math.floor(self.dense_params / self.ratio)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_kind(layer: nn.Module) -> str | None:
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    if isinstance(layer, nn.Conv2d):
+        return "conv2d"
+    return None
+
+
+def conv_features(layer: nn.Conv2d) -> set[str]:
+    """The entries of :data:`CONV_FEATURES` that this conv layer uses."""
+    used: set[str] = set()
+    if layer.groups != 1:
+        used.add("groups")
+    if tuple(layer.dilation) != (1, 1):
+        used.add("dilation")
+    if layer.stride[0] != layer.stride[1]:
+        used.add("non_square_stride")
+    if layer.padding_mode != "zeros":
+        used.add("padding_mode")
+    if isinstance(layer.padding, str):
+        used.add("padding_same")
+    return used
+
+
+def largest_fitting(param_count: Callable[[int], int], budget: int, upper: int, lower: int = 1) -> int:
+    """Largest integer ``r`` in ``[lower, upper]`` with ``param_count(r) <= budget``.
+
+    ``param_count`` must be non-decreasing in ``r``. Raises :class:`Unsupported` when even
+    ``lower`` does not fit, so a budget that no rank meets is reported, never exceeded.
+    """
+    if param_count(lower) > budget:
+        raise Unsupported(
+            f"the smallest rank ({lower}) needs {param_count(lower)} parameters, over the budget of {budget}"
+        )
+    lo, hi = lower, max(lower, upper)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if param_count(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def describe_info(info: BackendInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "library": info.library,
+        "library_version": info.library_version,
+        "methods": {k: list(v) for k, v in info.methods.items()},
+        "conv_unsupported": sorted(info.conv_unsupported),
+        "init": info.init,
+        "available": info.available,
+    }
+
+
+def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen

@@ -1,0 +1,218 @@
+"""The command line: ``harness run``, ``harness list`` and ``harness report``.
+
+Flags, a ``--config`` TOML file (same keys as the long flags) and plugin options are
+merged into one :class:`~harness.config.RunConfig`. Every usage or configuration
+problem is one line on stderr and exit code 2; a run ends with 0 when every cell is
+``ok`` or ``unsupported`` and 1 when any cell errored or timed out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness.config import ConfigError, RunConfig, build_config, load_toml, validate_names
+from harness.plugins import Host, load_host
+from harness.store import StoreError
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (and exit 2), not usage plus message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _plugin_args(values: list[str] | None) -> dict[str, list[str]]:
+    blocked, extra = [], []
+    for value in values or []:
+        (blocked if value.startswith("no:") else extra).append(value.removeprefix("no:"))
+    return {"blocked": blocked, "extra_modules": extra}
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    sweep = parser.add_argument_group("what to compare")
+    sweep.add_argument("--backends", help="'all' (the available ones) or a comma list, e.g. native,tensorly [all]")
+    sweep.add_argument("--models", help="comma list of models [lenet5]")
+    sweep.add_argument("--datasets", help="comma list of datasets [mnist-embedded]")
+    sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2 [all]")
+    sweep.add_argument("--targets", help="comma list of conv, linear, all (both at once) [conv,linear]")
+    sweep.add_argument("--ratios", help="target compression of the decomposed layers' parameters [2,4,8]")
+    sweep.add_argument("--seeds", help="comma list of seeds [0]")
+    sweep.add_argument("--include-edges", dest="keep_edges_dense", action="store_const", const=False,
+                       help="also decompose the first conv and the last Linear (kept dense by default)")
+    train = parser.add_argument_group("training (the same for every backend)")
+    train.add_argument("--epochs", help="fine-tuning epochs after decomposition [2]")
+    train.add_argument("--baseline-epochs", help="epochs to train the dense baseline [6]")
+    train.add_argument("--lr", help="fine-tuning learning rate (SGD, momentum 0.9, cosine schedule) [0.01]")
+    train.add_argument("--baseline-lr", help="baseline learning rate [0.05]")
+    train.add_argument("--batch-size", help="training batch size [64]")
+    train.add_argument("--latency-batch", help="batch size of the latency measurement [32]")
+    execution = parser.add_argument_group("execution")
+    execution.add_argument("--out", metavar="DIR", help="run directory [runs/TIMESTAMP]")
+    execution.add_argument("--resume", metavar="DIR", help="finish an interrupted run: run only its missing cells")
+    execution.add_argument("--device", help="auto, cpu or cuda [auto]")
+    execution.add_argument("--cell-timeout", metavar="SECONDS", help="stop a cell after this long [900]")
+    execution.add_argument("--jobs", help="worker processes running cells in parallel [1]")
+    execution.add_argument("--executor", help="process (workers, enforce the timeout) or inprocess [process]")
+    execution.add_argument("--cache-dir", metavar="DIR", help="where dense baselines are cached [~/.cache/tensor-harness]")
+    execution.add_argument("--data-dir", metavar="DIR", help="folder holding torchvision datasets")
+    execution.add_argument("--download", action="store_const", const=True,
+                           help="download torchvision datasets into --data-dir if missing")
+    execution.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (keys = long flags)")
+
+
+def build_parser(host: Host) -> Parser:
+    parser = Parser(prog="harness", description="Compare tensor-decomposition backends for compressing neural networks.")
+    parser.add_argument("--version", action="version", version=f"harness {harness.__version__}")
+    parser.add_argument("-p", dest="plugins", action="append", metavar="NAME",
+                        help="'-p no:NAME' blocks a plugin; '-p module.path' loads a module as a plugin")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    # -p is read ahead of parsing (plugins must load first); it is declared on every parser so it may stand anywhere.
+    plugin_flag = argparse.ArgumentParser(add_help=False)
+    plugin_flag.add_argument("-p", dest="plugins", action="append", metavar="NAME", default=argparse.SUPPRESS,
+                             help="'-p no:NAME' blocks a plugin; '-p module.path' loads a module as a plugin")
+    run = sub.add_parser("run", parents=[plugin_flag], help="decompose, fine-tune, measure and report",
+                         description="Run every backend over the same models, data and budgets.")
+    add_run_options(run)
+    plugin_group = run.add_argument_group("options added by plugins")
+    before = {a.dest for a in run._actions}
+    host.pm.hook.harness_addoption.call_historic(kwargs={"parser": plugin_group})
+    run.set_defaults(_plugin_keys={a.dest for a in run._actions} - before)
+    sub.add_parser("list", parents=[plugin_flag], help="show backends, methods, models, datasets, reports and plugins",
+                   description="Show what the installed plugins provide.")
+    report = sub.add_parser("report", parents=[plugin_flag], help="rebuild the reports of a run directory from its store",
+                            description="Rebuild every report from RUN_DIR/results.sqlite (no recomputation).")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    return parser
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_list(host: Host) -> int:
+    _echo("backends:")
+    for name, info in sorted(host.backends.items()):
+        state = "available" if info.available else f"unavailable ({info.install_hint or 'library missing'})"
+        version = f" {info.library_version}" if info.library_version else ""
+        _echo(f"  {name:<10} {info.library}{version}, init={info.init}, {state}")
+        for kind, methods in info.methods.items():
+            _echo(f"      {kind:<7} {', '.join(methods)}")
+        if info.conv_unsupported:
+            _echo(f"      cannot: conv {', '.join(sorted(info.conv_unsupported))}")
+    _echo("models:")
+    for name, spec in sorted(host.models.items()):
+        _echo(f"  {name:<14} {spec.description}")
+    _echo("datasets:")
+    for name, spec in sorted(host.datasets.items()):
+        _echo(f"  {name:<14} {spec.description}")
+    _echo("reports:")
+    for name in host.report_plugins:
+        _echo(f"  {name}")
+    _echo("plugins:")
+    for record in host.plugins:
+        origin = f"{record.distribution} {record.version}" if record.distribution else "built into harness"
+        status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
+        _echo(f"  {record.name:<18} {record.module} ({origin}): {status}")
+    for problem in host.registration_errors:
+        _echo(f"warning: {problem}")
+    return EXIT_OK
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_toml(args.config))
+    skip = {"command", "plugins", "config", "resume", "_plugin_keys", "run_dir"}
+    values.update({k: v for k, v in vars(args).items() if k not in skip and v is not None})
+    return values
+
+
+def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: dict[str, list[str]]) -> int:
+    from harness import session
+    from harness.store import Store
+
+    values = _config_values(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not session.store_exists(run_dir):
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no results.sqlite")
+        store = Store(run_dir)
+        stored = store.meta().get("config")
+        store.close()
+        if not stored:
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: its store has no configuration")
+        config = RunConfig.from_dict(stored)
+        # Only settings that do not change results may differ on resume.
+        for key in ("jobs", "cell_timeout", "executor"):
+            if key in values:
+                setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
+        validate_names(config, host.backends, host.models, host.datasets)
+        resume = True
+    else:
+        config = build_config(values, plugin_keys=args._plugin_keys)
+        skipped = validate_names(config, host.backends, host.models, host.datasets)
+        for name in skipped:
+            info = host.backends[name]
+            _echo(f"skipping backend {name}: {info.library} is not installed ({info.install_hint})")
+        run_dir = Path(config.out or session.default_run_dir())
+        if session.store_exists(run_dir):
+            raise ConfigError(f"{str(run_dir)!r} already holds a run: use --resume {run_dir} or another --out")
+        config.out = str(run_dir)
+        resume = False
+    host.pm.hook.harness_configure.call_historic(kwargs={"config": config})
+    return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=resume)
+
+
+def cmd_report(host: Host, args: argparse.Namespace) -> int:
+    from harness import session
+
+    return session.report(Path(args.run_dir), host, _echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # -p must be known before plugins load, so it is read ahead of the full parse.
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("-p", dest="plugins", action="append")
+        early, _ = pre.parse_known_args(argv)
+        plugin_args = _plugin_args(early.plugins)
+        host = load_host(**plugin_args)
+        parser = build_parser(host)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        if args.command == "list":
+            return cmd_list(host)
+        if args.command == "report":
+            return cmd_report(host, args)
+        return cmd_run(host, args, argv, plugin_args)
+    except (UsageError, ConfigError, StoreError) as exc:
+        print(f"harness: error: {exc}" if not str(exc).startswith("harness") else f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished cells are kept (continue with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        print(f"harness: internal error: {type(exc).__name__}: {exc} (set HARNESS_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

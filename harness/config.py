@@ -1,0 +1,221 @@
+"""The run configuration: defaults, then a TOML file, then command-line flags, validated once.
+
+:class:`RunConfig` is plain data (it is stored with the run and reloaded by
+``--resume``). Every problem a user can cause — an unknown backend, model, dataset or
+method, a ratio that is not a number above 1, a malformed TOML file — becomes a
+:class:`ConfigError` whose message is one line; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+TARGETS = ("conv", "linear", "all")
+# Which layer kinds each target decomposes.
+TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "linear")}
+
+
+class ConfigError(Exception):
+    """A usage or configuration error; its message is one line for the user."""
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tensor-harness")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Lists are already parsed; names are validated."""
+
+    backends: list[str] = field(default_factory=lambda: ["all"])
+    models: list[str] = field(default_factory=lambda: ["lenet5"])
+    datasets: list[str] = field(default_factory=lambda: ["mnist-embedded"])
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    targets: list[str] = field(default_factory=lambda: ["conv", "linear"])
+    ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    epochs: int = 2
+    seeds: list[int] = field(default_factory=lambda: [0])
+    baseline_epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.01
+    baseline_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    latency_batch: int = 32
+    keep_edges_dense: bool = True
+    device: str = "auto"
+    cell_timeout: float = 900.0
+    jobs: int = 1
+    executor: str = "process"
+    out: str | None = None
+    cache_dir: str = field(default_factory=default_cache_dir)
+    data_dir: str | None = None
+    download: bool = False
+    plugin_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def training_spec(self) -> dict[str, Any]:
+        """The settings that define a dense baseline (its cache key, with model, dataset and seed)."""
+        return {"epochs": self.baseline_epochs, "batch_size": self.batch_size, "lr": self.baseline_lr,
+                "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+
+CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"plugin_options"}
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [str(value)]
+    items = [v for v in items if v]
+    if not items:
+        raise ConfigError(f"{key} is empty")
+    return items
+
+
+def _parse_ratios(value: Any) -> list[float]:
+    ratios = []
+    for item in _as_list(value, "ratios"):
+        try:
+            ratio = float(item)
+        except ValueError:
+            raise ConfigError(f"ratio {item!r} is not a number (give compression ratios above 1, e.g. --ratios 2,4,8)") from None
+        if not ratio > 1 or ratio == float("inf"):
+            raise ConfigError(f"ratio {item} must be a finite number above 1 (it is dense params / compressed params)")
+        ratios.append(ratio)
+    return ratios
+
+
+def _parse_ints(value: Any, key: str, minimum: int | None = None) -> list[int]:
+    out = []
+    for item in _as_list(value, key):
+        try:
+            number = int(item)
+        except ValueError:
+            raise ConfigError(f"{key}: {item!r} is not an integer") from None
+        if minimum is not None and number < minimum:
+            raise ConfigError(f"{key}: {number} is below {minimum}")
+        out.append(number)
+    return out
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a ``--config`` file; keys are the long flag names (dashes or underscores)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+    run_table = data.get("run", data)
+    if not isinstance(run_table, dict):
+        raise ConfigError(f"config file {path!r}: [run] must be a table")
+    return {key.replace("-", "_"): value for key, value in run_table.items()}
+
+
+def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) -> RunConfig:
+    """Turn raw values (from TOML and flags, flags last) into a parsed :class:`RunConfig`.
+
+    Names are checked against the plugins later, by :func:`validate_names`.
+    """
+    config = RunConfig()
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in plugin_keys:
+            config.plugin_options[key] = value
+            continue
+        if key not in CONFIG_KEYS:
+            raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
+        if key in ("backends", "models", "datasets", "methods", "targets"):
+            setattr(config, key, _as_list(value, key))
+        elif key == "ratios":
+            config.ratios = _parse_ratios(value)
+        elif key == "seeds":
+            config.seeds = _parse_ints(value, "seeds", minimum=0)
+        elif key in ("epochs", "baseline_epochs"):
+            setattr(config, key, _parse_ints(value, key, minimum=0)[0])
+        elif key in ("batch_size", "latency_batch", "jobs"):
+            setattr(config, key, _parse_ints(value, key, minimum=1)[0])
+        elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout"):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: {value!r} is not a number") from None
+            if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
+                raise ConfigError(f"{key}: {value!r} must be positive")
+            setattr(config, key, number)
+        elif key in ("keep_edges_dense", "download"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false")
+            setattr(config, key, value)
+        else:
+            setattr(config, key, str(value))
+    for target in config.targets:
+        if target not in TARGETS:
+            raise ConfigError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {config.device!r} (choose auto, cpu or cuda)")
+    if config.executor not in ("process", "inprocess"):
+        raise ConfigError(f"unknown executor {config.executor!r} (choose process or inprocess)")
+    return config
+
+
+def validate_names(config: RunConfig, backends: dict, models: dict, datasets: dict) -> list[str]:
+    """Resolve ``all`` and check every name against what plugins registered.
+
+    Returns the names of requested-as-``all`` backends that were skipped because their
+    library is missing. Raises :class:`ConfigError` for any unknown name.
+    """
+    skipped: list[str] = []
+    if config.backends == ["all"]:
+        config.backends = [n for n, info in backends.items() if info.available]
+        skipped = [n for n, info in backends.items() if not info.available]
+        if not config.backends:
+            raise ConfigError("no backend is available: run `harness list` to see why")
+    for name in config.backends:
+        if name not in backends:
+            installed = ", ".join(sorted(backends)) or "none"
+            raise ConfigError(f"unknown backend {name!r} (installed: {installed})")
+        if not backends[name].available:
+            hint = backends[name].install_hint
+            raise ConfigError(f"backend {name!r} is unavailable: its library {backends[name].library} is missing"
+                              + (f" ({hint})" if hint else ""))
+    for kind, names, registry in (("model", config.models, models), ("dataset", config.datasets, datasets)):
+        for name in names:
+            if name not in registry:
+                raise ConfigError(f"unknown {kind} {name!r} (known: {', '.join(sorted(registry))})")
+    declared = sorted({m for n in config.backends for m in backends[n].all_methods()})
+    if config.methods == ["all"]:
+        config.methods = declared
+    for method in config.methods:
+        if method not in declared:
+            raise ConfigError(f"unknown method {method!r} for backends {', '.join(config.backends)} "
+                              f"(known: {', '.join(declared)})")
+    if config.data_dir is not None:
+        config.data_dir = str(Path(config.data_dir).expanduser())
+    return skipped

@@ -1,0 +1,100 @@
+"""Measurements of a network and its layers: parameters, FLOPs, latency, reconstruction error.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one input sample,
+where one multiply-add counts as two FLOPs and only matrix multiplications and
+convolutions are counted (activations, pooling and normalisation are not). Latency uses
+``torch.utils.benchmark`` (which synchronises CUDA) under ``inference_mode`` after a
+warm-up, and reports the median. The reconstruction error of a replacement is measured
+by probing it, so it needs nothing from the backend beyond the module itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+# torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+import torch.utils.benchmark as benchmark  # noqa: E402
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+FLOP_CONVENTION = (
+    "FLOPs per input sample counted by torch.utils.flop_counter.FlopCounterMode: "
+    "a multiply-add is 2 FLOPs; only matmul and convolution are counted"
+)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of one forward pass on a single sample (see :data:`FLOP_CONVENTION`)."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(sample[:1])
+    return int(counter.get_total_flops())
+
+
+def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float = 0.25, warmup: int = 3) -> float:
+    """Median wall time of one forward pass over ``batch``, in milliseconds."""
+    model.eval()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(batch)
+
+    for _ in range(warmup):
+        forward()
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return measurement.median * 1e3
+
+
+def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:
+    """The dense weight that ``module`` (a replacement for ``dense``) actually applies.
+
+    For a Linear layer the replacement is probed with the identity; for a Conv2d it is
+    probed with one-hot inputs placed so that one output pixel sees the whole kernel
+    window inside the (zero-padded) input. The response to a zero input (the bias) is
+    subtracted. Only valid for replacements that are linear maps of the same geometry.
+    """
+    param = next(dense.parameters())
+    device, dtype = param.device, param.dtype
+    with torch.inference_mode():
+        if isinstance(dense, nn.Linear):
+            probe = torch.eye(dense.in_features, device=device, dtype=dtype)
+            zero = torch.zeros(1, dense.in_features, device=device, dtype=dtype)
+            return (module(probe) - module(zero)).T
+        if isinstance(dense, nn.Conv2d):
+            cout, cin, kh, kw = dense.weight.shape
+            (sh, sw), (dh, dw) = dense.stride, dense.dilation
+            if isinstance(dense.padding, str):
+                ph = dh * (kh - 1) // 2 if dense.padding == "same" else 0
+                pw = dw * (kw - 1) // 2 if dense.padding == "same" else 0
+            else:
+                ph, pw = dense.padding
+            # The first output pixel whose window lies entirely inside the unpadded input.
+            oi, oj = math.ceil(ph / sh), math.ceil(pw / sw)
+            top, left = oi * sh - ph, oj * sw - pw
+            height, width = top + dh * (kh - 1) + 1 + ph, left + dw * (kw - 1) + 1 + pw
+            probe = torch.zeros(cin * kh * kw, cin, height, width, device=device, dtype=dtype)
+            c, u, v = torch.meshgrid(torch.arange(cin), torch.arange(kh), torch.arange(kw), indexing="ij")
+            probe[torch.arange(cin * kh * kw), c.flatten(), top + dh * u.flatten(), left + dw * v.flatten()] = 1.0
+            zero = torch.zeros(1, cin, height, width, device=device, dtype=dtype)
+            response = module(probe)[:, :, oi, oj] - module(zero)[:, :, oi, oj]
+            return response.T.reshape(cout, cin, kh, kw)
+    raise TypeError(f"no effective weight for {type(dense).__name__}")
+
+
+def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact).clamp_min(1e-30))
+
+
+def reconstruction_error(module: nn.Module, dense: nn.Module) -> float:
+    """Relative Frobenius error between the dense weight and the one ``module`` applies."""
+    return relative_error(effective_weight(module, dense).to(dense.weight.dtype), dense.weight.detach())

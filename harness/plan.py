@@ -1,0 +1,116 @@
+"""The planner: expands a run configuration into independent, serialisable cells.
+
+A cell is one (backend, model, dataset, method, target, ratio, seed). Planning builds
+each model once (untrained) to see which layers a target selects, so declared gaps —
+a method the backend lacks for a layer kind, a conv feature it cannot handle — become
+``unsupported`` cells with their reason before any backend code runs. Combinations
+that make no sense for any backend (a Linear-only method on a conv target, a target
+with no layers in the model) are not planned at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from harness.backends import BackendInfo, conv_features, layer_kind
+from harness.config import TARGET_KINDS, RunConfig
+
+KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work; plain data, so any executor can ship it to a worker."""
+
+    backend: str
+    model: str
+    dataset: str
+    method: str
+    target: str
+    ratio: float
+    seed: int
+    init: str = "decompose"
+    unsupported: str | None = None
+
+    @property
+    def cell_id(self) -> str:
+        return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
+                f"/x{self.ratio:g}/s{self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        return cls(**data)
+
+
+def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True) -> list[tuple[str, nn.Module]]:
+    """The (path, layer) pairs that ``target`` selects in ``model``, in module order.
+
+    With ``keep_edges_dense`` the first conv (it sees the raw image and holds few
+    parameters) and the last Linear (the classifier) stay dense, as is usual since
+    Lebedev 2015 and Kim 2016.
+    """
+    layers = [(name, module) for name, module in model.named_modules() if layer_kind(module)]
+    if keep_edges_dense:
+        convs = [name for name, m in layers if layer_kind(m) == "conv2d"]
+        linears = [name for name, m in layers if layer_kind(m) == "linear"]
+        edges = set(convs[:1]) | set(linears[-1:])
+        layers = [(name, m) for name, m in layers if name not in edges]
+    kinds = TARGET_KINDS[target]
+    return [(name, m) for name, m in layers if layer_kind(m) in kinds]
+
+
+def _applicable(method: str, kinds: tuple[str, ...], backends: dict[str, BackendInfo]) -> bool:
+    """True when some backend of the run offers ``method`` for every kind of the target."""
+    return any(all(method in info.methods_for(kind) for kind in kinds) for info in backends.values())
+
+
+def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, nn.Module]]) -> str | None:
+    for kind in sorted({layer_kind(m) for _, m in layers}):
+        if method not in info.methods_for(kind):
+            return f"{info.name} offers no {method} for {KIND_NAMES[kind]} layers"
+    for path, module in layers:
+        if isinstance(module, nn.Conv2d):
+            gaps = conv_features(module) & set(info.conv_unsupported)
+            if gaps:
+                return f"{info.name} cannot handle conv {', '.join(sorted(gaps))} (layer {path})"
+    return None
+
+
+def plan_cells(
+    config: RunConfig,
+    backends: dict[str, BackendInfo],
+    models: dict[str, nn.Module],
+) -> tuple[list[Cell], list[str]]:
+    """All cells of the run, and notes on combinations that were not planned.
+
+    ``models`` maps ``(model, dataset)`` names joined by ``"@"`` to an untrained
+    instance built for that dataset's input shape.
+    """
+    run_backends = {name: backends[name] for name in config.backends}
+    cells: list[Cell] = []
+    notes: list[str] = []
+    for model_name in config.models:
+        for dataset in config.datasets:
+            model = models[f"{model_name}@{dataset}"]
+            for target in config.targets:
+                layers = target_layers(model, target, config.keep_edges_dense)
+                if not layers:
+                    notes.append(f"{model_name} has no {target} layers to decompose; skipped")
+                    continue
+                kinds = TARGET_KINDS[target]
+                for method in config.methods:
+                    if not _applicable(method, kinds, run_backends):
+                        continue
+                    for backend, info in run_backends.items():
+                        reason = unsupported_reason(info, method, layers)
+                        for ratio in config.ratios:
+                            for seed in config.seeds:
+                                cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
+                                                  init=info.init_for(method), unsupported=reason))
+    return cells, notes

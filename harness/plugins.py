@@ -1,0 +1,146 @@
+"""The plugin manager: loads entry points one by one and collects what plugins register.
+
+Plugins are found through the ``harness`` entry-point group, built-ins included, and
+each is imported on its own so that one that fails to import is recorded (and shown by
+``harness list``) instead of stopping the host. Registration hooks are also called
+plugin by plugin for the same reason. The host never imports a backend directly: it
+only knows what plugins registered here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from harness import hookspecs
+from harness.backends import BackendInfo
+from harness.data import DatasetSpec
+from harness.models import ModelSpec
+
+ENTRY_POINT_GROUP = "harness"
+BUILTIN_MODULES = {"builtin-models": "harness.models", "builtin-datasets": "harness.data"}
+
+
+@dataclass
+class PluginRecord:
+    """One plugin as the host saw it: where it came from and whether it loaded."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Host:
+    """The loaded plugins and everything they registered."""
+
+    pm: pluggy.PluginManager
+    plugins: list[PluginRecord]
+    backends: dict[str, BackendInfo]
+    models: dict[str, ModelSpec]
+    datasets: dict[str, DatasetSpec]
+    backend_plugin: dict[str, str]
+    report_plugins: list[str]
+    registration_errors: list[str]
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def failed_plugins(self) -> list[PluginRecord]:
+        return [p for p in self.plugins if p.error]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    return sorted(impl_caller.name for impl_caller in (pm.get_hookcallers(plugin) or []))
+
+
+def load_host(blocked: Iterable[str] = (), extra_modules: Iterable[str] = ()) -> Host:
+    """Create the plugin manager, load every plugin and collect their registrations.
+
+    ``blocked`` names plugins (entry-point names or module paths) not to load;
+    ``extra_modules`` are module paths to load as plugins although not installed.
+    """
+    blocked = set(blocked)
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    records: list[PluginRecord] = []
+
+    def register(name: str, module_path: str, load, dist=None) -> None:
+        record = PluginRecord(name=name, module=module_path,
+                              distribution=getattr(dist, "name", None) if dist else None,
+                              version=getattr(dist, "version", None) if dist else None)
+        records.append(record)
+        try:
+            plugin = load()
+            pm.register(plugin, name=name)
+            record.hooks = _hooks_of(pm, plugin)
+        except Exception as exc:  # a broken plugin must never take the host down
+            record.error = _one_line(exc)
+
+    for name, module_path in BUILTIN_MODULES.items():
+        register(name, module_path, lambda m=module_path: importlib.import_module(m))
+    seen_names = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in seen_names or ep.name in blocked or ep.value in blocked:
+            continue
+        seen_names.add(ep.name)
+        register(ep.name, ep.value, ep.load, ep.dist)
+    for module_path in extra_modules:
+        if module_path not in blocked:
+            register(module_path, module_path, lambda m=module_path: importlib.import_module(m))
+
+    host = Host(pm=pm, plugins=records, backends={}, models={}, datasets={}, backend_plugin={},
+                report_plugins=[], registration_errors=[])
+    _collect(host)
+    return host
+
+
+def _collect(host: Host) -> None:
+    """Call each registration hook plugin by plugin, so one faulty plugin only loses its own entries."""
+
+    def collect(hook_name: str, target: dict, key=lambda item: item.name) -> None:
+        for impl in getattr(host.pm.hook, hook_name).get_hookimpls():
+            owner = impl.plugin_name
+
+            def add(item, owner=owner) -> None:
+                name = key(item)
+                if name in target:
+                    host.registration_errors.append(
+                        f"plugin {owner!r} registers {name!r} again; the first registration is kept")
+                    return
+                target[name] = item
+                if hook_name == "harness_register_backends":
+                    host.backend_plugin[name] = owner
+
+            try:
+                impl.function(add)
+            except Exception as exc:
+                host.registration_errors.append(f"plugin {owner!r} failed in {hook_name}: {_one_line(exc)}")
+                for record in host.plugins:
+                    if record.name == owner and not record.error:
+                        record.error = f"{hook_name}: {_one_line(exc)}"
+
+    collect("harness_register_backends", host.backends)
+    collect("harness_register_models", host.models)
+    collect("harness_register_datasets", host.datasets)
+    host.report_plugins = [impl.plugin_name for impl in host.pm.hook.harness_report.get_hookimpls()]
+
+
+def format_exception(exc: BaseException) -> tuple[str, str]:
+    """One-line message and full traceback of an exception, for a cell's error fields."""
+    return _one_line(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,173 @@
+"""The runner: everything that happens to one cell, inside whichever worker runs it.
+
+It loads the cached dense baseline, measures it, asks the cell's backend (through the
+``harness_decompose_layer`` hook) for a replacement of each targeted layer, measures
+the decomposed network right away, fine-tunes it with the shared training settings and
+measures it again. The dense and decomposed networks are measured in the same process
+so their latencies compare. The result is plain data; only the driver writes the store.
+An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
+makes it ``error`` with a one-line message (and the traceback kept beside it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.backends import DecomposeRequest, Unsupported, layer_kind
+from harness.baseline import baseline_path, load_baseline
+from harness.config import RunConfig
+from harness.data import DataSplits
+from harness.metrics import count_flops, count_params, effective_weight, measure_latency
+from harness.plan import Cell, target_layers
+from harness.plugins import Host, format_exception
+from harness.training import EpochRecord, TrainSettings, evaluate, synchronize, train
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class CellContext:
+    """What a worker keeps between cells: the plugins, the config and datasets already loaded."""
+
+    def __init__(self, config: RunConfig, host: Host):
+        self.config = config
+        self.host = host
+        self.device = resolve_device(config.device)
+        self._data: dict[str, DataSplits] = {}
+
+    def data(self, name: str) -> DataSplits:
+        if name not in self._data:
+            from pathlib import Path
+
+            spec = self.host.datasets[name]
+            splits = spec.load(Path(self.config.data_dir) if self.config.data_dir else None, False)
+            for attr in ("train_x", "train_y", "test_x", "test_y"):
+                setattr(splits, attr, getattr(splits, attr).to(self.device))
+            self._data[name] = splits
+        return self._data[name]
+
+    def builder(self, model: str, dataset: str) -> Callable[[], nn.Module]:
+        data = self.data(dataset)
+        spec = self.host.models[model]
+        return lambda: spec.build(data.input_shape, data.num_classes)
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, name, new)
+
+
+def _json_safe(info: Any) -> Any:
+    if isinstance(info, dict):
+        return {str(k): _json_safe(v) for k, v in info.items()}
+    if isinstance(info, (list, tuple)):
+        return [_json_safe(v) for v in info]
+    if isinstance(info, torch.Tensor):
+        return info.tolist()
+    if isinstance(info, (bool, int, str)) or info is None:
+        return info
+    if isinstance(info, float):
+        return info if math.isfinite(info) else None
+    return str(info)
+
+
+def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run one cell and return its result as plain data (never raises for a backend's fault)."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": "ok", "error": None,
+                              "traceback": None, "metrics": {}, "epochs": [], "layers": []}
+    try:
+        _run(cell, ctx, result, progress)
+    except Unsupported as exc:
+        result["status"], result["error"] = "unsupported", str(exc).splitlines()[0] if str(exc) else "unsupported"
+    except Exception as exc:
+        result["status"] = "error"
+        result["error"], result["traceback"] = format_exception(exc)
+    result["metrics"]["cell_s"] = time.perf_counter() - started
+    return result
+
+
+def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callable[[int], None] | None) -> None:
+    config, device = ctx.config, ctx.device
+    data = ctx.data(cell.dataset)
+    build = ctx.builder(cell.model, cell.dataset)
+    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec())
+    model = load_baseline(path, build, device)
+    latency_input = data.test_x[: config.latency_batch]
+    metrics = result["metrics"]
+    metrics.update(
+        device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
+        model_params_dense=count_params(model), flops_dense=count_flops(model, data.test_x),
+        latency_dense_ms=measure_latency(model, latency_input),
+    )
+    metrics["acc_baseline"] = evaluate(model, data.test_x, data.test_y)[1]
+
+    layers = target_layers(model, cell.target, config.keep_edges_dense)
+    error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
+    for layer_path, layer in layers:
+        request = DecomposeRequest(backend=cell.backend, method=cell.method, layer_path=layer_path,
+                                   kind=layer_kind(layer), ratio=cell.ratio, seed=cell.seed, device=str(device),
+                                   dense_params=count_params(layer))
+        captured = io.StringIO()
+        synchronize(device)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(captured):
+            replacement = ctx.host.hook.harness_decompose_layer(layer=layer, request=request)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        if replacement is None:
+            raise RuntimeError(f"no plugin answered harness_decompose_layer for backend {cell.backend!r}")
+        replacement = replacement.to(device)
+        decompose_s += seconds
+        dense_weight = layer.weight.detach()
+        diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
+        layer_error_sq = float(diff.pow(2).sum())
+        layer_weight_sq = float(dense_weight.pow(2).sum())
+        error_sq += layer_error_sq
+        weight_sq += layer_weight_sq
+        params = count_params(replacement)
+        result["layers"].append({
+            "layer": layer_path, "kind": request.kind, "params_dense": request.dense_params, "params": params,
+            "max_params": request.max_params, "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)),
+            "decompose_s": seconds,
+            "info": _json_safe(getattr(replacement, "decomposition_info", {}) or {}),
+            "stdout": captured.getvalue()[-2000:] or None,
+        })
+        _replace(model, layer_path, replacement)
+
+    params_dense = sum(row["params_dense"] for row in result["layers"])
+    params = sum(row["params"] for row in result["layers"])
+    metrics.update(
+        params_dense=params_dense, params=params, compression=params_dense / params if params else None,
+        budget=math.floor(params_dense / cell.ratio), budget_ok=all(
+            row["params"] <= row["max_params"] for row in result["layers"] if row["max_params"] is not None),
+        decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
+        acc_decomposed=evaluate(model, data.test_x, data.test_y)[1],
+    )
+
+    settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                             momentum=config.momentum, weight_decay=config.weight_decay)
+    records: list[EpochRecord] = train(model, data, settings, seed=cell.seed, progress=progress)
+    result["epochs"] = [vars(r) for r in records]
+    final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
+    metrics.update(
+        acc_final=final_acc,
+        acc_best=max([r.test_acc for r in records] + [metrics["acc_decomposed"]]),
+        epoch_s=sum(r.epoch_s for r in records) / len(records) if records else None,
+        model_params=count_params(model), flops=count_flops(model, data.test_x),
+        latency_ms=measure_latency(model, latency_input),
+    )
+    metrics["speedup"] = metrics["latency_dense_ms"] / metrics["latency_ms"]
+    metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
+    if records and not all(math.isfinite(r.train_loss) for r in records):
+        result["status"], result["error"] = "diverged", "training loss became NaN or infinite"

@@ -1,0 +1,195 @@
+"""The driver of ``harness run``: plan, train baselines, dispatch cells, store, report.
+
+Data flows one way: the validated config is expanded into cells, missing dense
+baselines are trained (once, into the cache), cells declared unsupported are stored
+directly and the rest go to an executor; every finished cell is written to the store
+at once; when all are done the report hooks rebuild the outputs from the store alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import harness
+from harness.baseline import baseline_path, ensure_baseline
+from harness.config import ConfigError, RunConfig
+from harness.data import DataSplits, DataUnavailable
+from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
+from harness.metrics import FLOP_CONVENTION
+from harness.plan import Cell, plan_cells
+from harness.plugins import Host, format_exception
+from harness.runner import resolve_device
+from harness.store import STORE_NAME, Store, load_results
+
+FAILED_STATUSES = ("error", "timeout")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(harness.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.device) -> dict[str, Any]:
+    threads = threads_per_worker(config.jobs) if config.executor == "process" else torch.get_num_threads()
+    return {
+        "config": config.to_dict(),
+        "command": " ".join(["harness", *argv]),
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "harness_version": harness.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "libraries": {name: {"library": info.library, "version": info.library_version}
+                      for name, info in host.backends.items() if name in config.backends},
+        "plugins": {p.name: {"distribution": p.distribution, "version": p.version, "error": p.error}
+                    for p in host.plugins},
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "seeds": config.seeds,
+        "flop_convention": FLOP_CONVENTION,
+    }
+
+
+def load_data(config: RunConfig, host: Host, device: torch.device) -> dict[str, DataSplits]:
+    data = {}
+    for name in config.datasets:
+        try:
+            splits = host.datasets[name].load(Path(config.data_dir) if config.data_dir else None, config.download)
+        except DataUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+        data[name] = splits
+    return data
+
+
+def default_run_dir() -> str:
+    return os.path.join("runs", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugin_args: dict[str, Any],
+            write: Callable[[str], None], resume: bool = False) -> int:
+    """Run (or resume) the cells of ``config`` into ``run_dir``; returns the exit code."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
+    data = load_data(config, host, device)
+    planning_models = {f"{m}@{d}": host.models[m].build(data[d].input_shape, data[d].num_classes)
+                       for m in config.models for d in config.datasets}
+    cells, notes = plan_cells(config, host.backends, planning_models)
+    for note in notes:
+        write(f"note: {note}")
+    if not cells:
+        raise ConfigError("nothing to run: no method applies to the chosen targets and models")
+
+    store = Store(run_dir)
+    try:
+        if not resume:
+            store.set_meta(run_metadata(config, host, argv, device))
+        else:
+            store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
+        done = store.finished_ids()
+        pending = [c for c in cells if c.cell_id not in done]
+        write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "
+              f"{len(pending)} to run)")
+        for cell in [c for c in pending if c.unsupported]:
+            store.add_result(failed_result(cell, "unsupported", cell.unsupported))
+        runnable = [c for c in pending if not c.unsupported]
+        if runnable:
+            _train_baselines(config, host, data, runnable, device, write)
+            _dispatch(config, host, plugin_args, runnable, store)
+    finally:
+        store.close()
+    return report(run_dir, host, write)
+
+
+def _train_baselines(config: RunConfig, host: Host, data: dict[str, DataSplits], cells: list[Cell],
+                     device: torch.device, write: Callable[[str], None]) -> None:
+    needed = sorted({(c.model, c.dataset, c.seed) for c in cells})
+    training = config.training_spec()
+    for model, dataset, seed in needed:
+        path = baseline_path(config.cache_dir, model, dataset, seed, training)
+        if path.exists():
+            continue
+        splits = data[dataset]
+        on_device = DataSplits(*(t.to(device) for t in (splits.train_x, splits.train_y, splits.test_x, splits.test_y)),
+                               num_classes=splits.num_classes)
+        spec = host.models[model]
+        with tqdm(total=config.baseline_epochs, desc=f"baseline {model}/{dataset}/s{seed}", unit="epoch",
+                  leave=False, dynamic_ncols=True, disable=None) as bar:
+            meta = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes), on_device, seed,
+                                   training, progress=bar.update)
+        write(f"trained dense baseline {model}/{dataset}/s{seed}: accuracy {meta['acc']:.2f}% "
+              f"in {meta['train_s']:.1f} s (cached at {path})")
+
+
+def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Store) -> None:
+    if config.executor == "inprocess":
+        executor = InProcessExecutor(config, host)
+    else:
+        executor = ProcessExecutor(config, plugin_args, jobs=config.jobs)
+    cell_bar = tqdm(total=len(cells), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
+    # disable=None: bars only on a terminal, so logs stay readable.
+    epoch_bar = tqdm(total=len(cells) * config.epochs, desc="fine-tune epochs", unit="epoch", leave=False,
+                     dynamic_ncols=True, disable=None)
+
+    def on_result(cell: Cell, result: dict[str, Any]) -> None:
+        store.add_result(result)
+        cell_bar.update(1)
+        if result["status"] != "ok":
+            cell_bar.write(f"{result['status']}: {cell.cell_id}: {result['error']}")
+
+    try:
+        executor.run(cells, on_result, epoch_bar.update)
+    finally:
+        epoch_bar.close()
+        cell_bar.close()
+
+
+def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:
+    """Rebuild every report from the store and print the terminal summary; returns the exit code."""
+    results = load_results(run_dir)
+    for impl in host.pm.hook.harness_report.get_hookimpls():
+        try:
+            impl.function(results=results, run_dir=str(run_dir))
+        except Exception as exc:  # one broken report plugin must not hide the others
+            write(f"report plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
+    for impl in host.pm.hook.harness_terminal_summary.get_hookimpls():
+        try:
+            impl.function(results=results, write=write)
+        except Exception as exc:
+            write(f"summary of plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
+    failed = results.cells["status"].isin(FAILED_STATUSES).sum() if len(results.cells) else 0
+    return 1 if failed else 0
+
+
+def store_exists(run_dir: Path) -> bool:
+    return (run_dir / STORE_NAME).is_file()
+

@@ -1,0 +1,130 @@
+"""The results store: one SQLite file per run directory, one transaction per finished cell.
+
+``results.sqlite`` holds the run's metadata (config, command line, versions, device,
+threads, git commit), one row per finished cell, one row per cell and fine-tuning
+epoch, and one row per decomposed layer. A cell's rows are written in a single
+transaction, so a run killed at any moment keeps every finished cell and nothing
+half-written; ``--resume`` asks the store which cells are done. Reports read the store
+through :func:`load_results`, never the runner's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STORE_NAME = "results.sqlite"
+KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
+    ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
+    metrics TEXT NOT NULL, finished_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS epochs (
+    cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
+    PRIMARY KEY (cell_id, epoch));
+CREATE TABLE IF NOT EXISTS layers (
+    cell_id TEXT NOT NULL, layer TEXT NOT NULL, kind TEXT, params_dense INTEGER, params INTEGER, max_params INTEGER,
+    recon_error REAL, decompose_s REAL, info TEXT, stdout TEXT, PRIMARY KEY (cell_id, layer));
+"""
+
+
+class StoreError(Exception):
+    """The run directory has no readable store."""
+
+
+def _finite(value: Any) -> Any:
+    # SQLite stores NaN as NULL anyway; doing it here keeps JSON valid too.
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+class Store:
+    """Write side of a run's SQLite store (used by the driver only)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / STORE_NAME
+        self.conn = sqlite3.connect(self.path)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                  [(k, json.dumps(v, default=str)) for k, v in values.items()])
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def finished_ids(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT cell_id FROM cells")}
+
+    def add_result(self, result: dict[str, Any]) -> None:
+        """Store a finished cell, its epochs and its layers in one transaction."""
+        cell, cell_id = result["cell"], result["cell_id"]
+        metrics = {k: _finite(v) for k, v in result["metrics"].items()}
+        with self.conn:
+            self.conn.execute("DELETE FROM epochs WHERE cell_id = ?", (cell_id,))
+            self.conn.execute("DELETE FROM layers WHERE cell_id = ?", (cell_id,))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, *(cell[k] for k in KEY_COLUMNS), result["status"], result["error"],
+                 result.get("traceback"), json.dumps(metrics), time.time()))
+            self.conn.executemany(
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
+                [(cell_id, e["epoch"], _finite(e["train_loss"]), _finite(e["test_loss"]), e["test_acc"], e["epoch_s"])
+                 for e in result["epochs"]])
+            self.conn.executemany(
+                "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(cell_id, r["layer"], r["kind"], r["params_dense"], r["params"], r["max_params"],
+                  _finite(r["recon_error"]), r["decompose_s"], json.dumps(r["info"]), r.get("stdout"))
+                 for r in result["layers"]])
+
+
+@dataclass
+class RunResults:
+    """A run as the reports see it: metadata and tidy tables read from the store."""
+
+    run_dir: Path
+    meta: dict[str, Any]
+    cells: pd.DataFrame
+    epochs: pd.DataFrame
+    layers: pd.DataFrame
+
+
+def load_results(run_dir: str | Path) -> RunResults:
+    """Read a run directory's store into :class:`RunResults` (raises :class:`StoreError`)."""
+    run_dir = Path(run_dir)
+    path = run_dir / STORE_NAME
+    if not path.is_file():
+        raise StoreError(f"{str(run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        raw = pd.read_sql_query("SELECT * FROM cells ORDER BY finished_at", conn)
+        epochs = pd.read_sql_query("SELECT * FROM epochs ORDER BY cell_id, epoch", conn)
+        layers = pd.read_sql_query("SELECT * FROM layers ORDER BY cell_id, layer", conn)
+        conn.close()
+    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{str(path)!r} cannot be read: {exc}") from None
+    metrics = pd.DataFrame([json.loads(m) for m in raw["metrics"]], index=raw.index)
+    cells = pd.concat([raw.drop(columns=["metrics"]), metrics], axis=1)
+    keys = cells.set_index("cell_id")[KEY_COLUMNS]
+    epochs = epochs.join(keys, on="cell_id")
+    layers = layers.join(keys, on="cell_id")
+    return RunResults(run_dir=run_dir, meta=meta, cells=cells, epochs=epochs, layers=layers)

@@ -1,0 +1,109 @@
+"""Training and evaluation loops shared by the dense baseline and every fine-tuning run.
+
+Every backend gets the same optimiser (SGD with momentum and weight decay), the same
+cosine learning-rate schedule and the same data order (a permutation drawn from a
+generator seeded by the cell's seed), so differences in the results come from the
+decomposition, not from training. Data stays in memory as tensors; batches are slices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.data import DataSplits
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    test_loss: float
+    test_acc: float
+    epoch_s: float
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (in %) of ``model`` on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size])
+            target = y[start:start + batch_size]
+            total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == target).sum().item()
+    model.train(was_training)
+    return total_loss / len(x), 100.0 * correct / len(x)
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    settings: TrainSettings,
+    seed: int,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[EpochRecord]:
+    """Train ``model`` in place; returns one record per epoch (test metrics after each epoch).
+
+    A loss that becomes NaN or infinite stops training early: the records so far are
+    returned and the last one carries the non-finite loss, so callers can mark divergence.
+    """
+    device = data.train_x.device
+    optimiser = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(data.train_x) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, settings.epochs * steps_per_epoch))
+    order = torch.Generator()
+    order.manual_seed(seed)
+    records: list[EpochRecord] = []
+    for epoch in range(1, settings.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        permutation = torch.randperm(len(data.train_x), generator=order).to(device)
+        total, seen = 0.0, 0
+        for first in range(0, len(permutation), settings.batch_size):
+            index = permutation[first:first + settings.batch_size]
+            loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(index)
+            seen += len(index)
+        synchronize(device)
+        epoch_s = time.perf_counter() - start
+        train_loss = total / seen
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
+        record = EpochRecord(epoch, train_loss, test_loss, test_acc, epoch_s)
+        records.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if progress:
+            progress(1)
+        if not math.isfinite(train_loss):
+            break
+    model.eval()
+    return records

@@ -1,0 +1,118 @@
+"""Built-in report plugin: tidy CSV tables, a Markdown summary and the terminal summary.
+
+Writes ``cells.csv`` (one row per cell), ``epochs.csv`` (one row per cell and
+fine-tuning epoch), ``layers.csv`` (one row per decomposed layer) and ``report.md``
+(per backend, method and ratio, averaged over seeds) into the run directory, all
+rebuilt from the store. The same summary table is printed when a run ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+import harness
+from harness.store import RunResults
+
+CELL_COLUMNS = [
+    "backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "status", "error",
+    "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
+    "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "speedup", "latency_batch",
+    "threads", "device", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
+    "epoch_s", "cell_s", "cell_id",
+]
+EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",
+                 "test_loss", "test_acc", "epoch_s", "cell_id"]
+GROUP = ["model", "dataset", "target", "backend", "method", "ratio"]
+SUMMARY = {
+    "compression": "compression",
+    "acc_decomposed": "acc after decomp",
+    "acc_final": "acc final",
+    "delta": "Δ vs dense",
+    "speedup": "speedup",
+    "decompose_s": "decomp s",
+}
+
+
+def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+    for column in first:
+        if column not in frame.columns:
+            frame[column] = None
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per model, dataset, target, backend, method and ratio: means over seeds of the ok cells."""
+    ok = cells[cells["status"] == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame(columns=GROUP + list(SUMMARY.values()) + ["seeds"])
+    ok["delta"] = ok["acc_final"] - ok["acc_baseline"]
+    table = ok.groupby(GROUP, sort=True).agg(**{label: (column, "mean") for column, label in SUMMARY.items()},
+                                            seeds=("seed", "nunique"))
+    return table.reset_index()
+
+
+def _format(table: pd.DataFrame, fmt: str) -> str:
+    return tabulate(table, headers="keys", tablefmt=fmt, showindex=False, floatfmt=".2f")
+
+
+def not_ok_table(cells: pd.DataFrame) -> pd.DataFrame:
+    rest = cells[cells["status"] != "ok"]
+    return rest[["backend", "model", "method", "target", "ratio", "seed", "status", "error"]]
+
+
+@harness.hookimpl
+def harness_report(results: RunResults, run_dir: str) -> list[str]:
+    out = Path(run_dir)
+    cells = _ordered(results.cells.copy(), CELL_COLUMNS)
+    cells.to_csv(out / "cells.csv", index=False)
+    _ordered(results.epochs.copy(), EPOCH_COLUMNS).to_csv(out / "epochs.csv", index=False)
+    results.layers.to_csv(out / "layers.csv", index=False)
+
+    meta = results.meta
+    counts = cells["status"].value_counts().to_dict()
+    baselines = cells.dropna(subset=["acc_baseline"]).groupby(["model", "dataset", "seed"])["acc_baseline"].first()
+    lines = [
+        "# Compression report", "",
+        f"- command: `{meta.get('command', '?')}`",
+        f"- started: {meta.get('started_at', '?')}; harness {meta.get('harness_version', '?')}"
+        f" (git {meta.get('git_commit') or 'unknown'})",
+        f"- python {meta.get('python', '?')}, torch {meta.get('torch', '?')}; libraries: "
+        + ", ".join(f"{n}={v['library']} {v['version']}" for n, v in meta.get("libraries", {}).items()),
+        f"- device: {meta.get('device', '?')} ({meta.get('device_name', '?')}), threads per worker: "
+        f"{meta.get('threads', '?')}; seeds: {meta.get('seeds', '?')}",
+        f"- cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        f"- FLOPs: {meta.get('flop_convention', '?')}",
+        "- compression = dense params / params of the decomposed layers only (bias included); "
+        "speedup = dense latency / decomposed latency, whole network, measured in the same process; "
+        "Δ vs dense = final accuracy − dense baseline accuracy (percentage points)",
+        "",
+        "## Dense baselines", "",
+        _format(baselines.reset_index().rename(columns={"acc_baseline": "accuracy %"}), "github"),
+        "",
+        "## Decomposed networks (mean over seeds)", "",
+        _format(summary_table(cells), "github"),
+        "",
+    ]
+    rest = not_ok_table(cells)
+    if not rest.empty:
+        lines += ["## Cells not ok", "", _format(rest, "github"), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return [str(out / name) for name in ("cells.csv", "epochs.csv", "layers.csv", "report.md")]
+
+
+@harness.hookimpl
+def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) -> None:
+    cells = results.cells
+    if cells.empty:
+        write("no cells finished")
+        return
+    write("")
+    write(_format(summary_table(cells), "simple"))
+    counts = cells["status"].value_counts().to_dict()
+    write("")
+    write("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; reports in {results.run_dir}")

@@ -1,0 +1,24 @@
+"""Shared fixtures: a private baseline cache, small configs and the test plugins on sys.path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS / "plugins"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One baseline cache for the whole test session, so each baseline trains once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def fast_args(cache_dir) -> list[str]:
+    """Flags for a small, quick run of the default model and data."""
+    return ["--models", "lenet5", "--ratios", "4", "--epochs", "1", "--baseline-epochs", "1",
+            "--cache-dir", str(cache_dir)]

@@ -1,0 +1,150 @@
+"""End to end through the CLI with the test backend: statuses, store, reports, timeouts, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from harness.cli import main
+from harness.store import load_results
+
+REQUIRED_CELL_COLUMNS = [
+    "backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "status", "error", "params_dense",
+    "params", "compression", "model_params_dense", "model_params", "flops_dense", "flops", "latency_dense_ms",
+    "latency_ms", "speedup", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
+]
+REQUIRED_EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "epoch", "train_loss",
+                          "test_loss", "test_acc", "epoch_s"]
+
+
+def test_run_records_ok_error_and_unsupported_cells_and_writes_reports(tmp_path, fast_args, capsys):
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank,boom,nope",
+                 "--targets", "conv,linear", "--executor", "inprocess", "--out", str(out), *fast_args])
+    assert code == 1  # the boom cells errored
+    for name in ("results.sqlite", "cells.csv", "epochs.csv", "report.md"):
+        assert (out / name).is_file(), name
+    cells = pd.read_csv(out / "cells.csv")
+    assert set(REQUIRED_CELL_COLUMNS) <= set(cells.columns)
+    status = dict(zip(cells["method"] + "/" + cells["target"], cells["status"]))
+    assert status == {"lowrank/conv": "ok", "lowrank/linear": "ok", "boom/conv": "error", "boom/linear": "error",
+                      "nope/conv": "unsupported", "nope/linear": "unsupported"}
+    boom = cells[cells["method"] == "boom"].iloc[0]
+    assert boom["error"] == "ValueError: planned failure"
+    ok = cells[cells["status"] == "ok"]
+    assert (ok["params"] <= ok["params_dense"] / ok["ratio"]).all()
+    assert (ok["compression"] == ok["params_dense"] / ok["params"]).all()
+    assert (ok["model_params"] < ok["model_params_dense"]).all()
+    assert (ok["flops"] < ok["flops_dense"]).all()
+    assert ok["latency_ms"].gt(0).all() and ok["latency_dense_ms"].gt(0).all()
+    assert ok["recon_error"].between(0, 1).all()
+    assert ok["acc_baseline"].gt(50).all()
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert set(REQUIRED_EPOCH_COLUMNS) <= set(epochs.columns)
+    assert len(epochs) == len(ok)  # one fine-tuning epoch per ok cell
+    report = (out / "report.md").read_text()
+    assert "FlopCounterMode" in report and "planned failure" in report
+    printed = capsys.readouterr().out
+    assert "acc final" in printed and "cells: 2 error, 2 ok, 2 unsupported" in printed
+
+    # The store alone rebuilds every report.
+    for name in ("cells.csv", "epochs.csv", "report.md"):
+        (out / name).unlink()
+    assert main(["-p", "fake_backend", "report", str(out)]) == 1
+    assert pd.read_csv(out / "cells.csv").shape == cells.shape
+    assert (out / "report.md").read_text() == report
+
+
+def test_store_metadata_records_versions_and_command(tmp_path, fast_args):
+    out = tmp_path / "run"
+    main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+          "--executor", "inprocess", "--out", str(out), *fast_args])
+    meta = load_results(out).meta
+    for key in ("command", "python", "torch", "libraries", "device_name", "threads", "seeds", "git_commit",
+                "config", "flop_convention"):
+        assert key in meta
+    assert meta["libraries"]["fake"]["library"] == "torch"
+    assert "--methods lowrank" in meta["command"]
+
+
+def test_declared_conv_gap_becomes_unsupported_before_backend_runs(tmp_path, fast_args):
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "conv",
+                 "--models", "dilated", "-p", "dilated_model", "--executor", "inprocess", "--out", str(out),
+                 *[a for a in fast_args if a != "lenet5" and a != "--models"]])
+    assert code == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert cells["status"].tolist() == ["unsupported"]
+    assert "cannot handle conv dilation" in cells["error"].iloc[0]
+
+
+def test_cell_timeout_stops_the_cell_and_the_run_goes_on(tmp_path, fast_args):
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "hang,lowrank", "--targets",
+                 "linear", "--cell-timeout", "20", "--out", str(out), *fast_args])
+    assert code == 1
+    cells = pd.read_csv(out / "cells.csv").set_index("method")
+    assert cells.loc["hang", "status"] == "timeout"
+    assert "time limit of 20 s" in cells.loc["hang", "error"]
+    assert cells.loc["lowrank", "status"] == "ok"
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, fast_args, capsys):
+    out = tmp_path / "run"
+    args = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+            "--executor", "inprocess", "--out", str(out), *fast_args]
+    main(args)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def _count_cells(path: Path) -> int:
+    try:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    base = [sys.executable, "-m", "harness.cli", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
+            "lowrank", "--targets", "conv,linear", "--ratios", "2,3,4,6,8", "--epochs", "2", "--baseline-epochs", "1",
+            "--cache-dir", str(cache_dir)]
+    reference = tmp_path / "reference"
+    subprocess.run([*base, "--out", str(reference)], env=env, check=False, capture_output=True, timeout=600)
+    expected = _count_cells(reference / "results.sqlite")
+    assert expected == 10
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    store = killed / "results.sqlite"
+    deadline = time.monotonic() + 300
+    while _count_cells(store) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-run
+    proc.wait()
+    with sqlite3.connect(store) as conn:
+        before = dict(conn.execute("SELECT cell_id, finished_at FROM cells"))
+    assert 3 <= len(before) < expected
+
+    resumed = subprocess.run([*base[:5], "run", "--resume", str(killed)], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(before)} already done" in resumed.stdout
+    with sqlite3.connect(store) as conn:
+        after = dict(conn.execute("SELECT cell_id, finished_at FROM cells"))
+        epochs = conn.execute("SELECT COUNT(*), COUNT(DISTINCT cell_id || '/' || epoch) FROM epochs").fetchone()
+    assert len(after) == expected
+    assert all(after[cell] == stamp for cell, stamp in before.items())  # not recomputed
+    assert epochs[0] == epochs[1] == expected * 2  # no duplicate rows

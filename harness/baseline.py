@@ -56,8 +56,7 @@ def ensure_baseline(
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)["meta"]
     model = build_seeded(build, seed).to(data.train_x.device)
-    settings = TrainSettings(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
-                             momentum=training["momentum"], weight_decay=training["weight_decay"])
+    settings = TrainSettings(**training)
     start = time.perf_counter()
     records = train(model, data, settings, seed=seed, progress=progress)
     _, accuracy = evaluate(model, data.test_x, data.test_y)

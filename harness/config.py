@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.training import TrainSettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -52,6 +54,7 @@ class RunConfig:
     baseline_lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_grad_norm: float = 5.0
     latency_batch: int = 32
     keep_edges_dense: bool = True
     device: str = "auto"
@@ -72,10 +75,15 @@ class RunConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def fine_tune_settings(self) -> TrainSettings:
+        """The fine-tuning recipe, identical for every backend and method."""
+        return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+                             weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm or None)
+
     def training_spec(self) -> dict[str, Any]:
         """The settings that define a dense baseline (its cache key, with model, dataset and seed)."""
         return {"epochs": self.baseline_epochs, "batch_size": self.batch_size, "lr": self.baseline_lr,
-                "momentum": self.momentum, "weight_decay": self.weight_decay}
+                "momentum": self.momentum, "weight_decay": self.weight_decay, "clip_grad_norm": self.clip_grad_norm}
 
 
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"plugin_options"}
@@ -161,7 +169,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             setattr(config, key, _parse_ints(value, key, minimum=0)[0])
         elif key in ("batch_size", "latency_batch", "jobs"):
             setattr(config, key, _parse_ints(value, key, minimum=1)[0])
-        elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout"):
+        elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout", "clip_grad_norm"):
             try:
                 number = float(value)
             except (TypeError, ValueError):

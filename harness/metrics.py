@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 
 import torch
 
@@ -53,6 +54,20 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return measurement.median * 1e3
+
+
+def compare_latency(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
+                    min_run_time: float = 0.1) -> tuple[float, float]:
+    """Latencies (ms) of two models on ``batch``, measured in alternating rounds.
+
+    Alternating the two and taking the median over rounds keeps a drift in machine load
+    (another process, a frequency change) from landing on one side of the ratio only.
+    """
+    dense_runs, other_runs = [], []
+    for _ in range(rounds):
+        dense_runs.append(measure_latency(dense, batch, min_run_time=min_run_time))
+        other_runs.append(measure_latency(other, batch, min_run_time=min_run_time))
+    return statistics.median(dense_runs), statistics.median(other_runs)
 
 
 def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:

@@ -24,10 +24,10 @@ from harness.backends import DecomposeRequest, Unsupported, layer_kind
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import DataSplits
-from harness.metrics import count_flops, count_params, effective_weight, measure_latency
+from harness.metrics import compare_latency, count_flops, count_params, effective_weight
 from harness.plan import Cell, target_layers
 from harness.plugins import Host, format_exception
-from harness.training import EpochRecord, TrainSettings, evaluate, synchronize, train
+from harness.training import EpochRecord, evaluate, synchronize, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,7 +108,6 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
     metrics.update(
         device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
         model_params_dense=count_params(model), flops_dense=count_flops(model, data.test_x),
-        latency_dense_ms=measure_latency(model, latency_input),
     )
     metrics["acc_baseline"] = evaluate(model, data.test_x, data.test_y)[1]
 
@@ -155,9 +154,7 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         acc_decomposed=evaluate(model, data.test_x, data.test_y)[1],
     )
 
-    settings = TrainSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                             momentum=config.momentum, weight_decay=config.weight_decay)
-    records: list[EpochRecord] = train(model, data, settings, seed=cell.seed, progress=progress)
+    records: list[EpochRecord] = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
     result["epochs"] = [vars(r) for r in records]
     final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
     metrics.update(
@@ -165,8 +162,9 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         acc_best=max([r.test_acc for r in records] + [metrics["acc_decomposed"]]),
         epoch_s=sum(r.epoch_s for r in records) / len(records) if records else None,
         model_params=count_params(model), flops=count_flops(model, data.test_x),
-        latency_ms=measure_latency(model, latency_input),
     )
+    dense = load_baseline(path, build, device)
+    metrics["latency_dense_ms"], metrics["latency_ms"] = compare_latency(dense, model, latency_input)
     metrics["speedup"] = metrics["latency_dense_ms"] / metrics["latency_ms"]
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):

@@ -36,6 +36,7 @@ class TrainSettings:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_grad_norm: float | None = 5.0
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -89,6 +90,10 @@ def train(
             loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.clip_grad_norm:
+                # Factorised layers start far from where SGD put the dense weights; clipping keeps
+                # the first steps of every backend alike from blowing up (CP chains especially).
+                nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm)
             optimiser.step()
             schedule.step()
             total += loss.item() * len(index)

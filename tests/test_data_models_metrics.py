@@ -1,0 +1,117 @@
+"""Datasets (embedded and torchvision from small files made here), models, and the metrics."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from harness.data import DataUnavailable, load_cifar10, load_fashion_mnist, load_mnist, load_mnist_embedded
+from harness.metrics import count_flops, effective_weight, measure_latency, reconstruction_error
+from harness.models import lenet5, mlp, vgg_small
+from harness.plan import target_layers
+
+
+def test_embedded_mnist_is_a_deterministic_stratified_split():
+    first, second = load_mnist_embedded(), load_mnist_embedded()
+    assert first.train_x.shape == (4000, 1, 28, 28) and first.test_x.shape == (1000, 1, 28, 28)
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
+    assert first.train_y.bincount().tolist() == [400] * 10
+    assert first.test_y.bincount().tolist() == [100] * 10
+    assert abs(first.train_x.mean().item()) < 1e-4  # standardised on the training split
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("loader, folder", [(load_mnist, "MNIST"), (load_fashion_mnist, "FashionMNIST")])
+def test_torchvision_mnist_formats_from_a_local_directory(tmp_path, loader, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 30), ("t10k", 10)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
+    splits = loader(tmp_path, False)
+    assert splits.train_x.shape == (30, 1, 28, 28) and splits.test_x.shape == (10, 1, 28, 28)
+    assert splits.num_classes == 10 and splits.test_y.tolist() == list(range(10))
+
+
+def test_torchvision_cifar10_from_a_local_directory(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list:
+        batch = {"data": rng.integers(0, 256, (4, 3 * 32 * 32), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    # Small files cannot match torchvision's MD5 sums; everything after that check is real.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
+    splits = load_cifar10(tmp_path, False)
+    assert splits.train_x.shape == (20, 3, 32, 32) and splits.test_x.shape == (4, 3, 32, 32)
+    assert splits.num_classes == 10
+
+
+def test_missing_data_directory_is_a_one_line_explanation(tmp_path):
+    with pytest.raises(DataUnavailable, match="does not exist.*--download"):
+        load_mnist(tmp_path / "nowhere", False)
+    with pytest.raises(DataUnavailable, match="not found.*--download"):
+        load_mnist(tmp_path, False)
+    with pytest.raises(DataUnavailable, match="needs --data-dir"):
+        load_cifar10(None, False)
+
+
+@pytest.mark.parametrize("build, shape", [(mlp, (1, 28, 28)), (lenet5, (1, 28, 28)), (lenet5, (3, 32, 32)),
+                                          (vgg_small, (1, 28, 28)), (vgg_small, (3, 32, 32))])
+def test_models_build_for_each_input_shape(build, shape):
+    model = build(shape, 10)
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_targets_keep_first_conv_and_classifier_dense():
+    model = vgg_small((1, 28, 28), 10)
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert [n for n, _ in target_layers(model, "conv")] == convs[1:]
+    assert len(target_layers(model, "linear")) == 1
+    assert len(target_layers(model, "all")) == len(convs) - 1 + 1
+    assert len(target_layers(model, "conv", keep_edges_dense=False)) == len(convs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(3, 5), padding=(1, 2)),
+    dict(kernel_size=3, dilation=2, padding=2), dict(kernel_size=4, padding="same"), dict(kernel_size=3, stride=(2, 1)),
+])
+def test_effective_weight_of_a_conv_is_its_weight(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, **kwargs)
+    assert torch.allclose(effective_weight(conv, conv), conv.weight, atol=1e-5)
+    assert reconstruction_error(conv, conv) < 1e-5
+
+
+def test_effective_weight_sees_a_low_rank_replacement():
+    torch.manual_seed(0)
+    dense = nn.Linear(20, 10)
+    u, s, vh = torch.linalg.svd(dense.weight.detach())
+    first, second = nn.Linear(20, 3, bias=False), nn.Linear(3, 10)
+    first.weight.data, second.weight.data, second.bias.data = vh[:3] * s[:3, None], u[:, :3], dense.bias.data
+    replacement = nn.Sequential(first, second)
+    expected = torch.linalg.vector_norm(s[3:]) / torch.linalg.vector_norm(s)
+    assert reconstruction_error(replacement, dense) == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_flops_follow_the_stated_convention():
+    assert count_flops(nn.Linear(30, 20), torch.zeros(5, 30)) == 2 * 30 * 20  # one sample, multiply-add = 2
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert count_flops(conv, torch.zeros(2, 3, 10, 10)) == 2 * 8 * 3 * 9 * 100
+
+
+def test_latency_is_positive_milliseconds():
+    assert 0 < measure_latency(nn.Linear(10, 10), torch.zeros(4, 10), min_run_time=0.01) < 1000

@@ -37,7 +37,8 @@ class BackendInfo:
     backend offers for it. ``conv_unsupported`` names entries of :data:`CONV_FEATURES` the
     backend cannot handle. ``init`` is ``"decompose"`` when the backend starts from the
     trained weights and ``"scratch"`` when it builds the factorised layer from random
-    init; ``init_per_method`` overrides it per method. ``available`` is False when the
+    init; ``init_per_method`` overrides it per method, keyed ``"method"`` or
+    ``"kind/method"`` (e.g. ``"conv2d/tt": "scratch"``). ``available`` is False when the
     wrapped library cannot be imported; ``install_hint`` then says how to get it.
     """
 
@@ -61,7 +62,10 @@ class BackendInfo:
             seen.extend(n for n in names if n not in seen)
         return seen
 
-    def init_for(self, method: str) -> str:
+    def init_for(self, method: str, kind: str | None = None) -> str:
+        """How the backend starts ``method`` on layers of ``kind``: ``"decompose"`` or ``"scratch"``."""
+        if kind is not None and f"{kind}/{method}" in self.init_per_method:
+            return self.init_per_method[f"{kind}/{method}"]
         return self.init_per_method.get(method, self.init)
 
 

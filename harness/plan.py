@@ -109,8 +109,10 @@ def plan_cells(
                         continue
                     for backend, info in run_backends.items():
                         reason = unsupported_reason(info, method, layers)
+                        inits = {info.init_for(method, layer_kind(m)) for _, m in layers}
+                        init = inits.pop() if len(inits) == 1 else "mixed"
                         for ratio in config.ratios:
                             for seed in config.seeds:
                                 cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
-                                                  init=info.init_for(method), unsupported=reason))
+                                                  init=init, unsupported=reason))
     return cells, notes

@@ -129,8 +129,11 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         replacement = replacement.to(device)
         decompose_s += seconds
         dense_weight = layer.weight.detach()
-        diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
-        layer_error_sq = float(diff.pow(2).sum())
+        if cell.init == "decompose":
+            diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
+            layer_error_sq = float(diff.pow(2).sum())
+        else:  # a layer trained from scratch approximates nothing, and may not even be a linear map
+            layer_error_sq = float("nan")
         layer_weight_sq = float(dense_weight.pow(2).sum())
         error_sq += layer_error_sq
         weight_sq += layer_weight_sq

@@ -14,6 +14,7 @@ import harness.hookspecs
 import harness_native
 from harness import BackendInfo, DecomposeRequest, Unsupported
 from harness.backends import count_params
+from harness.shapes import balanced_factors
 from harness_native import conv, linear
 
 # CP-ALS needs no accuracy where only the parameter count is checked.
@@ -98,8 +99,8 @@ def test_tt_linear_explicit_shapes_and_dense_weight():
     [(784, 3, (14, 8, 7)), (256, 3, (8, 8, 4)), (120, 3, (6, 5, 4)), (7, 3, (7, 1, 1)), (1, 2, (1, 1))],
 )
 def test_balanced_factors(n, d, expected):
-    assert linear.balanced_factors(n, d) == expected
-    assert math.prod(linear.balanced_factors(n, d)) == n
+    assert balanced_factors(n, d) == expected
+    assert math.prod(balanced_factors(n, d)) == n
 
 
 # Geometries that break a decomposition which puts the stride (or padding) on the wrong sub-conv.

@@ -19,30 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from harness import DecomposeRequest, largest_fitting
+from harness.shapes import tensorized_shapes
 from harness_native.tensor_ops import param_budget, relative_error, tt_max_ranks, tt_svd, tt_to_tensor, weight64
-
-
-def balanced_factors(n: int, d: int) -> tuple[int, ...]:
-    """Split ``n`` into ``d`` factors of similar size (1s allowed), largest first.
-
-    Prime factors go, largest first, into whichever bin is currently smallest.
-    """
-    if n < 1 or d < 1:
-        raise ValueError(f"cannot split {n} into {d} factors")
-    primes = []
-    rest = n
-    p = 2
-    while p * p <= rest:
-        while rest % p == 0:
-            primes.append(p)
-            rest //= p
-        p += 1
-    if rest > 1:
-        primes.append(rest)
-    bins = [1] * d
-    for prime in sorted(primes, reverse=True):
-        bins[bins.index(min(bins))] *= prime
-    return tuple(sorted(bins, reverse=True))
 
 
 # ----------------------------------------------------------------------------- truncated SVD
@@ -203,26 +181,9 @@ def tt_linear(
     return module, info
 
 
-def tt_shapes(layer: nn.Linear, options: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Input and output tensorizations from ``options`` (``in_shape``, ``out_shape``, ``tt_d``), else balanced."""
-    in_shape = options.get("in_shape")
-    out_shape = options.get("out_shape")
-    d = len(in_shape) if in_shape else len(out_shape) if out_shape else int(options.get("tt_d", 3))
-    in_shape = tuple(in_shape) if in_shape else balanced_factors(layer.in_features, d)
-    out_shape = tuple(out_shape) if out_shape else balanced_factors(layer.out_features, d)
-    if len(in_shape) != len(out_shape):
-        raise ValueError(f"in_shape {in_shape} and out_shape {out_shape} have different lengths")
-    if math.prod(in_shape) != layer.in_features or math.prod(out_shape) != layer.out_features:
-        raise ValueError(
-            f"in_shape {in_shape} x out_shape {out_shape} does not tensorize a "
-            f"{layer.in_features} -> {layer.out_features} layer"
-        )
-    return in_shape, out_shape
-
-
 def decompose_tt(layer: nn.Linear, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
     """TT-matrix at ``request.rank`` (int or one per bond), else the largest uniform rank within the budget."""
-    in_shape, out_shape = tt_shapes(layer, request.options)
+    in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     caps = tt_linear_max_ranks(in_shape, out_shape)
     if request.rank is not None:
         ranks = [int(request.rank)] * len(caps) if isinstance(request.rank, int) else list(request.rank)

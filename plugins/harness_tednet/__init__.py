@@ -1,0 +1,1 @@
+"""Placeholder: the tednet backend plugin is being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the tensorly backend plugin is being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the tltorch backend plugin is being written."""

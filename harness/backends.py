@@ -25,6 +25,9 @@ LAYER_KINDS = ("linear", "conv2d")
 CONV_FEATURES = ("groups", "dilation", "non_square_stride", "padding_mode", "padding_same")
 
 
+FULL_RANK = "full"
+
+
 class Unsupported(Exception):
     """Raised by a backend when it cannot decompose a layer as requested; the cell becomes `unsupported`."""
 

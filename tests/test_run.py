@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from harness.cli import main
 from harness.store import load_results
@@ -148,3 +149,13 @@ def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
     assert len(after) == expected
     assert all(after[cell] == stamp for cell, stamp in before.items())  # not recomputed
     assert epochs[0] == epochs[1] == expected  # no duplicate rows
+
+
+@pytest.mark.slow
+def test_default_native_run_is_all_ok(tmp_path, cache_dir):
+    """The documented main job restricted to the native backend: every cell ok."""
+    out = tmp_path / "run"
+    assert main(["run", "--backends", "native", "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 15 and (cells["status"] == "ok").all()
+    assert (cells["params"] <= cells["params_dense"] / cells["ratio"]).all()

@@ -9,13 +9,14 @@ the template for a new backend plugin.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from harness import BackendInfo, DecomposeRequest, Unsupported, hookimpl
-from harness.backends import count_params, torch_generator
+from harness.backends import FULL_RANK, count_params, torch_generator
 from harness_native import conv, linear
 
 NAME = "native"
@@ -59,6 +60,11 @@ def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.M
         raise Unsupported(f"{NAME} has no method {request.method!r} for {request.kind} layers")
     # A private CPU generator: the same seed gives the same factors on any device,
     # whatever else has drawn from the global RNG.
+    if request.rank == FULL_RANK:
+        if request.method == "cp":
+            raise Unsupported("CP has no finite full rank")
+        # Every format here lowers a rank above its maximum to the maximum.
+        request = dataclasses.replace(request, rank=10**9)
     generator = torch_generator(request.seed)
     replacement, info = decompose(layer, request, generator)
     if request.rank is None and count_params(replacement) > request.max_params:

@@ -26,7 +26,7 @@ CELL_COLUMNS = [
 ]
 EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",
                  "test_loss", "test_acc", "epoch_s", "cell_id"]
-GROUP = ["model", "dataset", "target", "backend", "method", "ratio"]
+GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio"]
 SUMMARY = {
     "compression": "compression",
     "acc_decomposed": "acc after decomp",

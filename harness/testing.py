@@ -1,0 +1,261 @@
+"""Conformance kit for backend plugins: subclass :class:`BackendConformance` in a test file.
+
+A plugin author writes::
+
+    from harness.testing import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        backend = "mybackend"            # the name the plugin registers
+        plugin_module = "my_plugin"      # only if the plugin is not installed (no entry point)
+
+and pytest runs every check below once per (layer kind, method) the backend declares:
+full-rank exactness (``rank="full"``) and planted-rank CP recovery for methods that start
+from trained weights, the parameter budget, output shapes under stride, padding,
+dilation and odd kernels, the bias, a ``state_dict`` round trip, determinism under a
+seed, backward, and that declared conv gaps raise :class:`harness.Unsupported`.
+Methods that train from scratch skip the exactness checks; an unavailable backend
+skips everything, with its install hint as the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from harness.backends import DecomposeRequest, Unsupported, conv_features, count_params, layer_kind
+
+RATIOS = (2.0, 4.0, 8.0)
+# Small layers keep the kit fast; shapes chosen so every format has room at ratio 8.
+LINEAR_SHAPE = (64, 48)
+CONV_SHAPE = (16, 24, 3)
+GEOMETRIES = {
+    "stride2_pad1": dict(kernel_size=3, stride=2, padding=1),
+    "kernel3x5": dict(kernel_size=(3, 5), padding=(1, 2)),
+    "dilation2": dict(kernel_size=3, padding=2, dilation=2),
+    "stride2_1": dict(kernel_size=3, stride=(2, 1), padding=1),
+    "pad_same": dict(kernel_size=3, padding="same"),
+    "reflect": dict(kernel_size=3, padding=1, padding_mode="reflect"),
+}
+GAP_EXAMPLES = {
+    "groups": dict(kernel_size=3, padding=1, groups=2),
+    "dilation": GEOMETRIES["dilation2"],
+    "non_square_stride": GEOMETRIES["stride2_1"],
+    "padding_mode": GEOMETRIES["reflect"],
+    "padding_same": GEOMETRIES["pad_same"],
+}
+
+
+def _host(plugin_module: str | None):
+    from harness.plugins import load_host
+
+    return load_host(extra_modules=[plugin_module] if plugin_module else [])
+
+
+def _seeded(build, seed: int = 0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def make_layer(kind: str, bias: bool = True, **conv_kwargs: Any) -> nn.Module:
+    if kind == "linear":
+        return _seeded(lambda: nn.Linear(*LINEAR_SHAPE, bias=bias))
+    cin, cout, k = CONV_SHAPE
+    kwargs = {"kernel_size": k, "padding": 1, **conv_kwargs}
+    return _seeded(lambda: nn.Conv2d(cin, cout, bias=bias, **kwargs))
+
+
+def sample_input(layer: nn.Module, batch: int = 4, size: int = 9) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    if isinstance(layer, nn.Linear):
+        return torch.randn(batch, layer.in_features, generator=generator)
+    return torch.randn(batch, layer.in_channels, size, size, generator=generator)
+
+
+def rel_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((approx - exact).norm() / exact.norm().clamp_min(1e-30))
+
+
+class BackendConformance:
+    """Checks every backend plugin must pass; subclass it and set ``backend``."""
+
+    backend: str = ""
+    plugin_module: str | None = None
+    full_rank_tolerance: float = 1e-4
+    planted_tolerance: float = 1e-3
+    # Methods whose rank is a CP rank, checked by recovering a kernel of planted rank.
+    cp_methods: tuple[str, ...] = ("cp",)
+
+    # -- collection ---------------------------------------------------------------------------
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "case" not in metafunc.fixturenames:
+            return
+        host = _host(self.plugin_module)
+        info = host.backends.get(self.backend)
+        if info is None or not info.available:
+            reason = (f"backend {self.backend!r} is not registered" if info is None
+                      else f"backend {self.backend!r} unavailable: {info.install_hint}")
+            metafunc.parametrize("case", [pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["unavailable"])
+            return
+        cases = [(kind, method) for kind, methods in info.methods.items() for method in methods]
+        metafunc.parametrize("case", cases, ids=[f"{k}-{m}" for k, m in cases])
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def host(cls):
+        return _host(cls.plugin_module)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def info(cls, host):
+        return host.backends[cls.backend]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def decompose(self, host, layer: nn.Module, method: str, ratio: float | None = None, rank: Any = None,
+                  seed: int = 0) -> nn.Module:
+        request = DecomposeRequest(backend=self.backend, method=method, layer_path="layer", kind=layer_kind(layer),
+                                   ratio=ratio, rank=rank, seed=seed, dense_params=count_params(layer))
+        replacement = host.hook.harness_decompose_layer(layer=layer, request=request)
+        assert replacement is not None, f"no plugin answered for backend {self.backend!r}"
+        return replacement
+
+    def _skip_if_gap(self, info, layer: nn.Module) -> None:
+        if isinstance(layer, nn.Conv2d):
+            gaps = conv_features(layer) & set(info.conv_unsupported)
+            if gaps:
+                pytest.skip(f"declared gap: {', '.join(sorted(gaps))}")
+
+    def _require_decompose(self, info, kind: str, method: str) -> None:
+        if info.init_for(method, kind) != "decompose":
+            pytest.skip(f"{kind}/{method} trains from scratch: no exactness to check")
+
+    # -- checks -------------------------------------------------------------------------------
+    def test_declaration(self, info):
+        assert info.library and info.methods, "a backend declares its library and methods"
+        assert set(info.methods) <= {"linear", "conv2d"}
+        assert info.library_version, "an available backend records its library version"
+
+    def test_other_backends_requests_are_ignored(self, host, case):
+        kind, method = case
+        plugin = host.pm.get_plugin(host.backend_plugin[self.backend])
+        layer = make_layer(kind)
+        request = DecomposeRequest(backend=self.backend + "-not-me", method=method, layer_path="layer", kind=kind,
+                                   ratio=2.0, dense_params=count_params(layer))
+        assert plugin.harness_decompose_layer(layer=layer, request=request) is None
+
+    def test_full_rank_reproduces_the_layer(self, host, info, case):
+        kind, method = case
+        self._require_decompose(info, kind, method)
+        if method in self.cp_methods:
+            pytest.skip("CP has no finite full rank; see test_planted_cp_rank_is_recovered")
+        layer = make_layer(kind)
+        x = sample_input(layer)
+        replacement = self.decompose(host, layer, method, rank="full")
+        with torch.no_grad():
+            assert rel_error(replacement(x), layer(x)) < self.full_rank_tolerance
+
+    def test_planted_cp_rank_is_recovered(self, host, info, case):
+        kind, method = case
+        if method not in self.cp_methods:
+            pytest.skip("not a CP method")
+        self._require_decompose(info, kind, method)
+        layer = make_layer(kind)
+        rank = 3
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            if kind == "conv2d":
+                cout, cin, kh, kw = layer.weight.shape
+                a, b, c, d = (torch.randn(n, rank, generator=generator) for n in (cout, cin, kh, kw))
+                layer.weight.copy_(torch.einsum("or,ir,hr,wr->oihw", a, b, c, d))
+            else:
+                u, v = torch.randn(layer.out_features, rank, generator=generator), torch.randn(
+                    layer.in_features, rank, generator=generator)
+                layer.weight.copy_(u @ v.T)
+        x = sample_input(layer)
+        replacement = self.decompose(host, layer, method, rank=rank)
+        with torch.no_grad():
+            assert rel_error(replacement(x), layer(x)) < self.planted_tolerance
+
+    @pytest.mark.parametrize("ratio", RATIOS)
+    def test_budget_is_respected(self, host, info, case, ratio):
+        kind, method = case
+        layer = make_layer(kind)
+        try:
+            replacement = self.decompose(host, layer, method, ratio=ratio)
+        except Unsupported as exc:
+            pytest.skip(f"budget not reachable, reported as unsupported: {exc}")
+        budget = int(count_params(layer) // ratio)
+        assert count_params(replacement) <= budget, f"{count_params(replacement)} params over the budget {budget}"
+
+    @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+    def test_conv_output_shape(self, host, info, case, geometry):
+        kind, method = case
+        if kind != "conv2d":
+            pytest.skip("conv geometry")
+        layer = make_layer(kind, **GEOMETRIES[geometry])
+        self._skip_if_gap(info, layer)
+        x = sample_input(layer)
+        replacement = self.decompose(host, layer, method, ratio=2.0)
+        with torch.no_grad():
+            assert replacement(x).shape == layer(x).shape
+        if info.init_for(method, kind) == "decompose" and method not in self.cp_methods:
+            # Geometry carried right means full rank is exact here too (catches stride on every sub-layer).
+            full = self.decompose(host, layer, method, rank="full")
+            with torch.no_grad():
+                assert rel_error(full(x), layer(x)) < self.full_rank_tolerance
+
+    @pytest.mark.parametrize("bias", [True, False])
+    def test_bias_is_kept(self, host, info, case, bias):
+        kind, method = case
+        self._require_decompose(info, kind, method)
+        layer = make_layer(kind, bias=bias)
+        replacement = self.decompose(host, layer, method, ratio=4.0)
+        zero = torch.zeros_like(sample_input(layer, batch=1))
+        with torch.no_grad():
+            response = replacement(zero)
+            expected = layer(zero)
+        assert torch.allclose(response, expected, atol=1e-5), "the response to a zero input is the bias"
+
+    def test_state_dict_round_trip(self, host, case):
+        kind, method = case
+        layer = make_layer(kind)
+        first = self.decompose(host, layer, method, ratio=4.0, seed=0)
+        other = self.decompose(host, copy.deepcopy(layer), method, ratio=4.0, seed=1)
+        buffer = io.BytesIO()
+        torch.save(first.state_dict(), buffer)
+        buffer.seek(0)
+        other.load_state_dict(torch.load(buffer, weights_only=True))
+        x = sample_input(layer)
+        with torch.no_grad():
+            assert torch.allclose(first(x), other(x), atol=1e-6)
+
+    def test_deterministic_under_a_seed(self, host, case):
+        kind, method = case
+        layer = make_layer(kind)
+        x = sample_input(layer)
+        with torch.no_grad():
+            first = self.decompose(host, layer, method, ratio=4.0, seed=3)(x)
+            second = self.decompose(host, layer, method, ratio=4.0, seed=3)(x)
+        assert torch.equal(first, second)
+
+    def test_trains(self, host, case):
+        kind, method = case
+        layer = make_layer(kind)
+        replacement = self.decompose(host, layer, method, ratio=4.0)
+        replacement(sample_input(layer)).square().mean().backward()
+        grads = [p.grad for p in replacement.parameters()]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    @pytest.mark.parametrize("gap", sorted(GAP_EXAMPLES))
+    def test_declared_gaps_raise_unsupported(self, host, info, case, gap):
+        kind, method = case
+        if kind != "conv2d" or gap not in info.conv_unsupported:
+            pytest.skip("not a declared conv gap")
+        layer = make_layer(kind, **GAP_EXAMPLES[gap])
+        with pytest.raises(Unsupported):
+            self.decompose(host, layer, method, ratio=2.0)

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
 
-from harness.backends import BackendInfo, DecomposeRequest, Unsupported, largest_fitting
+from harness.backends import FULL_RANK, BackendInfo, DecomposeRequest, Unsupported, largest_fitting
 
 hookimpl = pluggy.HookimplMarker("harness")
 
@@ -19,6 +19,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "FULL_RANK",
     "BackendInfo",
     "DecomposeRequest",
     "Unsupported",

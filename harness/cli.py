@@ -90,8 +90,13 @@ def build_parser(host: Host) -> Parser:
     before = {a.dest for a in run._actions}
     host.pm.hook.harness_addoption.call_historic(kwargs={"parser": plugin_group})
     run.set_defaults(_plugin_keys={a.dest for a in run._actions} - before)
-    sub.add_parser("list", parents=[plugin_flag], help="show backends, methods, models, datasets, reports and plugins",
-                   description="Show what the installed plugins provide.")
+    listing = sub.add_parser("list", parents=[plugin_flag],
+                             help="show backends, methods, models, datasets, reports and plugins",
+                             description="Show what the installed plugins provide.")
+    listing.add_argument("--plugins", dest="plugins_only", action="store_true",
+                         help="only the plugins: module, distribution, version and hooks")
+    sub.add_parser("plugins", parents=[plugin_flag], help="same as 'list --plugins'",
+                   description="Show each plugin, its distribution and version and the hooks it implements.")
     report = sub.add_parser("report", parents=[plugin_flag], help="rebuild the reports of a run directory from its store",
                             description="Rebuild every report from RUN_DIR/results.sqlite (no recomputation).")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -100,6 +105,17 @@ def build_parser(host: Host) -> Parser:
 
 def _echo(line: str) -> None:
     print(line, flush=True)
+
+
+def cmd_plugins(host: Host) -> int:
+    _echo("plugins:")
+    for record in host.plugins:
+        origin = f"{record.distribution} {record.version}" if record.distribution else "built into harness"
+        status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
+        _echo(f"  {record.name:<18} {record.module} ({origin}): {status}")
+    for problem in host.registration_errors:
+        _echo(f"warning: {problem}")
+    return EXIT_OK
 
 
 def cmd_list(host: Host) -> int:
@@ -121,14 +137,7 @@ def cmd_list(host: Host) -> int:
     _echo("reports:")
     for name in host.report_plugins:
         _echo(f"  {name}")
-    _echo("plugins:")
-    for record in host.plugins:
-        origin = f"{record.distribution} {record.version}" if record.distribution else "built into harness"
-        status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
-        _echo(f"  {record.name:<18} {record.module} ({origin}): {status}")
-    for problem in host.registration_errors:
-        _echo(f"warning: {problem}")
-    return EXIT_OK
+    return cmd_plugins(host)
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        if args.command == "plugins" or (args.command == "list" and args.plugins_only):
+            return cmd_plugins(host)
         if args.command == "list":
             return cmd_list(host)
         if args.command == "report":
@@ -204,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, StoreError) as exc:
         print(f"harness: error: {exc}" if not str(exc).startswith("harness") else f"{exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("harness: interrupted; finished cells are kept (continue with --resume RUN_DIR)", file=sys.stderr)
         return 130

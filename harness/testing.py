@@ -113,7 +113,12 @@ class BackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def info(cls, host):
-        return host.backends[cls.backend]
+        info = host.backends.get(cls.backend)
+        if info is None:
+            pytest.skip(f"backend {cls.backend!r} is not registered")
+        if not info.available:
+            pytest.skip(f"backend {cls.backend!r} unavailable: {info.install_hint}")
+        return info
 
     # -- helpers ------------------------------------------------------------------------------
     def decompose(self, host, layer: nn.Module, method: str, ratio: float | None = None, rank: Any = None,
@@ -140,7 +145,7 @@ class BackendConformance:
         assert set(info.methods) <= {"linear", "conv2d"}
         assert info.library_version, "an available backend records its library version"
 
-    def test_other_backends_requests_are_ignored(self, host, case):
+    def test_other_backends_requests_are_ignored(self, host, info, case):
         kind, method = case
         plugin = host.pm.get_plugin(host.backend_plugin[self.backend])
         layer = make_layer(kind)
@@ -221,7 +226,7 @@ class BackendConformance:
             expected = layer(zero)
         assert torch.allclose(response, expected, atol=1e-5), "the response to a zero input is the bias"
 
-    def test_state_dict_round_trip(self, host, case):
+    def test_state_dict_round_trip(self, host, info, case):
         kind, method = case
         layer = make_layer(kind)
         first = self.decompose(host, layer, method, ratio=4.0, seed=0)
@@ -234,7 +239,7 @@ class BackendConformance:
         with torch.no_grad():
             assert torch.allclose(first(x), other(x), atol=1e-6)
 
-    def test_deterministic_under_a_seed(self, host, case):
+    def test_deterministic_under_a_seed(self, host, info, case):
         kind, method = case
         layer = make_layer(kind)
         x = sample_input(layer)
@@ -243,7 +248,7 @@ class BackendConformance:
             second = self.decompose(host, layer, method, ratio=4.0, seed=3)(x)
         assert torch.equal(first, second)
 
-    def test_trains(self, host, case):
+    def test_trains(self, host, info, case):
         kind, method = case
         layer = make_layer(kind)
         replacement = self.decompose(host, layer, method, ratio=4.0)

@@ -26,6 +26,7 @@ CELL_COLUMNS = [
 ]
 EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",
                  "test_loss", "test_acc", "epoch_s", "cell_id"]
+BUDGET_FILL = 0.9
 GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio"]
 SUMMARY = {
     "compression": "compression",
@@ -57,6 +58,16 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 def _format(table: pd.DataFrame, fmt: str) -> str:
     return tabulate(table, headers="keys", tablefmt=fmt, showindex=False, floatfmt=".2f")
+
+
+def budget_deviations(cells: pd.DataFrame) -> pd.DataFrame:
+    """Ok cells whose parameters are above the budget or below BUDGET_FILL of it."""
+    ok = cells[cells["status"] == "ok"].copy()
+    if ok.empty:
+        return ok
+    ok["budget_fill"] = ok["params"] / ok["budget"]
+    off = ok[(ok["budget_fill"] > 1) | (ok["budget_fill"] < BUDGET_FILL)]
+    return off[["backend", "model", "method", "target", "ratio", "seed", "params", "budget", "budget_fill"]]
 
 
 def not_ok_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -97,6 +108,12 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
         _format(summary_table(cells), "github"),
         "",
     ]
+    deviations = budget_deviations(cells)
+    if not deviations.empty:
+        lines += ["## Budget deviations", "",
+                  f"Cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
+                  "(the format's rank steps are too coarse to get closer) or more than all of it:", "",
+                  _format(deviations, "github"), ""]
     rest = not_ok_table(cells)
     if not rest.empty:
         lines += ["## Cells not ok", "", _format(rest, "github"), ""]

@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
 
-from harness.backends import FULL_RANK, BackendInfo, DecomposeRequest, Unsupported, largest_fitting
+from harness.backends import FULL_RANK, BackendInfo, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
 
 hookimpl = pluggy.HookimplMarker("harness")
 
@@ -25,5 +25,6 @@ __all__ = [
     "Unsupported",
     "__version__",
     "hookimpl",
+    "fill_ranks",
     "largest_fitting",
 ]

@@ -149,6 +149,30 @@ def largest_fitting(param_count: Callable[[int], int], budget: int, upper: int, 
     return lo
 
 
+def fill_ranks(caps: list[int], param_count: Callable[[list[int]], int], budget: int) -> list[int]:
+    """Per-bond ranks (each ``<= cap``) that fill ``budget`` as closely as possible without exceeding it.
+
+    First the largest uniform rank (capped per bond) that fits, then the leftover budget
+    is spent one rank at a time on the lowest bond that still fits, so formats with many
+    bonds (TT, TR) are not stuck one coarse uniform step below the budget.
+    ``param_count`` must be non-decreasing in every rank.
+    """
+    caps = [max(1, int(c)) for c in caps]
+    rank = largest_fitting(lambda r: param_count([min(r, c) for c in caps]), budget, max(caps, default=1))
+    ranks = [min(rank, c) for c in caps]
+    while True:
+        candidates = []
+        for i in sorted(range(len(ranks)), key=lambda i: ranks[i]):
+            if ranks[i] < caps[i]:
+                bumped = ranks[:i] + [ranks[i] + 1] + ranks[i + 1:]
+                if param_count(bumped) <= budget:
+                    candidates.append(bumped)
+                    break
+        if not candidates:
+            return ranks
+        ranks = candidates[0]
+
+
 def describe_info(info: BackendInfo) -> dict[str, Any]:
     return {
         "name": info.name,

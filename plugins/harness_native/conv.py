@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import DecomposeRequest, largest_fitting
+from harness import DecomposeRequest, fill_ranks, largest_fitting
 from harness_native.tensor_ops import (
     cp_als,
     cp_to_tensor,
@@ -282,11 +282,8 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int]) -> tuple[nn.Sequential, dict
 
 
 def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
-    """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the largest uniform rank within the budget."""
+    """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget (:func:`fill_ranks`)."""
     caps = tt_conv_max_ranks(layer)
     if request.rank is not None:
         return tt_conv(layer, _ranks_arg(request.rank, 3))
-    rank = largest_fitting(
-        lambda r: tt_conv_params(layer, [min(r, cap) for cap in caps]), param_budget(request), max(caps)
-    )
-    return tt_conv(layer, [min(rank, cap) for cap in caps])
+    return tt_conv(layer, fill_ranks(caps, lambda ranks: tt_conv_params(layer, ranks), param_budget(request)))

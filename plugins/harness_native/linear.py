@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from harness import DecomposeRequest, largest_fitting
+from harness import DecomposeRequest, fill_ranks, largest_fitting
 from harness.shapes import tensorized_shapes
 from harness_native.tensor_ops import param_budget, relative_error, tt_max_ranks, tt_svd, tt_to_tensor, weight64
 
@@ -182,7 +182,7 @@ def tt_linear(
 
 
 def decompose_tt(layer: nn.Linear, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
-    """TT-matrix at ``request.rank`` (int or one per bond), else the largest uniform rank within the budget."""
+    """TT-matrix at ``request.rank`` (int or one per bond), else the ranks that fill the budget (:func:`fill_ranks`)."""
     in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     caps = tt_linear_max_ranks(in_shape, out_shape)
     if request.rank is not None:
@@ -190,8 +190,5 @@ def decompose_tt(layer: nn.Linear, request: DecomposeRequest, generator: torch.G
         return tt_linear(layer, ranks, in_shape, out_shape)
     bias = layer.bias is not None
 
-    def params(r: int) -> int:
-        return tt_linear_params(in_shape, out_shape, [min(r, cap) for cap in caps], bias)
-
-    rank = largest_fitting(params, param_budget(request), max(caps, default=1))
-    return tt_linear(layer, [min(rank, cap) for cap in caps], in_shape, out_shape)
+    ranks = fill_ranks(caps, lambda ranks: tt_linear_params(in_shape, out_shape, ranks, bias), param_budget(request))
+    return tt_linear(layer, ranks, in_shape, out_shape)

@@ -105,6 +105,16 @@ class BackendConformance:
         cases = [(kind, method) for kind, methods in info.methods.items() for method in methods]
         metafunc.parametrize("case", cases, ids=[f"{k}-{m}" for k, m in cases])
 
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def single_thread(cls):
+        # Small layers gain nothing from threads, and on a busy machine OpenMP/MKL spinning
+        # can make an SVD hundreds of times slower.
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
     @pytest.fixture(scope="class")
     @classmethod
     def host(cls):

@@ -22,3 +22,15 @@ def fast_args(cache_dir) -> list[str]:
     """Flags for a small, quick run of the default model and data."""
     return ["--models", "lenet5", "--ratios", "4", "--epochs", "1", "--baseline-epochs", "1",
             "--cache-dir", str(cache_dir)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """One intra-op thread in the test process: tests measure correctness, not speed, and on
+    a busy 2-core machine OpenMP/MKL spinning can make small decompositions 100x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

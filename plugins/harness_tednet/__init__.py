@@ -1,1 +1,88 @@
-"""Placeholder: the tednet backend plugin is being written."""
+"""The ``tednet`` backend: TedNet's CP, Tucker-2, TT, TR and block-term Tucker layers as drop-in replacements.
+
+TedNet (``tednet.tnn``) has ``*Linear`` and ``*Conv2D`` layers in five formats but no way
+to start them from trained weights. Every format but CP Linear stores the factors of a
+decomposition of the weight, so this backend computes that decomposition itself and
+copies it in (``init="decompose"``); CP Linear starts from TedNet's seeded random init
+(``init="scratch"``). This file is only the plugin: it declares the backend and routes
+each request; the formats live in ``conv.py`` and ``linear.py``, rank choice in
+``formats.py``, the shared build steps in ``replace.py``, the algebra in
+``tensor_ops.py`` and everything that touches TedNet in ``library.py``, so the plugin
+imports (and reports TedNet unavailable) without TedNet installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from harness import BackendInfo, DecomposeRequest, Unsupported, hookimpl
+from harness.backends import conv_features, layer_kind
+from harness_tednet import conv, linear
+from harness_tednet.library import tednet_version
+from harness_tednet.replace import replace
+
+NAME = "tednet"
+INSTALL_HINT = 'pip install -e ".[tednet]"'
+
+# (layer kind, method) -> (format factory, init). Methods are named like the other backends'.
+METHODS: dict[tuple[str, str], tuple[Callable, str]] = {
+    ("linear", "cp"): (linear.cp, "scratch"),
+    ("linear", "tucker2"): (linear.tucker2, "decompose"),
+    ("linear", "tt"): (linear.tt, "decompose"),
+    ("linear", "tr"): (linear.tr, "decompose"),
+    ("linear", "btt"): (linear.btt, "decompose"),
+    ("conv2d", "cp"): (conv.cp, "decompose"),
+    ("conv2d", "tucker2"): (conv.tucker2, "decompose"),
+    ("conv2d", "tt"): (conv.tt, "decompose"),
+    ("conv2d", "tr"): (conv.tr, "decompose"),
+    ("conv2d", "btt"): (conv.btt, "decompose"),
+}
+
+# TedNet's convs take only kernel_size, stride and padding (F.conv2d / nn.Conv2d get them as given,
+# so tuples, non-square strides and "same"/"valid" work); there is no dilation, groups or padding_mode.
+CONV_UNSUPPORTED = frozenset({"groups", "dilation", "padding_mode"})
+
+
+@hookimpl
+def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
+    version = tednet_version()
+    methods: dict[str, tuple[str, ...]] = {}
+    for kind, method in METHODS:
+        methods[kind] = (*methods.get(kind, ()), method)
+    register(
+        BackendInfo(
+            name=NAME,
+            library="tednet",
+            library_version=version,
+            methods=methods,
+            conv_unsupported=CONV_UNSUPPORTED,
+            init="decompose",
+            init_per_method={f"{kind}/{method}": init for (kind, method), (_, init) in METHODS.items()},
+            available=version is not None,
+            install_hint=INSTALL_HINT,
+            description="TedNet's CP, Tucker-2, TT, TR and block-term Tucker layers; "
+            "filled from CP-ALS, HOOI, TT-SVD and TR-SVD of the weight (CP Linear: TedNet's random init).",
+        )
+    )
+
+
+@hookimpl
+def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.Module | None:
+    if request.backend != NAME:
+        return None  # another backend's request: let its plugin answer
+    entry = METHODS.get((request.kind, request.method))
+    if entry is None:
+        raise Unsupported(f"{NAME} has no method {request.method!r} for {request.kind} layers")
+    if layer_kind(layer) != request.kind:
+        raise Unsupported(f"{NAME}: a {request.kind} request for a {type(layer).__name__}")
+    if tednet_version() is None:
+        raise Unsupported(f"{NAME}: TedNet cannot be imported; {INSTALL_HINT}")
+    if request.kind == "conv2d":
+        # Declared gaps are caught by the planner; this guards direct calls.
+        gaps = conv_features(layer) & CONV_UNSUPPORTED
+        if gaps:
+            raise Unsupported(f"TedNet's convs cannot carry {', '.join(sorted(gaps))}")
+    factory, init = entry
+    return replace(layer, request, factory(layer, dict(request.options)), init)

@@ -1,0 +1,78 @@
+"""What a request's seed and options become in tensorly's decompositions, and what a fit reports.
+
+tltorch passes ``decomposition_kwargs`` straight to tensorly (``parafac`` for CP,
+``tucker`` for Tucker, ``tensor_train_matrix`` for block-TT; its conv TT ignores
+them). :func:`decomposition_kwargs` builds that dict: the seed as ``random_state``
+wherever it is accepted (CP's SVD init draws random columns when the rank exceeds a
+mode's size) and the solver options a request may set. For CP it also installs a
+callback that counts ALS sweeps, since tltorch discards everything ``parafac``
+reports; :class:`CPTrace` turns that into the ``n_iter``/``converged`` the store keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness import DecomposeRequest
+
+# Options a request may set, per tltorch factorization name, passed on to tensorly as they are.
+SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cp": ("n_iter_max", "tol", "init", "l2_reg", "linesearch"),
+    "tucker": ("n_iter_max", "tol", "init"),
+    "tt": (),
+    "blocktt": (),
+}
+# tensorly's parafac defaults, needed to tell "converged" from "ran out of sweeps".
+PARAFAC_DEFAULTS = {"n_iter_max": 100, "tol": 1e-8}
+
+
+@dataclass
+class CPTrace:
+    """Relative errors ``parafac`` reported: once for the initialisation, then once per ALS sweep."""
+
+    n_iter_max: int
+    tol: float
+    errors: list[float] = field(default_factory=list)
+
+    def __call__(self, cp_tensor: Any, rec_error: Any) -> None:
+        self.errors.append(float(rec_error))
+
+    def info(self) -> dict[str, Any]:
+        n_iter = max(0, len(self.errors) - 1)
+        # tensorly stops early only when one sweep changed the error by less than tol.
+        converged = n_iter >= 2 and abs(self.errors[-2] - self.errors[-1]) < self.tol
+        return {"n_iter": n_iter, "converged": converged, "n_iter_max": self.n_iter_max}
+
+
+def decomposition_kwargs(factorization: str, request: DecomposeRequest) -> tuple[dict[str, Any], CPTrace | None]:
+    """tensorly keyword arguments for ``factorization`` under ``request``, and the CP trace if any."""
+    factorization = factorization.lower()
+    kwargs = {key: request.options[key] for key in SOLVER_OPTIONS[factorization] if key in request.options}
+    trace = None
+    if factorization in ("cp", "tucker", "blocktt"):
+        kwargs["random_state"] = int(request.seed)
+    if factorization == "cp":
+        trace = CPTrace(
+            n_iter_max=int(kwargs.get("n_iter_max", PARAFAC_DEFAULTS["n_iter_max"])),
+            tol=float(kwargs.get("tol", PARAFAC_DEFAULTS["tol"])),
+        )
+        kwargs["callback"] = trace
+    return kwargs, trace
+
+
+def relative_error(target: torch.Tensor, approx: torch.Tensor) -> float:
+    """``||target - approx|| / ||target||`` in float64 (0 for an all-zero target reproduced exactly)."""
+    target, approx = target.detach().double(), approx.detach().double().to(target.device)
+    norm = torch.linalg.vector_norm(target)
+    diff = torch.linalg.vector_norm(target - approx)
+    return float(diff / norm) if norm > 0 else float(diff)
+
+
+def as_json_rank(rank: Any) -> int | list[int]:
+    """tltorch's rank attribute (int, tuple, list, NumPy ints) as plain JSON."""
+    if isinstance(rank, (list, tuple)):
+        return [int(r) for r in rank]
+    return int(rank)

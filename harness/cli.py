@@ -123,9 +123,11 @@ def cmd_list(host: Host) -> int:
     for name, info in sorted(host.backends.items()):
         state = "available" if info.available else f"unavailable ({info.install_hint or 'library missing'})"
         version = f" {info.library_version}" if info.library_version else ""
-        _echo(f"  {name:<10} {info.library}{version}, init={info.init}, {state}")
+        _echo(f"  {name:<12} {info.library}{version}, init={info.init}, {state}")
         for kind, methods in info.methods.items():
-            _echo(f"      {kind:<7} {', '.join(methods)}")
+            # Methods whose init differs from the backend's default are marked, e.g. "cp (scratch)".
+            shown = [m if info.init_for(m, kind) == info.init else f"{m} ({info.init_for(m, kind)})" for m in methods]
+            _echo(f"      {kind:<7} {', '.join(shown)}")
         if info.conv_unsupported:
             _echo(f"      cannot: conv {', '.join(sorted(info.conv_unsupported))}")
     _echo("models:")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import DecomposeRequest, largest_fitting
+from harness import DecomposeRequest, fill_ranks, largest_fitting
 from harness_tensorly import tensorly_ops as ops
 
 
@@ -278,11 +278,9 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int], *, seed: int) -> tuple[nn.Se
 
 
 def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict[str, Any]]:
-    """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the largest uniform rank within the budget."""
+    """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget (``fill_ranks``)."""
     caps = tt_conv_max_ranks(layer)
     if request.rank is not None:
         return tt_conv(layer, _ranks_arg(request.rank, 3), seed=request.seed)
-    rank = largest_fitting(
-        lambda r: tt_conv_params(layer, [min(r, cap) for cap in caps]), ops.param_budget(request), max(caps)
-    )
-    return tt_conv(layer, [min(rank, cap) for cap in caps], seed=request.seed)
+    ranks = fill_ranks(caps, lambda ranks: tt_conv_params(layer, ranks), ops.param_budget(request))
+    return tt_conv(layer, ranks, seed=request.seed)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness import DecomposeRequest, largest_fitting
+from harness import DecomposeRequest, fill_ranks, largest_fitting
 from harness.shapes import tensorized_shapes
 from harness_tensorly import tensorly_ops as ops
 
@@ -191,7 +191,7 @@ def tt_linear(
 
 
 def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module, dict[str, Any]]:
-    """TT-matrix at ``request.rank`` (int or one per bond), else the largest uniform rank within the budget."""
+    """TT-matrix at ``request.rank`` (int or one per bond), else the ranks that fill the budget (``fill_ranks``)."""
     in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     caps = tt_linear_max_ranks(in_shape, out_shape)
     if request.rank is not None:
@@ -199,8 +199,5 @@ def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module
         return tt_linear(layer, ranks, in_shape, out_shape, request.seed)
     bias = layer.bias is not None
 
-    def params(r: int) -> int:
-        return tt_linear_params(in_shape, out_shape, [min(r, cap) for cap in caps], bias)
-
-    rank = largest_fitting(params, ops.param_budget(request), max(caps, default=1))
-    return tt_linear(layer, [min(rank, cap) for cap in caps], in_shape, out_shape, request.seed)
+    ranks = fill_ranks(caps, lambda ranks: tt_linear_params(in_shape, out_shape, ranks, bias), ops.param_budget(request))
+    return tt_linear(layer, ranks, in_shape, out_shape, request.seed)

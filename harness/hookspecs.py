@@ -64,7 +64,9 @@ def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.M
     Only the plugin that owns ``request.backend`` answers; every other plugin returns
     None (``firstresult``: the first non-None module wins). The replacement takes the
     same input and gives an output of the same shape; with ``request.ratio`` set its
-    parameter count (bias included) must not exceed ``request.max_params``. It may carry
+    parameter count (bias included) must not exceed ``request.max_params``; with
+    ``request.rank`` set it uses that rank (``"full"``: the largest the format allows,
+    at which SVD, Tucker and TT formats reproduce the layer). It may carry
     a ``decomposition_info`` dict attribute (e.g. ``{"rank": ..., "n_iter": ...,
     "converged": ...}``) that the store keeps per layer. Raise
     :class:`harness.Unsupported` for a request the backend cannot meet; any other

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import harness_tensorly
-from harness import BackendInfo, DecomposeRequest, Unsupported
+from harness import BackendInfo, DecomposeRequest, Unsupported, structures
 from harness.backends import count_params, largest_fitting
-from harness_tensorly import conv, linear, tensorly_ops
+from harness_tensorly import tensorly_ops
 
 tl = pytest.importorskip("tensorly")
 
@@ -97,7 +97,7 @@ def test_tt_matrix_core_layout_is_exact_at_full_rank(options):
     # Output modes are rows in tensorly's TT-matrix cores; a swapped (in, out) layout would fail here.
     layer = seeded(lambda: nn.Linear(60, 24))
     replacement = decompose(layer, "tt", rank=10**6, options=options)
-    assert isinstance(replacement, linear.TTMatrixLinear)
+    assert isinstance(replacement, structures.TTMatrixLinear)
     assert torch.allclose(replacement.to_dense(), layer.weight, atol=1e-5)
     x = torch.randn(5, 60)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_tt_matrix_core_layout_is_exact_at_full_rank(options):
 
 
 def test_tt_matrix_forward_matches_its_dense_weight():
-    module = seeded(lambda: linear.TTMatrixLinear((3, 4, 5), (2, 3, 2), (4, 5), bias=True))
+    module = seeded(lambda: structures.TTMatrixLinear((3, 4, 5), (2, 3, 2), (4, 5), bias=True))
     with torch.no_grad():
         module.bias.normal_(generator=torch.Generator().manual_seed(2))
         x = torch.randn(2, 3, 60)
@@ -237,25 +237,25 @@ def _param_formula(layer: nn.Module, method: str, request: DecomposeRequest):
     bias = layer.bias is not None
     if method == "svd":
         cap = min(layer.in_features, layer.out_features)
-        return (lambda r: linear.svd_params(layer.in_features, layer.out_features, r, bias),
+        return (lambda r: structures.svd_params(layer.in_features, layer.out_features, r, bias),
                 lambda r: [r + 1] if r < cap else [])
     if method == "tt" and isinstance(layer, nn.Linear):
         from harness.shapes import tensorized_shapes
 
         shapes = tensorized_shapes(layer.in_features, layer.out_features, request.options)
-        caps = linear.tt_linear_max_ranks(*shapes)
+        caps = structures.tt_linear_max_ranks(*shapes)
         uniform = lambda r: [min(r, c) for c in caps]  # noqa: E731
-        return (lambda rs: linear.tt_linear_params(*shapes, rs, bias),
+        return (lambda rs: structures.tt_linear_params(*shapes, rs, bias),
                 lambda rs: [uniform(max(rs) + 1)] if max(rs) < max(caps) else [])
     if method == "cp":
-        return (lambda r: conv.cp_params(layer, r), lambda r: [r + 1])
+        return (lambda r: structures.cp_params(layer, r), lambda r: [r + 1])
     if method == "tucker2":
-        max_out, max_in = conv.tucker2_max_ranks(layer)
-        return (lambda rs: conv.tucker2_params(layer, *rs),
+        max_out, max_in = structures.tucker2_max_ranks(layer)
+        return (lambda rs: structures.tucker2_params(layer, *rs),
                 lambda rs: ([[rs[0] + 1, rs[1]]] if rs[0] < max_out else [])
                 + ([[rs[0], rs[1] + 1]] if rs[1] < max_in else []))
-    caps = conv.tt_conv_max_ranks(layer)
-    return (lambda rs: conv.tt_conv_params(layer, rs),
+    caps = structures.tt_conv_max_ranks(layer)
+    return (lambda rs: structures.tt_conv_params(layer, rs),
             lambda rs: [[min(max(rs) + 1, c) for c in caps]] if max(rs) < max(caps) else [])
 
 
@@ -459,7 +459,7 @@ def test_largest_fitting_is_the_shared_helper():
     # The budget search is the host's, not a private copy: same answer as calling it directly.
     layer = seeded(lambda: nn.Conv2d(32, 64, 3, padding=1))
     request = make_request(layer, "cp", ratio=4.0, options=FAST_CP)
-    expected = largest_fitting(lambda r: conv.cp_params(layer, r), request.max_params, 10**4)
+    expected = largest_fitting(lambda r: structures.cp_params(layer, r), request.max_params, 10**4)
     assert harness_tensorly.harness_decompose_layer(layer, request).decomposition_info["rank"] == expected
 
 

@@ -12,10 +12,9 @@ from torch import nn
 import harness
 import harness.hookspecs
 import harness_native
-from harness import BackendInfo, DecomposeRequest, Unsupported
+from harness import BackendInfo, DecomposeRequest, Unsupported, structures
 from harness.backends import count_params
 from harness.shapes import balanced_factors
-from harness_native import conv, linear
 
 # CP-ALS needs no accuracy where only the parameter count is checked.
 FAST_CP = {"n_iter_max": 5, "n_restarts": 0}
@@ -84,7 +83,7 @@ def test_tt_linear_explicit_shapes_and_dense_weight():
     layer = nn.Linear(24, 30)
     request = make_request(layer, "tt", rank=[10, 30], options={"in_shape": [2, 3, 4], "out_shape": [5, 3, 2]})
     replacement = harness_native.harness_decompose_layer(layer, request)
-    assert isinstance(replacement, linear.TTLinear)
+    assert isinstance(replacement, structures.TTMatrixLinear)
     assert [tuple(c.shape) for c in replacement.cores] == [(1, 5, 2, 10), (10, 3, 3, 8), (8, 2, 4, 1)]
     assert replacement.decomposition_info["rank"] == [10, 8]  # 30 is capped by the last pair, 2*4
     with torch.no_grad():
@@ -169,7 +168,7 @@ def test_bias_is_kept_or_absent(method, build):
     torch.manual_seed(0)
     with_bias = build(True)
     replacement = decompose(with_bias, method, rank=2, options=FAST_CP)
-    final_bias = replacement.bias if isinstance(replacement, linear.TTLinear) else replacement[-1].bias
+    final_bias = replacement.bias if isinstance(replacement, structures.TTMatrixLinear) else replacement[-1].bias
     torch.testing.assert_close(final_bias, with_bias.bias, rtol=0, atol=0)
     biases = [name for name, _ in replacement.named_parameters() if name.endswith("bias")]
     assert len(biases) == 1
@@ -195,31 +194,31 @@ def achieved_is_maximal(layer: nn.Module, method: str, info: dict, budget: int) 
     if method == "svd":
         if rank == min(layer.in_features, layer.out_features):
             return True, None
-        now, more = (linear.svd_params(layer.in_features, layer.out_features, r, layer.bias is not None)
+        now, more = (structures.svd_params(layer.in_features, layer.out_features, r, layer.bias is not None)
                      for r in (rank, rank + 1))
     elif method == "tt" and isinstance(layer, nn.Linear):
-        caps = linear.tt_linear_max_ranks(info["in_shape"], info["out_shape"])
+        caps = structures.tt_linear_max_ranks(info["in_shape"], info["out_shape"])
         r = max(rank)
         if r >= max(caps):
             return True, None
-        now, more = (linear.tt_linear_params(info["in_shape"], info["out_shape"], [min(q, c) for c in caps], True)
+        now, more = (structures.tt_linear_params(info["in_shape"], info["out_shape"], [min(q, c) for c in caps], True)
                      for q in (r, r + 1))
     elif method == "cp":
-        now, more = conv.cp_params(layer, rank), conv.cp_params(layer, rank + 1)
+        now, more = structures.cp_params(layer, rank), structures.cp_params(layer, rank + 1)
     elif method == "tucker2":
         r_out, r_in = rank
-        max_out, max_in = conv.tucker2_max_ranks(layer)
+        max_out, max_in = structures.tucker2_max_ranks(layer)
         bumps = [b for b in ((r_out + 1, r_in), (r_out, r_in + 1)) if b[0] <= max_out and b[1] <= max_in]
         if not bumps:
             return True, None
-        now = conv.tucker2_params(layer, r_out, r_in)
-        more = min(conv.tucker2_params(layer, *b) for b in bumps)
+        now = structures.tucker2_params(layer, r_out, r_in)
+        more = min(structures.tucker2_params(layer, *b) for b in bumps)
     else:  # tt conv
-        caps = conv.tt_conv_max_ranks(layer)
+        caps = structures.tt_conv_max_ranks(layer)
         r = max(rank)
         if r >= max(caps):
             return True, None
-        now, more = (conv.tt_conv_params(layer, [min(q, c) for c in caps]) for q in (r, r + 1))
+        now, more = (structures.tt_conv_params(layer, [min(q, c) for c in caps]) for q in (r, r + 1))
     return more > budget, more - now
 
 

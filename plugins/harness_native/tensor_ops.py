@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.backends import DecomposeRequest
+from harness.structures import tt_max_ranks
 
 
 def param_budget(request: DecomposeRequest) -> int:
@@ -232,11 +233,6 @@ def partial_tucker(
 
 
 # ----------------------------------------------------------------------------- tensor train
-
-
-def tt_max_ranks(shape: Sequence[int]) -> list[int]:
-    """The largest useful TT rank at each of the ``len(shape) - 1`` bonds: the smaller side of the split."""
-    return [min(math.prod(shape[: k + 1]), math.prod(shape[k + 1 :])) for k in range(len(shape) - 1)]
 
 
 def uniform_tt_ranks(rank: int, shape: Sequence[int]) -> list[int]:

@@ -17,7 +17,6 @@ error, TT rank caps) live here too, so the two builders read them the same way.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -86,11 +85,6 @@ def relative_error(target: Tensor, approx: Tensor) -> float:
     norm = torch.linalg.vector_norm(target)
     diff = torch.linalg.vector_norm(target - approx)
     return float(diff) if norm == 0 else float(diff / norm)
-
-
-def tt_max_ranks(shape: Sequence[int]) -> list[int]:
-    """The largest useful TT rank at each of the ``len(shape) - 1`` bonds: the smaller side of the split."""
-    return [min(math.prod(shape[: k + 1]), math.prod(shape[k + 1 :])) for k in range(len(shape) - 1)]
 
 
 # ----------------------------------------------------------------------------- SVD

@@ -27,6 +27,7 @@ from harness.data import DataSplits
 from harness.metrics import compare_latency, count_flops, count_params, effective_weight
 from harness.plan import Cell, target_layers
 from harness.plugins import Host, format_exception
+from harness.stability import stability_metrics
 from harness.training import EpochRecord, evaluate, synchronize, train
 
 
@@ -168,6 +169,8 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
     )
     dense = load_baseline(path, build, device)
     metrics["latency_dense_ms"], metrics["latency_ms"] = compare_latency(dense, model, latency_input)
+    metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],
+                                     [r.test_acc for r in records]))
     metrics["speedup"] = metrics["latency_dense_ms"] / metrics["latency_ms"]
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):

@@ -47,6 +47,8 @@ def test_run_records_ok_error_and_unsupported_cells_and_writes_reports(tmp_path,
     assert ok["latency_ms"].gt(0).all() and ok["latency_dense_ms"].gt(0).all()
     assert ok["recon_error"].between(0, 1).all()
     assert ok["acc_baseline"].gt(50).all()
+    assert (ok["acc_drop"] - (ok["acc_baseline"] - ok["acc_decomposed"])).abs().max() < 1e-9
+    assert {"recovery_epoch", "overfit_drop", "last_k_std"} <= set(cells.columns)
     epochs = pd.read_csv(out / "epochs.csv")
     assert set(REQUIRED_EPOCH_COLUMNS) <= set(epochs.columns)
     assert len(epochs) == len(ok)  # one fine-tuning epoch per ok cell

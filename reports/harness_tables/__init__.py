@@ -22,6 +22,7 @@ CELL_COLUMNS = [
     "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
     "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "speedup", "latency_batch",
     "threads", "device", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
+    "acc_drop", "recovery_epoch", "overfit_drop", "last_k_std",
     "epoch_s", "cell_s", "cell_id",
 ]
 EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",

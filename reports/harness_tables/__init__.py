@@ -96,7 +96,7 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
         + ", ".join(f"{n}={v['library']} {v['version']}" for n, v in meta.get("libraries", {}).items()),
         f"- device: {meta.get('device', '?')} ({meta.get('device_name', '?')}), threads per worker: "
         f"{meta.get('threads', '?')}; seeds: {meta.get('seeds', '?')}",
-        f"- cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+        "- cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         f"- FLOPs: {meta.get('flop_convention', '?')}",
         "- compression = dense params / params of the decomposed layers only (bias included); "
         "speedup = dense latency / decomposed latency, whole network, measured in the same process; "

@@ -173,6 +173,23 @@ def fill_ranks(caps: list[int], param_count: Callable[[list[int]], int], budget:
         ranks = candidates[0]
 
 
+def param_budget(request: DecomposeRequest) -> int:
+    """The replacement's parameter budget; a request with neither rank nor ratio cannot be sized."""
+    budget = request.max_params
+    if budget is None:
+        raise ValueError(f"{request.layer_path}: the request gives neither a rank nor a ratio")
+    return budget
+
+
+def weight64(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as a detached float64 tensor on the device where it will be decomposed."""
+    weight = layer.weight.detach()
+    # MPS has no float64; a one-off decomposition is better accurate on the CPU than fast there.
+    if weight.device.type == "mps":
+        weight = weight.cpu()
+    return weight.to(torch.float64)
+
+
 def describe_info(info: BackendInfo) -> dict[str, Any]:
     return {
         "name": info.name,

@@ -106,10 +106,14 @@ def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:
     raise TypeError(f"no effective weight for {type(dense).__name__}")
 
 
-def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(approx - exact) / torch.linalg.vector_norm(exact).clamp_min(1e-30))
+def relative_error(target: torch.Tensor, approx: torch.Tensor) -> float:
+    """``||target - approx|| / ||target||`` in float64; an all-zero target gives ``||approx||``."""
+    target, approx = target.detach().double(), approx.detach().double().to(target.device)
+    norm = torch.linalg.vector_norm(target)
+    diff = torch.linalg.vector_norm(target - approx)
+    return float(diff / norm) if norm > 0 else float(diff)
 
 
 def reconstruction_error(module: nn.Module, dense: nn.Module) -> float:
     """Relative Frobenius error between the dense weight and the one ``module`` applies."""
-    return relative_error(effective_weight(module, dense).to(dense.weight.dtype), dense.weight.detach())
+    return relative_error(dense.weight.detach(), effective_weight(module, dense).to(dense.weight.dtype))

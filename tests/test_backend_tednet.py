@@ -21,7 +21,8 @@ import harness_tednet
 from harness import DecomposeRequest, Unsupported
 from harness.backends import count_params
 from harness_tednet.library import TedNetLayer, build_quietly, tednet_class
-from harness_tednet.tensor_ops import chain_to_tensor, relative_error, tr_svd, tt_svd
+from harness.metrics import relative_error
+from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_svd
 
 pytest.importorskip("tednet")
 

@@ -19,15 +19,14 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, structures
+from harness.backends import param_budget, weight64
+from harness.metrics import relative_error
 from harness_native.tensor_ops import (
     cp_als,
     cp_to_tensor,
-    param_budget,
     partial_tucker,
-    relative_error,
     tt_svd,
     tt_to_tensor,
-    weight64,
 )
 
 # ----------------------------------------------------------------------------- CP

@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, structures
+from harness.backends import param_budget, weight64
+from harness.metrics import relative_error
 from harness.shapes import tensorized_shapes
-from harness_native.tensor_ops import param_budget, relative_error, tt_svd, tt_to_tensor, weight64
+from harness_native.tensor_ops import tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- truncated SVD
 

@@ -6,8 +6,6 @@ requests: unfoldings and Khatri-Rao products, CP by alternating least squares
 (TT-SVD) with the maximal TT ranks it can reach. The layer builders in
 ``linear.py`` and ``conv.py`` turn the factors these return into modules; keeping
 the algebra apart lets it be tested and reused without building any module.
-The one request-aware helper, :func:`param_budget`, lives here only so both
-builders read the budget the same way.
 """
 
 from __future__ import annotations
@@ -17,36 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from harness.backends import DecomposeRequest
+from harness.metrics import relative_error
 from harness.structures import tt_max_ranks
-
-
-def param_budget(request: DecomposeRequest) -> int:
-    """The replacement's parameter budget; a request with neither rank nor ratio cannot be sized."""
-    budget = request.max_params
-    if budget is None:
-        raise ValueError(f"{request.layer_path}: the request gives neither a rank nor a ratio")
-    return budget
-
-
-def weight64(layer: nn.Module) -> Tensor:
-    """The layer's weight as a detached float64 tensor on the device where it will be decomposed."""
-    weight = layer.weight.detach()
-    # MPS has no float64; a one-off decomposition is better accurate on the CPU than fast there.
-    if weight.device.type == "mps":
-        weight = weight.cpu()
-    return weight.to(torch.float64)
-
-
-def relative_error(target: Tensor, approx: Tensor) -> float:
-    """||target - approx|| / ||target||, with an all-zero target counted as reproduced exactly."""
-    norm = torch.linalg.vector_norm(target)
-    diff = torch.linalg.vector_norm(target - approx)
-    if norm == 0:
-        return float(diff)
-    return float(diff / norm)
 
 
 def unfold(tensor: Tensor, mode: int) -> Tensor:

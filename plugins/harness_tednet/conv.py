@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.metrics import relative_error
 from harness.shapes import tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
@@ -33,7 +34,6 @@ from harness_tednet.tensor_ops import (
     chain_to_tensor,
     cp_als,
     cp_to_tensor,
-    relative_error,
     tr_svd,
     tt_max_ranks,
     tt_svd,

@@ -19,12 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-def relative_error(target: Tensor, approx: Tensor) -> float:
-    """||target - approx|| / ||target||, with an all-zero target counted as reproduced exactly."""
-    norm = torch.linalg.vector_norm(target)
-    diff = torch.linalg.vector_norm(target - approx)
-    return float(diff) if norm == 0 else float(diff / norm)
+from harness.metrics import relative_error
 
 
 def unfold(tensor: Tensor, mode: int) -> Tensor:

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, structures
+from harness.backends import param_budget, weight64
+from harness.metrics import relative_error
 from harness_tensorly import tensorly_ops as ops
 
 
@@ -39,7 +41,7 @@ def cp_conv(
     layer: nn.Conv2d, rank: int, *, seed: int, init: str = "svd", n_iter_max: int = 300, tol: float = 1e-8
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """Replace ``layer`` by the four-conv CP chain fitted by tensorly's CP-ALS at ``rank``."""
-    weight = ops.weight64(layer)
+    weight = weight64(layer)
     fit = ops.parafac(weight, rank, seed=seed, init=init, n_iter_max=n_iter_max, tol=tol)
     approx = ops.cp_to_tensor(fit.weights, fit.factors)
     if not torch.isfinite(approx).all():
@@ -62,7 +64,7 @@ def cp_conv(
         "n_iter_max": n_iter_max,
         "tol": tol,
         "converged": fit.converged,
-        "rel_error": ops.relative_error(weight, approx),
+        "rel_error": relative_error(weight, approx),
     }
     return module, info
 
@@ -76,7 +78,7 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
     if request.rank is not None:
         rank = _positive_ranks(request.rank, 1)[0]
     else:
-        rank = structures.cp_budget_rank(layer, ops.param_budget(request))
+        rank = structures.cp_budget_rank(layer, param_budget(request))
     options = request.options
     return cp_conv(
         layer,
@@ -95,14 +97,14 @@ def tucker2_conv(
     layer: nn.Conv2d, rank_out: int, rank_in: int, *, seed: int, n_iter_max: int = 10, tol: float = 1e-10
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """Replace ``layer`` by ``1x1 -> (kh, kw) core -> 1x1`` from tensorly's ``partial_tucker`` on modes 0 and 1."""
-    weight = ops.weight64(layer)
+    weight = weight64(layer)
     max_out, max_in = structures.tucker2_max_ranks(layer)
     rank_out, rank_in = min(int(rank_out), max_out), min(int(rank_in), max_in)
     fit = ops.partial_tucker(weight, (0, 1), (rank_out, rank_in), seed=seed, n_iter_max=n_iter_max, tol=tol)
     u_out, u_in = fit.factors
     module = structures.tucker2_conv_module(layer, fit.core, u_out, u_in)
     approx = ops.tucker_to_tensor(fit, (0, 1))
-    info = {"rank": [rank_out, rank_in], "n_iter": fit.n_iter, "rel_error": ops.relative_error(weight, approx)}
+    info = {"rank": [rank_out, rank_in], "n_iter": fit.n_iter, "rel_error": relative_error(weight, approx)}
     return module, info
 
 
@@ -116,7 +118,7 @@ def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.M
     if request.rank is not None:
         rank_out, rank_in = _positive_ranks(request.rank, 2)
     else:
-        rank_out, rank_in = structures.tucker2_budget_ranks(layer, ops.param_budget(request))
+        rank_out, rank_in = structures.tucker2_budget_ranks(layer, param_budget(request))
     options = request.options
     return tucker2_conv(
         layer, rank_out, rank_in, seed=request.seed,
@@ -129,14 +131,14 @@ def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.M
 
 def tt_conv(layer: nn.Conv2d, ranks: Sequence[int], *, seed: int) -> tuple[nn.Sequential, dict[str, Any]]:
     """Replace ``layer`` by ``1x1 -> (kh, 1) -> (1, kw) -> 1x1`` from tensorly's TT-SVD of its kernel."""
-    weight = ops.weight64(layer)
+    weight = weight64(layer)
     permuted = weight.permute(1, 2, 3, 0).contiguous()  # (Cin, kh, kw, Cout): the chain's order of application
     caps = structures.tt_conv_max_ranks(layer)
     cores = ops.tensor_train(permuted, [min(int(r), cap) for r, cap in zip(ranks, caps)], seed)
     module = structures.tt_conv_module(layer, cores)
     info = {
         "rank": [core.shape[-1] for core in cores[:-1]],
-        "rel_error": ops.relative_error(permuted, ops.tt_to_tensor(cores)),
+        "rel_error": relative_error(permuted, ops.tt_to_tensor(cores)),
     }
     return module, info
 
@@ -145,4 +147,4 @@ def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
     """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget."""
     if request.rank is not None:
         return tt_conv(layer, _positive_ranks(request.rank, 3), seed=request.seed)
-    return tt_conv(layer, structures.tt_conv_budget_ranks(layer, ops.param_budget(request)), seed=request.seed)
+    return tt_conv(layer, structures.tt_conv_budget_ranks(layer, param_budget(request)), seed=request.seed)

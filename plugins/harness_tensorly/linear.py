@@ -21,6 +21,8 @@ from typing import Any
 from torch import nn
 
 from harness import DecomposeRequest, structures
+from harness.backends import param_budget, weight64
+from harness.metrics import relative_error
 from harness.shapes import tensorized_shapes
 from harness_tensorly import tensorly_ops as ops
 
@@ -31,14 +33,14 @@ def svd_linear(layer: nn.Linear, rank: int, seed: int) -> tuple[nn.Sequential, d
     """Replace ``layer`` by ``Linear(in, rank) -> Linear(rank, out)`` from tensorly's truncated SVD."""
     if int(rank) < 1:
         raise ValueError(f"SVD rank must be >= 1, got {rank}")
-    weight = ops.weight64(layer)
+    weight = weight64(layer)
     rank = min(int(rank), min(weight.shape))
     u, s, vh = ops.truncated_svd(weight, rank, seed)
     # Splitting sqrt(S) between the two factors gives them equal scale, which fine-tuning prefers.
     root = s.sqrt()
     first_w = root[:, None] * vh
     second_w = u * root
-    info = {"rank": rank, "rel_error": ops.relative_error(weight, second_w @ first_w)}
+    info = {"rank": rank, "rel_error": relative_error(weight, second_w @ first_w)}
     return structures.svd_linear_module(layer, first_w, second_w), info
 
 
@@ -46,7 +48,7 @@ def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Modul
     """Truncated SVD at ``request.rank``, else at the largest rank within the request's budget."""
     if request.rank is not None:
         return svd_linear(layer, int(request.rank), request.seed)
-    return svd_linear(layer, structures.svd_budget_rank(layer, ops.param_budget(request)), request.seed)
+    return svd_linear(layer, structures.svd_budget_rank(layer, param_budget(request)), request.seed)
 
 
 # ----------------------------------------------------------------------------- TT-matrix
@@ -61,7 +63,7 @@ def tt_linear(
         raise ValueError(f"a {d}-core TT-matrix needs {d - 1} ranks, got {list(ranks)}")
     if any(int(r) < 1 for r in ranks):
         raise ValueError(f"TT ranks must be >= 1, got {list(ranks)}")
-    weight = ops.weight64(layer)
+    weight = weight64(layer)
     caps = structures.tt_linear_max_ranks(in_shape, out_shape)
     # tensorly's TT-matrix cores are (r_{k-1}, m_k, n_k, r_k) with the output modes as rows: TTMatrixLinear's layout.
     cores = ops.tensor_train_matrix(weight, in_shape, out_shape, [min(int(r), c) for r, c in zip(ranks, caps)], seed)
@@ -70,7 +72,7 @@ def tt_linear(
         "rank": list(module.ranks),
         "in_shape": list(module.in_shape),
         "out_shape": list(module.out_shape),
-        "rel_error": ops.relative_error(weight, ops.tt_matrix_to_matrix(cores)),
+        "rel_error": relative_error(weight, ops.tt_matrix_to_matrix(cores)),
     }
     return module, info
 
@@ -82,5 +84,5 @@ def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module
         caps = structures.tt_linear_max_ranks(in_shape, out_shape)
         ranks = [int(request.rank)] * len(caps) if isinstance(request.rank, int) else [int(r) for r in request.rank]
         return tt_linear(layer, ranks, in_shape, out_shape, request.seed)
-    ranks = structures.tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, ops.param_budget(request))
+    ranks = structures.tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, param_budget(request))
     return tt_linear(layer, ranks, in_shape, out_shape, request.seed)

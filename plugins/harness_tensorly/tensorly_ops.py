@@ -9,9 +9,7 @@ so the backend is never set globally, only for this thread and only for the call
 and whatever was there before is put back. Every algorithm gets ``random_state``
 so a seed gives the same factors. The results come back as small dataclasses of
 float64 torch tensors with the iteration counts tensorly reports; the layer builders
-in ``linear.py`` and ``conv.py`` turn them into modules. The layer- and
-request-level helpers shared by both builders (budget, float64 weight, relative
-error, TT rank caps) live here too, so the two builders read them the same way.
+in ``linear.py`` and ``conv.py`` turn them into modules.
 """
 
 from __future__ import annotations
@@ -22,9 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from harness.backends import DecomposeRequest
 
 INSTALL_HINT = 'pip install -e ".[tensorly]"'
 
@@ -61,30 +58,6 @@ def _quiet_svd_clipping() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def param_budget(request: DecomposeRequest) -> int:
-    """The replacement's parameter budget; a request with neither rank nor ratio cannot be sized."""
-    budget = request.max_params
-    if budget is None:
-        raise ValueError(f"{request.layer_path}: the request gives neither a rank nor a ratio")
-    return budget
-
-
-def weight64(layer: nn.Module) -> Tensor:
-    """The layer's weight as a detached float64 tensor on the device where it will be decomposed."""
-    weight = layer.weight.detach()
-    # MPS has no float64; a one-off decomposition is better accurate on the CPU than fast there.
-    if weight.device.type == "mps":
-        weight = weight.cpu()
-    return weight.to(torch.float64)
-
-
-def relative_error(target: Tensor, approx: Tensor) -> float:
-    """||target - approx|| / ||target||, with an all-zero target counted as reproduced exactly."""
-    norm = torch.linalg.vector_norm(target)
-    diff = torch.linalg.vector_norm(target - approx)
-    return float(diff) if norm == 0 else float(diff / norm)
 
 
 # ----------------------------------------------------------------------------- SVD

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from harness import DecomposeRequest
 
@@ -61,14 +60,6 @@ def decomposition_kwargs(factorization: str, request: DecomposeRequest) -> tuple
         )
         kwargs["callback"] = trace
     return kwargs, trace
-
-
-def relative_error(target: torch.Tensor, approx: torch.Tensor) -> float:
-    """``||target - approx|| / ||target||`` in float64 (0 for an all-zero target reproduced exactly)."""
-    target, approx = target.detach().double(), approx.detach().double().to(target.device)
-    norm = torch.linalg.vector_norm(target)
-    diff = torch.linalg.vector_norm(target - approx)
-    return float(diff / norm) if norm > 0 else float(diff)
 
 
 def as_json_rank(rank: Any) -> int | list[int]:

@@ -22,7 +22,8 @@ from harness import FULL_RANK, DecomposeRequest, largest_fitting
 from harness.backends import count_params
 from harness.shapes import tensorized_shapes
 from harness_tltorch import ranks
-from harness_tltorch.fitting import as_json_rank, decomposition_kwargs, relative_error
+from harness.metrics import relative_error
+from harness_tltorch.fitting import as_json_rank, decomposition_kwargs
 
 # Harness method name -> tltorch factorization name.
 FACTORIZATIONS = {"cp": "cp", "tucker": "tucker", "blocktt": "blocktt"}

@@ -1,7 +1,7 @@
-"""The command line: ``harness run``, ``harness list`` and ``harness report``.
+"""The command line: ``harness run``, ``harness list``, ``harness report`` and ``harness compare``.
 
-Flags, a ``--config`` TOML file (same keys as the long flags) and plugin options are
-merged into one :class:`~harness.config.RunConfig`. Every usage or configuration
+A shipped ``--preset``, a ``--config`` TOML file (same keys as the long flags), flags and
+plugin options are merged, in that order, into one :class:`~harness.config.RunConfig`. Every usage or configuration
 problem is one line on stderr and exit code 2; a run ends with 0 when every cell is
 ``ok`` or ``unsupported`` and 1 when any cell errored or timed out.
 """
@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness.config import ConfigError, RunConfig, build_config, load_toml, validate_names
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    load_preset,
+    load_toml,
+    preset_description,
+    preset_names,
+    validate_names,
+)
 from harness.plugins import Host, load_host
 from harness.store import StoreError
 
@@ -48,7 +57,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2 [all]")
     sweep.add_argument("--targets", help="comma list of conv, linear, all (both at once) [conv,linear]")
     sweep.add_argument("--ratios", help="target compression of the decomposed layers' parameters [2,4,8]")
-    sweep.add_argument("--seeds", help="comma list of seeds [0]")
+    sweep.add_argument("--seeds", help="comma list of seeds; reports give mean, std and n over them [0]")
+    sweep.add_argument("--skip", metavar="PATTERNS",
+                       help="comma list of glob patterns over cell ids (backend/model/dataset/method/target/xR/sS) "
+                            "to leave out, e.g. 'tednet/*/*/btt/linear/*'")
     sweep.add_argument("--include-edges", dest="keep_edges_dense", action="store_const", const=False,
                        help="also decompose the first conv and the last Linear (kept dense by default)")
     train = parser.add_argument_group("training (the same for every backend)")
@@ -59,6 +71,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--clip-grad-norm", help="gradient-norm clipping for all training, 0 to disable [5]")
     train.add_argument("--batch-size", help="training batch size [64]")
     train.add_argument("--latency-batch", help="batch size of the latency measurement [32]")
+    train.add_argument("--no-dense-control", dest="dense_control", action="store_const", const=False,
+                       help="do not fine-tune the dense baseline as a control (it is, by default, once per seed)")
     execution = parser.add_argument_group("execution")
     execution.add_argument("--out", metavar="DIR", help="run directory [runs/TIMESTAMP]")
     execution.add_argument("--resume", metavar="DIR", help="finish an interrupted run: run only its missing cells")
@@ -71,6 +85,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     execution.add_argument("--download", action="store_const", const=True,
                            help="download torchvision datasets into --data-dir if missing")
     execution.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (keys = long flags)")
+    execution.add_argument("--preset", metavar="NAME",
+                           help="start from a shipped study (see 'harness list'); --config and flags override it")
 
 
 def build_parser(host: Host) -> Parser:
@@ -97,9 +113,21 @@ def build_parser(host: Host) -> Parser:
                          help="only the plugins: module, distribution, version and hooks")
     sub.add_parser("plugins", parents=[plugin_flag], help="same as 'list --plugins'",
                    description="Show each plugin, its distribution and version and the hooks it implements.")
-    report = sub.add_parser("report", parents=[plugin_flag], help="rebuild the reports of a run directory from its store",
-                            description="Rebuild every report from RUN_DIR/results.sqlite (no recomputation).")
-    report.add_argument("run_dir", metavar="RUN_DIR")
+    report = sub.add_parser("report", parents=[plugin_flag],
+                            help="rebuild a run's reports from its store, or compare two runs",
+                            description="With one RUN_DIR: rebuild every report from RUN_DIR/results.sqlite "
+                                        "(no recomputation). With two: show what changed from RUN_A to RUN_B, "
+                                        "cell by cell.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare = sub.add_parser("compare", parents=[plugin_flag], help="show what changed between two runs",
+                             description="Match the cells of two runs by id and list those that changed.")
+    compare.add_argument("run_dirs", nargs=2, metavar="RUN_DIR")
+    for sub_parser in (report, compare):
+        sub_parser.add_argument("--threshold", type=float, default=0.5, metavar="POINTS",
+                                help="an accuracy change above this many points counts as changed [0.5]")
+        sub_parser.add_argument("--relative-threshold", type=float, default=0.1, metavar="FRACTION",
+                                help="a speedup, compression or error change above this fraction counts [0.1]")
+        sub_parser.add_argument("--csv", metavar="FILE", help="also write the comparison table to FILE")
     return parser
 
 
@@ -139,14 +167,19 @@ def cmd_list(host: Host) -> int:
     _echo("reports:")
     for name in host.report_plugins:
         _echo(f"  {name}")
+    _echo("presets (harness run --preset NAME):")
+    for name in preset_names():
+        _echo(f"  {name:<14} {preset_description(name)}")
     return cmd_plugins(host)
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    if args.preset:
+        values.update(load_preset(args.preset))
     if args.config:
         values.update(load_toml(args.config))
-    skip = {"command", "plugins", "config", "resume", "_plugin_keys", "run_dir"}
+    skip = {"command", "plugins", "config", "preset", "resume", "_plugin_keys", "run_dir"}
     values.update({k: v for k, v in vars(args).items() if k not in skip and v is not None})
     return values
 
@@ -190,7 +223,40 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
 def cmd_report(host: Host, args: argparse.Namespace) -> int:
     from harness import session
 
-    return session.report(Path(args.run_dir), host, _echo)
+    if len(args.run_dirs) == 1:
+        return session.report(Path(args.run_dirs[0]), host, _echo)
+    if len(args.run_dirs) != 2:
+        raise UsageError("harness report: give one RUN_DIR to rebuild its reports, or two to compare them")
+    return cmd_compare(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from harness.compare import compare_runs
+    from harness.store import load_results
+
+    if args.threshold < 0 or args.relative_threshold < 0:
+        raise UsageError("harness compare: thresholds must not be negative")
+    first, second = (load_results(path) for path in args.run_dirs)
+    comparison = compare_runs(first, second, args.threshold, args.relative_threshold)
+    changed = comparison.changed
+    _echo(f"A = {args.run_dirs[0]}  ({first.meta.get('command', '?')})")
+    _echo(f"B = {args.run_dirs[1]}  ({second.meta.get('command', '?')})")
+    _echo(f"{len(comparison.table)} cells in both runs: {len(changed)} changed "
+          f"(accuracy > {args.threshold:g} points, speedup/compression/error > {args.relative_threshold:.0%}); "
+          f"{len(comparison.only_a)} only in A, {len(comparison.only_b)} only in B")
+    if not changed.empty:
+        shown = changed[["cell_id", "status_a", "status_b", "acc_final_a", "acc_final_b", "speedup_a", "speedup_b",
+                         "why"]]
+        _echo(tabulate(shown, headers="keys", tablefmt="simple", showindex=False, floatfmt=".2f"))
+    for label, ids in (("only in A", comparison.only_a), ("only in B", comparison.only_b)):
+        for cell_id in ids:
+            _echo(f"{label}: {cell_id}")
+    if args.csv:
+        comparison.table.to_csv(args.csv, index=False)
+        _echo(f"comparison written to {args.csv}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(host)
         if args.command == "report":
             return cmd_report(host, args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_run(host, args, argv, plugin_args)
     except (UsageError, ConfigError, StoreError) as exc:
         print(f"harness: error: {exc}" if not str(exc).startswith("harness") else f"{exc}", file=sys.stderr)

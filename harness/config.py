@@ -44,7 +44,7 @@ class RunConfig:
     models: list[str] = field(default_factory=lambda: ["lenet5"])
     datasets: list[str] = field(default_factory=lambda: ["mnist-embedded"])
     methods: list[str] = field(default_factory=lambda: ["all"])
-    targets: list[str] = field(default_factory=lambda: ["conv", "linear"])
+    targets: list[str] = field(default_factory=lambda: ["conv", "linear", "all"])
     ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     epochs: int = 2
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -57,6 +57,10 @@ class RunConfig:
     clip_grad_norm: float = 5.0
     latency_batch: int = 32
     keep_edges_dense: bool = True
+    # The dense baseline fine-tuned like every decomposed net: the reference for stability.
+    dense_control: bool = True
+    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED) left out of the plan.
+    skip: list[str] = field(default_factory=list)
     device: str = "auto"
     cell_timeout: float = 900.0
     jobs: int = 1
@@ -145,6 +149,29 @@ def load_toml(path: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in run_table.items()}
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """The studies shipped with harness, usable as ``harness run --preset NAME``."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset file (its one-line purpose)."""
+    for line in (PRESETS_DIR / f"{name}.toml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The settings of a shipped preset (flags and ``--config`` given with it override them)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names()) or 'none'})")
+    return load_toml(str(PRESETS_DIR / f"{name}.toml"))
+
+
 def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) -> RunConfig:
     """Turn raw values (from TOML and flags, flags last) into a parsed :class:`RunConfig`.
 
@@ -159,7 +186,9 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             continue
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
-        if key in ("backends", "models", "datasets", "methods", "targets"):
+        if key == "skip":
+            config.skip = _as_list(value, key) if value not in ("", []) else []
+        elif key in ("backends", "models", "datasets", "methods", "targets"):
             setattr(config, key, _as_list(value, key))
         elif key == "ratios":
             config.ratios = _parse_ratios(value)
@@ -177,7 +206,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
                 raise ConfigError(f"{key}: {value!r} must be positive")
             setattr(config, key, number)
-        elif key in ("keep_edges_dense", "download"):
+        elif key in ("keep_edges_dense", "download", "dense_control"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             setattr(config, key, value)

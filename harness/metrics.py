@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 
 import torch
 
@@ -60,14 +59,16 @@ def compare_latency(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rou
                     min_run_time: float = 0.1) -> tuple[float, float]:
     """Latencies (ms) of two models on ``batch``, measured in alternating rounds.
 
-    Alternating the two and taking the median over rounds keeps a drift in machine load
-    (another process, a frequency change) from landing on one side of the ratio only.
+    Alternating the two keeps a drift in machine load (a frequency change) from landing
+    on one side of the ratio only; taking each model's fastest round (each round is
+    itself a median) discards rounds another process interrupted, since interference
+    only ever adds time.
     """
     dense_runs, other_runs = [], []
     for _ in range(rounds):
         dense_runs.append(measure_latency(dense, batch, min_run_time=min_run_time))
         other_runs.append(measure_latency(other, batch, min_run_time=min_run_time))
-    return statistics.median(dense_runs), statistics.median(other_runs)
+    return min(dense_runs), min(other_runs)
 
 
 def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The planner: expands a run configuration into independent, serialisable cells.
 
-A cell is one (backend, model, dataset, method, target, ratio, seed). Planning builds
+A cell is one (backend, model, dataset, method, target, ratio, seed); for each (model,
+dataset, seed) one more cell, the dense control, fine-tunes the undecomposed baseline
+with the same recipe so stability has a reference. Planning builds
 each model once (untrained) to see which layers a target selects, so declared gaps —
 a method the backend lacks for a layer kind, a conv feature it cannot handle — become
 ``unsupported`` cells with their reason before any backend code runs. Combinations
@@ -11,6 +13,7 @@ with no layers in the model) are not planned at all.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from torch import nn
@@ -19,6 +22,10 @@ from harness.backends import BackendInfo, conv_features, layer_kind
 from harness.config import TARGET_KINDS, RunConfig
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
+# The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
+CONTROL_BACKEND = "dense"
+CONTROL_INIT = "control"
+CONTROL_TARGET = "none"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,10 @@ class Cell:
     seed: int
     init: str = "decompose"
     unsupported: str | None = None
+
+    @property
+    def is_control(self) -> bool:
+        return self.init == CONTROL_INIT
 
     @property
     def cell_id(self) -> str:
@@ -115,4 +126,14 @@ def plan_cells(
                             for seed in config.seeds:
                                 cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
                                                   init=init, unsupported=reason))
-    return cells, notes
+            if config.dense_control and config.epochs > 0:
+                cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
+    kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]
+    if len(kept) < len(cells):
+        notes.append(f"{len(cells) - len(kept)} cells left out by skip patterns {', '.join(config.skip)}")
+    return kept, notes
+
+
+def control_cell(model: str, dataset: str, seed: int) -> Cell:
+    """The dense baseline of (model, dataset, seed), fine-tuned like the decomposed networks."""
+    return Cell(CONTROL_BACKEND, model, dataset, CONTROL_BACKEND, CONTROL_TARGET, 1.0, seed, init=CONTROL_INIT)

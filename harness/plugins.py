@@ -110,6 +110,10 @@ def load_host(blocked: Iterable[str] = (), extra_modules: Iterable[str] = ()) ->
     return host
 
 
+# The dense control's rows carry backend "dense"; a plugin's backend of that name would mix with them.
+RESERVED_BACKENDS = frozenset({"dense"})
+
+
 def _collect(host: Host) -> None:
     """Call each registration hook plugin by plugin, so one faulty plugin only loses its own entries."""
 
@@ -119,6 +123,10 @@ def _collect(host: Host) -> None:
 
             def add(item, owner=owner) -> None:
                 name = key(item)
+                if hook_name == "harness_register_backends" and name in RESERVED_BACKENDS:
+                    host.registration_errors.append(
+                        f"plugin {owner!r} registers backend {name!r}, a name the harness reserves; ignored")
+                    return
                 if name in target:
                     host.registration_errors.append(
                         f"plugin {owner!r} registers {name!r} again; the first registration is kept")

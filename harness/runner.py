@@ -3,7 +3,8 @@
 It loads the cached dense baseline, measures it, asks the cell's backend (through the
 ``harness_decompose_layer`` hook) for a replacement of each targeted layer, measures
 the decomposed network right away, fine-tunes it with the shared training settings and
-measures it again. The dense and decomposed networks are measured in the same process
+measures it again. The dense control cell skips the decomposition and fine-tunes the
+baseline itself with the same recipe. The dense and decomposed networks are measured in the same process
 so their latencies compare. The result is plain data; only the driver writes the store.
 An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
 makes it ``error`` with a one-line message (and the traceback kept beside it).
@@ -98,20 +99,9 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
     return result
 
 
-def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callable[[int], None] | None) -> None:
-    config, device = ctx.config, ctx.device
-    data = ctx.data(cell.dataset)
-    build = ctx.builder(cell.model, cell.dataset)
-    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec())
-    model = load_baseline(path, build, device)
-    latency_input = data.test_x[: config.latency_batch]
-    metrics = result["metrics"]
-    metrics.update(
-        device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
-        model_params_dense=count_params(model), flops_dense=count_flops(model, data.test_x),
-    )
-    metrics["acc_baseline"] = evaluate(model, data.test_x, data.test_y)[1]
-
+def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
+    """Replace each targeted layer of ``model`` by the backend's answer, recording one row per layer."""
+    config, device, metrics = ctx.config, ctx.device, result["metrics"]
     layers = target_layers(model, cell.target, config.keep_edges_dense)
     error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
     for layer_path, layer in layers:
@@ -155,8 +145,31 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         budget=math.floor(params_dense / cell.ratio), budget_ok=all(
             row["params"] <= row["max_params"] for row in result["layers"] if row["max_params"] is not None),
         decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
-        acc_decomposed=evaluate(model, data.test_x, data.test_y)[1],
     )
+
+
+def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callable[[int], None] | None) -> None:
+    config, device = ctx.config, ctx.device
+    data = ctx.data(cell.dataset)
+    build = ctx.builder(cell.model, cell.dataset)
+    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec())
+    model = load_baseline(path, build, device)
+    latency_input = data.test_x[: config.latency_batch]
+    metrics = result["metrics"]
+    metrics.update(
+        device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
+        model_params_dense=count_params(model), flops_dense=count_flops(model, data.test_x),
+    )
+    metrics["acc_baseline"] = evaluate(model, data.test_x, data.test_y)[1]
+
+    if cell.is_control:
+        # Nothing is replaced: the control measures how the dense net itself behaves under fine-tuning.
+        params = count_params(model)
+        metrics.update(params_dense=params, params=params, compression=1.0, budget=params, budget_ok=True,
+                       decompose_s=0.0, recon_error=0.0, acc_decomposed=metrics["acc_baseline"])
+    else:
+        _decompose(cell, ctx, model, result)
+        metrics["acc_decomposed"] = evaluate(model, data.test_x, data.test_y)[1]
 
     records: list[EpochRecord] = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
     result["epochs"] = [vars(r) for r in records]

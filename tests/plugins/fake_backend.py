@@ -2,7 +2,8 @@
 
 ``lowrank`` is a truncated SVD of the (flattened) weight for Linear and Conv2d layers;
 ``boom`` raises, ``hang`` sleeps past any sensible time limit, ``nope`` raises
-Unsupported. Loaded in tests with ``-p fake_backend`` (tests/plugins on sys.path).
+Unsupported, ``explode`` is ``lowrank`` with its output scaled so far up that training
+diverges. Loaded in tests with ``-p fake_backend`` (tests/plugins on sys.path).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from harness import BackendInfo, Unsupported, largest_fitting
 @harness.hookimpl
 def harness_register_backends(register):
     register(BackendInfo(name="fake", library="torch", library_version=torch.__version__,
-                         methods={"linear": ("lowrank", "boom", "hang", "nope"),
-                                  "conv2d": ("lowrank", "boom", "hang", "nope")},
+                         methods={"linear": ("lowrank", "boom", "hang", "nope", "explode"),
+                                  "conv2d": ("lowrank", "boom", "hang", "nope", "explode")},
                          conv_unsupported=frozenset({"dilation"})))
     register(BackendInfo(name="missing", library="nonexistent-lib", library_version=None,
                          methods={"linear": ("lowrank",)}, available=False,
@@ -53,7 +54,8 @@ def harness_decompose_layer(layer, request):
         second = nn.Conv2d(rank, out_dim, 1, bias=bias)
         first.weight.data.copy_(first_w.reshape(rank, *layer.weight.shape[1:]))
         second_w = second_w[:, :, None, None]
-    second.weight.data.copy_(second_w)
+    # explode: outputs near float32's limit, so the first loss is infinite.
+    second.weight.data.copy_(second_w * (1e37 if request.method == "explode" else 1.0))
     if bias:
         second.bias.data.copy_(layer.bias.detach())
     module = nn.Sequential(first, second)

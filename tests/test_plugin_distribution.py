@@ -49,7 +49,8 @@ def test_installed_plugin_is_discovered_and_listed(installed):
 def test_installed_plugin_runs(installed, tmp_path, cache_dir):
     out = tmp_path / "run"
     result = harness(installed["env"], "run", "--backends", "lowrank", "--targets", "linear", "--ratios", "4",
-                     "--epochs", "1", "--baseline-epochs", "1", "--cache-dir", str(cache_dir), "--out", str(out))
+                     "--epochs", "1", "--baseline-epochs", "1", "--no-dense-control", "--cache-dir", str(cache_dir),
+                     "--out", str(out))
     assert result.returncode == 0, result.stderr
     cells = pd.read_csv(out / "cells.csv")
     assert cells["status"].tolist() == ["ok"] and cells["backend"].tolist() == ["lowrank"]

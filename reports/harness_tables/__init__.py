@@ -1,9 +1,11 @@
-"""Built-in report plugin: tidy CSV tables, a Markdown summary and the terminal summary.
+"""Built-in report plugin: tidy CSV and Parquet tables, a Markdown summary and the terminal summary.
 
 Writes ``cells.csv`` (one row per cell), ``epochs.csv`` (one row per cell and
-fine-tuning epoch), ``layers.csv`` (one row per decomposed layer) and ``report.md``
-(per backend, method and ratio, averaged over seeds) into the run directory, all
-rebuilt from the store. The same summary table is printed when a run ends.
+fine-tuning epoch), ``layers.csv`` (one row per decomposed layer), their Parquet copies
+when pyarrow is installed, and ``report.md`` (per backend, method and ratio: mean ± std
+over seeds, with the seed count; the dense control rows in a section of their own) into
+the run directory, all rebuilt from the store. The same summary table is printed when a
+run ends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import pandas as pd
 from tabulate import tabulate
 
 import harness
+from harness.aggregate import (
+    control_ok,
+    decomposed_ok,
+    format_summary,
+    seed_summary,
+    with_delta,
+)
 from harness.store import RunResults
 
 CELL_COLUMNS = [
@@ -37,6 +46,16 @@ SUMMARY = {
     "speedup": "speedup",
     "decompose_s": "decomp s",
 }
+CONTROL_GROUP = ["model", "dataset"]
+CONTROL_SUMMARY = {
+    "acc_baseline": "acc dense",
+    "acc_final": "acc final",
+    "delta": "Δ vs dense",
+    "overfit_drop": "best−last",
+    "last_k_std": "last-k std",
+    "speedup": "speedup",
+}
+TABLES = ("cells", "epochs", "layers")
 
 
 def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
@@ -46,15 +65,44 @@ def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
     return frame[first + [c for c in frame.columns if c not in first]]
 
 
-def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per model, dataset, target, backend, method and ratio: means over seeds of the ok cells."""
-    ok = cells[cells["status"] == "ok"].copy()
-    if ok.empty:
-        return pd.DataFrame(columns=GROUP + list(SUMMARY.values()) + ["seeds"])
-    ok["delta"] = ok["acc_final"] - ok["acc_baseline"]
-    table = ok.groupby(GROUP, sort=True).agg(**{label: (column, "mean") for column, label in SUMMARY.items()},
-                                            seeds=("seed", "nunique"))
-    return table.reset_index()
+def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.DataFrame:
+    """Per model, dataset, target, backend, method and ratio: mean ± std over seeds of the ok decomposed cells."""
+    return format_summary(seed_summary(with_delta(decomposed_ok(cells)), list(summary), GROUP), GROUP, summary)
+
+
+def control_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per model and dataset: mean ± std over seeds of the dense control (the dense net fine-tuned alike)."""
+    summary = seed_summary(with_delta(control_ok(cells)), list(CONTROL_SUMMARY), CONTROL_GROUP)
+    return format_summary(summary, CONTROL_GROUP, CONTROL_SUMMARY)
+
+
+def _as_text(value: object) -> str | None:
+    missing = value is None or (isinstance(value, float) and value != value)  # noqa: PLR0124 - NaN test
+    return None if missing else str(value)
+
+
+def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding several types (e.g. bool and str) as text, so Parquet gets one type per column."""
+    frame = frame.copy()
+    for column in [c for c in frame.columns if frame[c].dtype == object]:
+        kinds = {type(v) for v in frame[column].dropna()}
+        if len(kinds) > 1 or not kinds <= {str, bool, int, float}:
+            frame[column] = frame[column].map(_as_text)
+    return frame
+
+
+def write_parquet(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
+    """``<name>.parquet`` for each table when pyarrow is importable; nothing otherwise."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return []
+    paths = []
+    for name, frame in tables.items():
+        path = out / f"{name}.parquet"
+        _arrow_safe(frame).to_parquet(path, index=False)
+        paths.append(str(path))
+    return paths
 
 
 def _format(table: pd.DataFrame, fmt: str) -> str:
@@ -80,9 +128,9 @@ def not_ok_table(cells: pd.DataFrame) -> pd.DataFrame:
 def harness_report(results: RunResults, run_dir: str) -> list[str]:
     out = Path(run_dir)
     cells = _ordered(results.cells.copy(), CELL_COLUMNS)
-    cells.to_csv(out / "cells.csv", index=False)
-    _ordered(results.epochs.copy(), EPOCH_COLUMNS).to_csv(out / "epochs.csv", index=False)
-    results.layers.to_csv(out / "layers.csv", index=False)
+    tables = {"cells": cells, "epochs": _ordered(results.epochs.copy(), EPOCH_COLUMNS), "layers": results.layers}
+    for name, frame in tables.items():
+        frame.to_csv(out / f"{name}.csv", index=False)
 
     meta = results.meta
     counts = cells["status"].value_counts().to_dict()
@@ -90,36 +138,44 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
     lines = [
         "# Compression report", "",
         f"- command: `{meta.get('command', '?')}`",
-        f"- started: {meta.get('started_at', '?')}; harness {meta.get('harness_version', '?')}"
-        f" (git {meta.get('git_commit') or 'unknown'})",
+        (f"- started: {meta.get('started_at', '?')}; harness {meta.get('harness_version', '?')}"
+         f" (git {meta.get('git_commit') or 'unknown'})"),
         f"- python {meta.get('python', '?')}, torch {meta.get('torch', '?')}; libraries: "
         + ", ".join(f"{n}={v['library']} {v['version']}" for n, v in meta.get("libraries", {}).items()),
-        f"- device: {meta.get('device', '?')} ({meta.get('device_name', '?')}), threads per worker: "
-        f"{meta.get('threads', '?')}; seeds: {meta.get('seeds', '?')}",
+        (f"- device: {meta.get('device', '?')} ({meta.get('device_name', '?')}), threads per worker: "
+         f"{meta.get('threads', '?')}; seeds: {meta.get('seeds', '?')}"),
         "- cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         f"- FLOPs: {meta.get('flop_convention', '?')}",
-        "- compression = dense params / params of the decomposed layers only (bias included); "
-        "speedup = dense latency / decomposed latency, whole network, measured in the same process; "
-        "Δ vs dense = final accuracy − dense baseline accuracy (percentage points)",
+        ("- compression = dense params / params of the decomposed layers only (bias included); "
+         "speedup = dense latency / decomposed latency, whole network, measured in the same process; "
+         "Δ vs dense = final accuracy − dense baseline accuracy (percentage points); "
+         "a ± b = mean ± sample std over seeds"),
         "",
         "## Dense baselines", "",
         _format(baselines.reset_index().rename(columns={"acc_baseline": "accuracy %"}), "github"),
         "",
-        "## Decomposed networks (mean over seeds)", "",
+        "## Decomposed networks (mean ± std over seeds)", "",
         _format(summary_table(cells), "github"),
         "",
     ]
+    control = control_table(cells)
+    if not control.empty:
+        lines += ["## Dense control (mean ± std over seeds)", "",
+                  ("The dense network fine-tuned for the same epochs with the same optimiser: the reference "
+                   "for the decomposed networks' accuracy and stability."), "",
+                  _format(control, "github"), ""]
     deviations = budget_deviations(cells)
     if not deviations.empty:
         lines += ["## Budget deviations", "",
-                  f"Cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
-                  "(the format's rank steps are too coarse to get closer) or more than all of it:", "",
+                  (f"Cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
+                   "(the format's rank steps are too coarse to get closer) or more than all of it:"), "",
                   _format(deviations, "github"), ""]
     rest = not_ok_table(cells)
     if not rest.empty:
         lines += ["## Cells not ok", "", _format(rest, "github"), ""]
     (out / "report.md").write_text("\n".join(lines))
-    return [str(out / name) for name in ("cells.csv", "epochs.csv", "layers.csv", "report.md")]
+    written = [str(out / f"{name}.csv") for name in TABLES] + [str(out / "report.md")]
+    return written + write_parquet(tables, out)
 
 
 @harness.hookimpl
@@ -130,6 +186,11 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
         return
     write("")
     write(_format(summary_table(cells), "simple"))
+    control = control_table(cells)
+    if not control.empty:
+        write("")
+        write("dense control:")
+        write(_format(control, "simple"))
     counts = cells["status"].value_counts().to_dict()
     write("")
     write("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -1,0 +1,94 @@
+"""Seed aggregation shared by every report: mean, spread and count over seeds of ok cells.
+
+A configuration (backend, method, target, ratio, ...) is run once per seed; every
+report states its numbers as a mean with the sample standard deviation across seeds
+and the number of seeds behind it, so a difference smaller than the spread is visible
+as such. The dense control rows (the dense network fine-tuned like the decomposed ones)
+are told apart here once, so that no report counts them as a backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from harness.plan import CONTROL_BACKEND, CONTROL_INIT
+
+__all__ = [
+    "CONTROL_BACKEND",
+    "CONTROL_INIT",
+    "control_ok",
+    "decomposed_ok",
+    "format_summary",
+    "is_control",
+    "mean_std",
+    "seed_summary",
+    "with_delta",
+]
+
+
+def is_control(cells: pd.DataFrame) -> pd.Series:
+    """True for the dense control rows."""
+    return (cells["init"] == CONTROL_INIT) | (cells["backend"] == CONTROL_BACKEND)
+
+
+def decomposed_ok(cells: pd.DataFrame) -> pd.DataFrame:
+    """Ok cells of decomposed networks (dense control rows left out)."""
+    if cells.empty:
+        return cells
+    return cells[(cells["status"] == "ok") & ~is_control(cells)]
+
+
+def control_ok(cells: pd.DataFrame) -> pd.DataFrame:
+    """Ok dense control rows."""
+    if cells.empty:
+        return cells
+    return cells[(cells["status"] == "ok") & is_control(cells)]
+
+
+def with_delta(cells: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``delta`` = final accuracy − dense baseline accuracy (percentage points)."""
+    out = cells.copy()
+    out["delta"] = pd.to_numeric(out.get("acc_final"), errors="coerce") - pd.to_numeric(
+        out.get("acc_baseline"), errors="coerce")
+    return out
+
+
+def seed_summary(cells: pd.DataFrame, metrics: list[str], group: list[str]) -> pd.DataFrame:
+    """Per group of ok cells: ``<metric>_mean``, ``<metric>_std`` (ddof=1, NaN for one seed) and ``n``."""
+    columns = group + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n"]
+    ok = cells[cells["status"] == "ok"] if "status" in cells.columns else cells
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    # Metrics stored as None (e.g. a recovery that never happened) arrive as objects; numbers are needed.
+    values = pd.DataFrame({m: pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else math.nan
+                           for m in metrics}, index=ok.index)
+    grouped = pd.concat([ok[group], values], axis=1).groupby(group, sort=True, dropna=False)
+    table = grouped[metrics].agg(["mean", "std"])  # pandas' std is the sample std (ddof=1)
+    table.columns = [f"{m}_{s}" for m, s in table.columns]
+    table["n"] = grouped.size()
+    return table.reset_index()[columns]
+
+
+def mean_std(mean: float, std: float | None, n: float | None, digits: int = 2, unit: str = "") -> str:
+    """"97.10 ± 0.21 (n=3)", "97.10 (n=1)"; n=None leaves the count out; a missing mean gives "–"."""
+    if mean is None or not math.isfinite(float(mean)):
+        return "–"
+    count = None if n is None or not math.isfinite(float(n)) else int(n)
+    text = f"{mean:.{digits}f}"
+    if std is not None and math.isfinite(float(std)) and (count is None or count > 1):
+        text += f" ± {std:.{digits}f}"
+    text += unit
+    return text if count is None else f"{text} (n={count})"
+
+
+def format_summary(summary: pd.DataFrame, group: list[str], labels: dict[str, str], digits: int = 2,
+                   seeds_label: str = "seeds") -> pd.DataFrame:
+    """A :func:`seed_summary` table as text: one "mean ± std" column per metric, one seed-count column."""
+    out = summary[group].copy()
+    for metric, label in labels.items():
+        out[label] = [mean_std(m, s, None, digits)
+                      for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+    out[seeds_label] = summary["n"].astype(int)
+    return out

@@ -1,0 +1,413 @@
+"""Plots of a run: matplotlib figures built from the cells and epochs frames, no global state.
+
+Each function takes the frames of a run and returns a :class:`matplotlib.figure.Figure`
+(created directly, never through pyplot, so plotting is thread-safe and backend-free);
+:func:`to_png` renders one. A backend keeps one colour in every plot
+(:func:`backend_colours`), the dense control is always black. Points are means over
+seeds of ok cells with the seed std as error bar or band. Missing data (one seed, no
+control rows, no "all" target, no ok cells) never raises: a plot draws what exists and
+says in a note what is not there. :data:`PLOTS` lists every plot with its caption.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    NullFormatter,
+    NullLocator,
+)
+
+from harness.aggregate import CONTROL_BACKEND, control_ok, decomposed_ok, seed_summary
+from harness.store import RunResults
+
+DPI = 100
+WIDTH = 11.0  # inches: 1100 px at DPI
+MAX_PANELS = 16
+ACCURACY_WINDOW = 15.0  # percentage points shown below the dense baseline; lower points are marked at the edge
+TARGET_MARKERS = {"conv": "o", "linear": "s", "all": "^"}
+TARGET_COLOURS = {"conv": "#1b9e77", "linear": "#d95f02", "all": "#7570b3"}
+MARKERS = "osD^vP*X<>"
+
+
+def backend_colours(backends: Iterable[str]) -> dict[str, str]:
+    """One tab10 colour per backend (sorted by name), the dense control black."""
+    palette = colormaps["tab10"].colors
+    names = sorted({str(b) for b in backends if b != CONTROL_BACKEND})
+    colours = {name: to_hex(palette[i % len(palette)]) for i, name in enumerate(names)}
+    colours[CONTROL_BACKEND] = "#000000"
+    return colours
+
+
+def to_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes at :data:`DPI`."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _figure(panels: int, columns: int, height: float) -> tuple[Figure, list]:
+    columns = max(1, min(columns, panels))
+    rows = -(-panels // columns)
+    figure = Figure(figsize=(WIDTH, 0.8 + rows * height), dpi=DPI, layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return figure, axes[:panels]
+
+
+def _empty(title: str, note: str) -> Figure:
+    figure = Figure(figsize=(WIDTH, 2.0), dpi=DPI, layout="constrained")
+    figure.suptitle(title)
+    axis = figure.add_subplot()
+    axis.axis("off")
+    axis.text(0.5, 0.5, note, ha="center", va="center", fontsize=11, color="dimgray", wrap=True)
+    return figure
+
+
+def _note(figure: Figure, notes: list[str]) -> None:
+    if notes:
+        figure.supxlabel(textwrap.fill("Note: " + " ".join(notes), 150), fontsize=9, color="dimgray")
+
+
+def _panels(frame: pd.DataFrame, by: list[str]) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
+    """Groups of ``frame`` by ``by`` (model/dataset added when the run has several), capped at MAX_PANELS."""
+    several = frame[["model", "dataset"]].drop_duplicates().shape[0] > 1
+    keys = (["model", "dataset"] if several else []) + by
+    if not keys:
+        return [("", frame)], []
+    groups = [(" / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))), group)
+              for key, group in frame.groupby(keys, sort=True)]
+    notes = [f"{len(groups) - MAX_PANELS} more panels left out."] if len(groups) > MAX_PANELS else []
+    return groups[:MAX_PANELS], notes
+
+
+def _ratio_axis(axis, label: str, values: pd.Series) -> None:
+    """Log-2 x axis with ticks at powers of two, or at the data's own values when fewer than three fall inside."""
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel(label)
+    values = pd.to_numeric(values, errors="coerce")
+    values = values[values > 0]
+    if values.empty:
+        return
+    low, high = values.min() / 1.12, values.max() * 1.12
+    ticks = [2.0 ** k for k in range(-4, 12) if low <= 2.0 ** k <= high]
+    if len(ticks) < 3:
+        ticks = sorted(set(values.round(1)))
+    axis.set_xlim(low, high)
+    axis.xaxis.set_major_locator(FixedLocator(ticks[:: max(1, len(ticks) // 8)]))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_locator(NullLocator())
+
+
+def _log_y(axis) -> None:
+    axis.set_yscale("log")
+    axis.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _dense_lines(axis, cells: pd.DataFrame, panel: pd.DataFrame) -> float | None:
+    """Dense baseline (dotted) and fine-tuned dense control (dashed) of the panel's model and data."""
+    mine = cells.merge(panel[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
+    baseline = pd.to_numeric(mine["acc_baseline"], errors="coerce").mean()
+    if pd.notna(baseline):
+        axis.axhline(baseline, color="black", linestyle=":", linewidth=1)
+    control = pd.to_numeric(control_ok(mine)["acc_final"], errors="coerce").mean() if not mine.empty else None
+    if control is not None and pd.notna(control):
+        axis.axhline(control, color="black", linestyle="--", linewidth=1)
+    return baseline if pd.notna(baseline) else None
+
+
+def _clip_accuracy(axis, values: pd.Series, baseline: float | None) -> tuple[int, float]:
+    """Keep the axis near the baseline so a collapsed cell does not squash the rest.
+
+    Returns the number of values cut off and the floor (-inf when nothing is cut).
+    """
+    values = values.dropna()
+    if baseline is None or values.empty or values.min() >= baseline - ACCURACY_WINDOW:
+        return 0, -float("inf")
+    floor = baseline - ACCURACY_WINDOW
+    top = max(values.max(), baseline) + 0.5
+    axis.set_ylim(floor - 0.04 * (top - floor), top)
+    return int((values < floor).sum()), floor
+
+
+def _dense_legend(cells: pd.DataFrame) -> list[Line2D]:
+    handles = [Line2D([], [], color="black", linestyle=":", label="dense baseline")]
+    if not control_ok(cells).empty:
+        handles.append(Line2D([], [], color="black", linestyle="--", label="dense control (fine-tuned)"))
+    return handles
+
+
+def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Points not beaten by another with both more ``x`` and more ``y``, sorted by ``x``."""
+    ordered = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, False])
+    front = ordered[ordered[y] > ordered[y].cummax().shift(fill_value=-float("inf"))]
+    return front.sort_values(x)
+
+
+def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
+    """Final accuracy vs achieved compression per method, with each backend's Pareto front."""
+    title = "Final accuracy vs compression of the decomposed layers\n(mean ± std over seeds; lines: each backend's Pareto front)"
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return _empty(title, "No ok decomposed cells to plot.")
+    colours = backend_colours(cells["backend"].unique())
+    panels, notes = _panels(ok, ["method"])
+    figure, axes = _figure(len(panels), 3, 3.0)
+    clipped = 0
+    for axis, (name, panel) in zip(axes, panels):
+        summary = seed_summary(panel, ["compression", "acc_final"], ["backend", "target", "init", "ratio"])
+        baseline = _dense_lines(axis, cells, panel)
+        cut, floor = _clip_accuracy(axis, summary["acc_final_mean"], baseline)
+        clipped += cut
+        for (backend, target, init), points in summary.groupby(["backend", "target", "init"]):
+            low = points["acc_final_mean"] < floor
+            axis.errorbar(points["compression_mean"].where(~low), points["acc_final_mean"],
+                          yerr=points["acc_final_std"], fmt=TARGET_MARKERS.get(target, "D"),
+                          color=colours[backend], markerfacecolor="none" if init == "scratch" else colours[backend],
+                          capsize=2, linestyle="none")
+            # A collapsed cell is shown as an arrow at the lower edge rather than stretching the axis.
+            axis.plot(points["compression_mean"][low], [floor] * int(low.sum()), "v", color=colours[backend],
+                      linestyle="none")
+        for backend, points in summary.groupby("backend"):
+            front = _pareto(points, "compression_mean", "acc_final_mean")
+            axis.step(front["compression_mean"], front["acc_final_mean"], where="pre", color=colours[backend],
+                      alpha=0.6, linewidth=1.2)
+        axis.set_title(name, fontsize=10)
+        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"])
+        axis.set_ylabel("final test accuracy %")
+        axis.grid(alpha=0.3)
+    if clipped:
+        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
+                     "as ▼ at the lower edge.")
+    if summary_single_seed(ok):
+        notes.append("One seed: no error bars.")
+    handles = [Line2D([], [], color=colours[b], marker="o", linestyle="-", label=b) for b in sorted(ok["backend"].unique())]
+    handles += [Line2D([], [], color="gray", marker=TARGET_MARKERS.get(t, "D"), linestyle="none", label=f"target {t}")
+                for t in sorted(ok["target"].unique())]
+    if (ok["init"] == "scratch").any():
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="none",
+                              label="from scratch"))
+    figure.legend(handles=handles + _dense_legend(cells), loc="outside right upper", fontsize=8)
+    figure.suptitle(title, fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+def summary_single_seed(ok: pd.DataFrame) -> bool:
+    """True when no configuration has more than one seed (so there is no spread to draw)."""
+    return ok.groupby(["backend", "model", "dataset", "method", "target", "init", "ratio"]).size().max() <= 1
+
+
+def speedup_vs_compression(cells: pd.DataFrame) -> Figure:
+    """Measured latency speedup vs compression per target, against the FLOP-reduction bound."""
+    title = "Measured latency speedup vs compression (mean ± std over seeds)"
+    ok = decomposed_ok(cells)
+    if ok.empty or pd.to_numeric(ok["speedup"], errors="coerce").notna().sum() == 0:
+        return _empty(title, "No ok decomposed cells with a measured speedup.")
+    colours = backend_colours(cells["backend"].unique())
+    methods = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(sorted(ok["method"].unique()))}
+    panels, notes = _panels(ok, ["target"])
+    figure, axes = _figure(len(panels), 3, 3.6)
+    for axis, (name, panel) in zip(axes, panels):
+        summary = seed_summary(panel, ["compression", "speedup", "flop_speedup"], ["backend", "method", "init", "ratio"])
+        bound = summary.groupby("ratio")[["compression_mean", "flop_speedup_mean"]].median().sort_values(
+            "compression_mean")
+        axis.plot(bound["compression_mean"], bound["flop_speedup_mean"], color="gray", linestyle="--",
+                  marker="x", linewidth=1.2)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        for (backend, method), points in summary.groupby(["backend", "method"]):
+            axis.errorbar(points["compression_mean"], points["speedup_mean"], yerr=points["speedup_std"],
+                          fmt=methods[method], color=colours[backend], capsize=2, linestyle="none", markersize=5)
+        _log_y(axis)
+        axis.set_title(f"target {name}", fontsize=10)
+        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"])
+        axis.set_ylabel("speedup × (dense / decomposed latency)")
+        axis.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b)
+               for b in sorted(ok["backend"].unique())]
+    handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=f"method {name}")
+                for name, m in methods.items()]
+    handles += [Line2D([], [], color="gray", linestyle="--", marker="x", label="FLOP bound (median per ratio)"),
+                Line2D([], [], color="black", linewidth=0.8, label="as fast as dense")]
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.suptitle(title)
+    _note(figure, notes)
+    return figure
+
+
+def _curve(cells: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of test accuracy per epoch; epoch 0 is the accuracy right after decomposition."""
+    start = pd.DataFrame({"cell_id": cells["cell_id"], "epoch": 0,
+                          "test_acc": pd.to_numeric(cells["acc_decomposed"], errors="coerce")})
+    rows = epochs.loc[epochs["cell_id"].isin(cells["cell_id"]), ["cell_id", "epoch", "test_acc"]]
+    return pd.concat([start, rows]).dropna().groupby("epoch")["test_acc"].agg(["mean", "std"])
+
+
+def _draw_curve(axis, curve: pd.DataFrame, colour: str, style: str) -> None:
+    axis.plot(curve.index, curve["mean"], color=colour, linestyle=style, linewidth=1.4)
+    if curve["std"].notna().any():
+        axis.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+                          color=colour, alpha=0.15, linewidth=0)
+
+
+def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
+    """Test accuracy per epoch at the run's median ratio, decomposed backends vs the dense control."""
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return _empty("Test accuracy per epoch", "No ok decomposed cells to plot.")
+    ratios = sorted(ok["ratio"].unique())
+    ratio = ratios[(len(ratios) - 1) // 2]
+    title = f"Test accuracy per epoch at ratio ×{ratio:g} (median ratio of the run; band: ± std over seeds)"
+    colours = backend_colours(cells["backend"].unique())
+    control = control_ok(cells)
+    panels, notes = _panels(ok[ok["ratio"] == ratio], ["target", "method"])
+    figure, axes = _figure(len(panels), 4, 2.6)
+    clipped = False
+    for axis, (name, panel) in zip(axes, panels):
+        baseline = _dense_lines(axis, cells, panel)
+        mine = control.merge(panel[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
+        lows = []
+        if not mine.empty:
+            curve = _curve(mine, epochs)
+            _draw_curve(axis, curve, colours[CONTROL_BACKEND], "--")
+            lows.append(curve["mean"])
+        for (backend, init), group in panel.groupby(["backend", "init"]):
+            curve = _curve(group, epochs)
+            _draw_curve(axis, curve, colours[backend], ":" if init == "scratch" else "-")
+            lows.append(curve["mean"])
+        clipped |= _clip_accuracy(axis, pd.concat(lows) if lows else pd.Series(dtype=float), baseline)[0] > 0
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("epoch (0 = after decomposition)", fontsize=8)
+        axis.set_ylabel("test accuracy %", fontsize=8)
+        axis.tick_params(labelsize=8)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+    if control.empty:
+        notes.append("No dense control rows in this run.")
+    if clipped:
+        notes.append(f"Axes cut {ACCURACY_WINDOW:g} pp below the dense baseline.")
+    handles = [Line2D([], [], color=colours[b], label=b) for b in sorted(ok["backend"].unique())]
+    if (ok["init"] == "scratch").any():
+        handles.append(Line2D([], [], color="gray", linestyle=":", label="from scratch"))
+    if not control.empty:
+        handles.append(Line2D([], [], color="black", linestyle="--", label="dense control"))
+    handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1, label="dense baseline"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.suptitle(title, fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+def decomposition_time(cells: pd.DataFrame) -> Figure:
+    """Seconds per cell spent decomposing, per backend and method (median, bar: min–max), log scale."""
+    title = "Decomposition time per cell (median over ratios and seeds; bar: min–max)"
+    ok = decomposed_ok(cells)
+    if not ok.empty:
+        ok = ok[ok["init"] != "scratch"].assign(decompose_s=pd.to_numeric(ok["decompose_s"], errors="coerce"))
+        ok = ok[ok["decompose_s"] > 0]
+    if ok.empty:
+        return _empty(title, "No ok decomposed cell records a decomposition time.")
+    colours = backend_colours(cells["backend"].unique())
+    backends = sorted(ok["backend"].unique())
+    panels, notes = _panels(ok, ["target"])
+    figure, axes = _figure(len(panels), 2, 3.4)
+    width = 0.8 / len(backends)
+    for axis, (name, panel) in zip(axes, panels):
+        methods = sorted(panel["method"].unique())
+        stats = panel.groupby(["method", "backend"])["decompose_s"].agg(["median", "min", "max"]).reset_index()
+        for index, backend in enumerate(backends):
+            mine = stats[stats["backend"] == backend]
+            offset = (index - (len(backends) - 1) / 2) * width
+            x = [methods.index(method) + offset for method in mine["method"]]
+            axis.errorbar(x, mine["median"], yerr=[mine["median"] - mine["min"], mine["max"] - mine["median"]],
+                          fmt="o", color=colours[backend], capsize=2, linestyle="none")
+        axis.set_xticks(range(len(methods)), methods, fontsize=9)
+        _log_y(axis)
+        axis.set_title(f"target {name}", fontsize=10)
+        axis.set_xlabel("method")
+        axis.set_ylabel("decomposition time per cell, s")
+        axis.grid(alpha=0.3, which="major", axis="y")
+    handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b) for b in backends]
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    figure.suptitle(title)
+    _note(figure, notes)
+    return figure
+
+
+def target_comparison(cells: pd.DataFrame) -> Figure:
+    """Conv-only vs linear-only vs both, compared at equal whole-model compression."""
+    title = "Which layers to decompose: conv vs linear vs both, at equal whole-model compression"
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return _empty(title, "No ok decomposed cells to plot.")
+    ok = ok.assign(model_compression=pd.to_numeric(ok["model_params_dense"], errors="coerce")
+                   / pd.to_numeric(ok["model_params"], errors="coerce"))
+    groups, notes = _panels(ok, [])
+    groups = groups[: MAX_PANELS // 2]
+    figure, axes = _figure(2 * len(groups), 2, 3.4)
+    measures = [("acc_final", "final test accuracy %", "best final accuracy"),
+                ("speedup", "speedup × (dense / decomposed latency)", "best measured speedup")]
+    for index, (name, frame) in enumerate(groups):
+        summary = seed_summary(frame, ["model_compression", "acc_final", "speedup"],
+                               ["target", "backend", "method", "init", "ratio"])
+        for (metric, label, what), axis in zip(measures, axes[2 * index: 2 * index + 2]):
+            baseline = _dense_lines(axis, cells, frame) if metric == "acc_final" else None
+            if metric == "speedup":
+                axis.axhline(1.0, color="black", linewidth=0.8)
+            clipped = _clip_accuracy(axis, summary[f"{metric}_mean"], baseline)[0] if baseline else 0
+            for target, points in summary.groupby("target"):
+                colour = TARGET_COLOURS.get(target, "gray")
+                axis.scatter(points["model_compression_mean"], points[f"{metric}_mean"], color=colour, alpha=0.35,
+                             s=14, marker=TARGET_MARKERS.get(target, "D"))
+                front = _pareto(points, "model_compression_mean", f"{metric}_mean")
+                axis.step(front["model_compression_mean"], front[f"{metric}_mean"], where="pre", color=colour,
+                          linewidth=1.8)
+            if clipped:
+                notes.append(f"{clipped} accuracy point(s) far below the baseline are off the axis.")
+            _ratio_axis(axis, "whole-model compression × (dense / decomposed model params)",
+                        summary["model_compression_mean"])
+            axis.set_ylabel(label)
+            axis.set_title(f"{name + ': ' if name else ''}{what} reachable at ≥ this compression", fontsize=10)
+            axis.grid(alpha=0.3)
+    targets = sorted(ok["target"].unique())
+    if "all" not in targets:
+        notes.append("No cells decompose conv and linear layers together (target 'all').")
+    notes.append("Equal compression = the same share of the whole network's parameters removed, not the same ratio.")
+    handles = [Line2D([], [], color=TARGET_COLOURS.get(t, "gray"), marker=TARGET_MARKERS.get(t, "D"), label=f"{t}")
+               for t in targets] + _dense_legend(cells)
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8, title="target")
+    figure.suptitle(title + "\n(dots: backend × method × ratio, mean over seeds; line: best at ≥ compression)",
+                    fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
+    "accuracy_vs_compression": (lambda r: accuracy_vs_compression(r.cells),
+                                ("Final accuracy against the achieved compression of the decomposed layers, one "
+                                "panel per method; lines are each backend's Pareto front.")),
+    "speedup_vs_compression": (lambda r: speedup_vs_compression(r.cells),
+                               ("Measured whole-network latency speedup against compression, one panel per target; "
+                               "the grey dashed line is the speedup the FLOP reduction alone would give.")),
+    "epoch_curves": (lambda r: epoch_curves(r.cells, r.epochs),
+                     ("Test accuracy per fine-tuning epoch at the median ratio, decomposed backends against the "
+                     "dense control (black dashed); bands are ± one std over seeds.")),
+    "decomposition_time": (lambda r: decomposition_time(r.cells),
+                           "Seconds per cell spent decomposing, per backend and method (log scale)."),
+    "target_comparison": (lambda r: target_comparison(r.cells),
+                          ("Conv-only, linear-only and both at equal whole-model compression: best final accuracy "
+                          "and best measured speedup reachable at or above each compression.")),
+}

@@ -1,0 +1,167 @@
+"""Built-in report plugin: one self-contained HTML page with the run's findings, plots and tables.
+
+Writes ``report.html`` (inline CSS, plots embedded as base64 PNG, no scripts and no
+external resources, so it can be mailed or archived as one file) and each plot as
+``plots/<name>.png`` into the run directory, rebuilt from the store. The page holds the
+run's metadata (command, versions, hardware, seeds, FLOP convention), the computed
+findings of :mod:`harness.findings`, the plots of :mod:`harness.plots` and the tables
+(dense baselines, dense control, mean ± std over seeds per configuration, budget
+deviations, cells not ok). Every string from the data is escaped; a plot that fails is
+replaced by a note, never taking the page down.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+from harness_tables import (
+    BUDGET_FILL,
+    budget_deviations,
+    control_table,
+    not_ok_table,
+    summary_table,
+)
+
+import harness
+from harness import plots
+from harness.findings import Finding, all_findings
+from harness.store import RunResults
+
+SUMMARY = {
+    "acc_decomposed": "acc after decomp %",
+    "acc_final": "acc final %",
+    "delta": "Δ vs dense pp",
+    "compression": "compression ×",
+    "speedup": "speedup ×",
+    "decompose_s": "decomp s",
+    "last_k_std": "last-k std pp",
+}
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1140px; margin: 1em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+.finding { border-left: 4px solid #4878a8; padding: 0.2em 0.8em; margin: 0.8em 0; background: #f7f9fc; }
+.finding h3 { margin: 0.3em 0; font-size: 1.05em; } .scroll { overflow-x: auto; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; } .note { color: #a33; } .muted { color: #666; }
+"""
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    if value == int(value) and abs(value) >= 1:
+        return f"{int(value):d}"
+    return f"{value:.4g}"
+
+
+def _table(frame: pd.DataFrame | None, table_id: str) -> str:
+    if frame is None or frame.empty:
+        return f'<p class="muted" id="{table_id}">None in this run.</p>'
+    body = frame.to_html(index=False, escape=True, na_rep="–", table_id=table_id, border=0,
+                         float_format=_number)
+    return f'<div class="scroll">{body}</div>'
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def metadata_table(results: RunResults) -> pd.DataFrame:
+    """The run's provenance as (item, value) rows."""
+    meta = results.meta
+    rows = [("run directory", str(results.run_dir)), ("command", meta.get("command")),
+            ("started at", meta.get("started_at")), ("harness", meta.get("harness_version")),
+            ("git commit", meta.get("git_commit") or "unknown"), ("python", meta.get("python")),
+            ("torch", meta.get("torch")), ("platform", meta.get("platform"))]
+    rows += [(f"backend {name}", f"{lib.get('library')} {lib.get('version')}")
+             for name, lib in sorted(meta.get("libraries", {}).items())]
+    rows += [("device", f"{meta.get('device', '?')} ({meta.get('device_name', '?')})"),
+             ("threads per worker", meta.get("threads")), ("CPU count", meta.get("cpu_count")),
+             ("seeds", meta.get("seeds")), ("FLOP convention", meta.get("flop_convention"))]
+    counts = results.cells["status"].value_counts().to_dict() if not results.cells.empty else {}
+    rows.append(("cells", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    return pd.DataFrame([(k, "?" if v is None else str(v)) for k, v in rows], columns=["item", "value"])
+
+
+def _finding_html(finding: Finding) -> str:
+    table = _table(finding.table, f"finding-table-{finding.key}") if finding.table is not None else ""
+    return (f'<article class="finding" id="finding-{html.escape(finding.key)}">'
+            f"<h3>{html.escape(finding.title)}</h3><p>{html.escape(finding.text)}</p>{table}</article>")
+
+
+def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
+    """Each plot rendered once: written to ``folder`` and embedded; a failing plot becomes a note."""
+    parts, written = [], []
+    folder.mkdir(exist_ok=True)
+    for name, (draw, caption) in plots.PLOTS.items():
+        try:
+            png = plots.to_png(draw(results))
+        except Exception as exc:  # noqa: BLE001 - one broken plot must not take the report down
+            parts.append(f'<figure id="plot-{name}"><p class="note">This plot could not be drawn: '
+                         f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            continue
+        path = folder / f"{name}.png"
+        path.write_bytes(png)
+        written.append(str(path))
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f'<figure id="plot-{name}"><img alt="{html.escape(caption)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    return "\n".join(parts), written
+
+
+def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
+    """The whole page, and the plot files written on the way."""
+    cells = results.cells
+    baselines = (cells.dropna(subset=["acc_baseline"]).groupby(["model", "dataset", "seed"])["acc_baseline"]
+                 .first().reset_index().rename(columns={"acc_baseline": "accuracy %"})) if not cells.empty else None
+    figures, written = _plots_html(results, plots_dir)
+    findings = "\n".join(_finding_html(f) for f in all_findings(results))
+    tables = [
+        ("dense-baselines", "Dense baselines", "Test accuracy of the trained dense network per seed.", baselines),
+        ("dense-control", "Dense control",
+         "The dense network fine-tuned for the same epochs with the same optimiser (mean ± std over seeds).",
+         control_table(cells) if not cells.empty else None),
+        ("summary", "Decomposed networks",
+         "Mean ± sample std over seeds of the ok cells; the last column is the number of seeds.",
+         summary_table(cells, SUMMARY) if not cells.empty else None),
+        ("budget-deviations", "Budget deviations",
+         (f"Ok cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio or "
+          "more than all of it."), budget_deviations(cells) if not cells.empty else None),
+        ("not-ok", "Cells not ok", "Cells that were unsupported, failed, timed out or diverged, with the reason.",
+         not_ok_table(cells) if not cells.empty else None),
+    ]
+    table_html = "\n".join(f'<h3>{html.escape(title)}</h3><p class="muted">{html.escape(note)}</p>'
+                           + _table(frame, table_id) for table_id, title, note, frame in tables)
+    definitions = ("compression = dense params / params of the decomposed layers (bias included); speedup = dense "
+                   "latency / decomposed latency of the whole network, measured in the same process; Δ vs dense = "
+                   "final accuracy − dense baseline accuracy in percentage points; a ± b = mean ± sample std over "
+                   "seeds, n = number of seeds.")
+    body = "\n".join([
+        ("<header><h1>Tensor-decomposition comparison</h1>"
+         f'<p class="muted">{html.escape(str(results.meta.get("command", "")))}</p></header>'),
+        _section("metadata", "Run", _table(metadata_table(results), "metadata-table")
+                 + f'<p class="muted">{html.escape(definitions)}</p>'),
+        _section("findings", "Findings", findings or '<p class="muted">No findings.</p>'),
+        _section("plots", "Plots", figures),
+        _section("tables", "Tables", table_html),
+    ])
+    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>Compression report: {html.escape(results.run_dir.name)}</title>"
+            f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return page, written
+
+
+@harness.hookimpl
+def harness_report(results: RunResults, run_dir: str) -> list[str]:
+    out = Path(run_dir)
+    page, written = render(results, out / "plots")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return [*written, str(out / "report.html")]

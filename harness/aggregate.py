@@ -3,8 +3,11 @@
 A configuration (backend, method, target, ratio, ...) is run once per seed; every
 report states its numbers as a mean with the sample standard deviation across seeds
 and the number of seeds behind it, so a difference smaller than the spread is visible
-as such. The dense control rows (the dense network fine-tuned like the decomposed ones)
-are told apart here once, so that no report counts them as a backend.
+as such. Numbers are shown with a fixed precision per quantity: accuracies and pp with 2
+decimals, stability metrics (last-k std, best−last drop, spread across seeds) with 3
+(:data:`STABILITY_DIGITS`), seconds with 3 significant digits. The dense control rows
+(the dense network fine-tuned like the decomposed ones) are told apart here once, so
+that no report counts them as a backend.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import pandas as pd
 
 from harness.plan import CONTROL_BACKEND, CONTROL_INIT
 
+STABILITY_DIGITS = 3  # last-k std and best−last drop are ~0.01 pp after a long cosine schedule
+SECONDS_FORMAT = ".3g"  # seconds: 3 significant digits (0.0131 s, 8.31 s)
+
 __all__ = [
     "CONTROL_BACKEND",
     "CONTROL_INIT",
+    "SECONDS_FORMAT",
+    "STABILITY_DIGITS",
     "control_ok",
     "decomposed_ok",
     "format_summary",
@@ -71,24 +79,36 @@ def seed_summary(cells: pd.DataFrame, metrics: list[str], group: list[str]) -> p
     return table.reset_index()[columns]
 
 
-def mean_std(mean: float, std: float | None, n: float | None, digits: int = 2, unit: str = "") -> str:
-    """"97.10 ± 0.21 (n=3)", "97.10 (n=1)"; n=None leaves the count out; a missing mean gives "–"."""
+def _fixed(value: float, digits: int | str) -> str:
+    """``value`` with ``digits`` decimals, or with a format spec such as ".3g"."""
+    return format(value, digits if isinstance(digits, str) else f".{digits}f")
+
+
+def mean_std(mean: float, std: float | None, n: float | None, digits: int | str = 2, unit: str = "") -> str:
+    """"97.10 ± 0.21 (n=3)", "97.10 (n=1)"; n=None leaves the count out; a missing mean gives "–".
+
+    ``digits`` is a number of decimals or a format spec (".3g" for 3 significant digits).
+    """
     if mean is None or not math.isfinite(float(mean)):
         return "–"
     count = None if n is None or not math.isfinite(float(n)) else int(n)
-    text = f"{mean:.{digits}f}"
+    text = _fixed(mean, digits)
     if std is not None and math.isfinite(float(std)) and (count is None or count > 1):
-        text += f" ± {std:.{digits}f}"
+        text += f" ± {_fixed(std, digits)}"
     text += unit
     return text if count is None else f"{text} (n={count})"
 
 
-def format_summary(summary: pd.DataFrame, group: list[str], labels: dict[str, str], digits: int = 2,
-                   seeds_label: str = "seeds") -> pd.DataFrame:
-    """A :func:`seed_summary` table as text: one "mean ± std" column per metric, one seed-count column."""
+def format_summary(summary: pd.DataFrame, group: list[str], labels: dict[str, str],
+                   digits: int | str | dict[str, int | str] = 2, seeds_label: str = "seeds") -> pd.DataFrame:
+    """A :func:`seed_summary` table as text: one "mean ± std" column per metric, one seed-count column.
+
+    ``digits`` applies to every metric, or maps a metric to its own precision (others get 2).
+    """
     out = summary[group].copy()
     for metric, label in labels.items():
-        out[label] = [mean_std(m, s, None, digits)
+        places = digits.get(metric, 2) if isinstance(digits, dict) else digits
+        out[label] = [mean_std(m, s, None, places)
                       for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
     out[seeds_label] = summary["n"].astype(int)
     return out

@@ -67,6 +67,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", help="fine-tuning epochs after decomposition [2]")
     train.add_argument("--baseline-epochs", help="epochs to train the dense baseline [6]")
     train.add_argument("--lr", help="fine-tuning learning rate (SGD, momentum 0.9, cosine schedule) [0.01]")
+    train.add_argument("--lr-schedule", help="fine-tuning schedule: cosine (to zero) or constant [cosine]")
     train.add_argument("--baseline-lr", help="baseline learning rate [0.05]")
     train.add_argument("--clip-grad-norm", help="gradient-norm clipping for all training, 0 to disable [5]")
     train.add_argument("--batch-size", help="training batch size [64]")

@@ -55,6 +55,7 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clip_grad_norm: float = 5.0
+    lr_schedule: str = "cosine"
     latency_batch: int = 32
     keep_edges_dense: bool = True
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
@@ -82,7 +83,8 @@ class RunConfig:
     def fine_tune_settings(self) -> TrainSettings:
         """The fine-tuning recipe, identical for every backend and method."""
         return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                             weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm or None)
+                             weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm or None,
+                             schedule=self.lr_schedule)
 
     def training_spec(self) -> dict[str, Any]:
         """The settings that define a dense baseline (its cache key, with model, dataset and seed)."""
@@ -217,6 +219,8 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             raise ConfigError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ConfigError(f"unknown device {config.device!r} (choose auto, cpu or cuda)")
+    if config.lr_schedule not in ("cosine", "constant"):
+        raise ConfigError(f"unknown lr schedule {config.lr_schedule!r} (choose cosine or constant)")
     if config.executor not in ("process", "inprocess"):
         raise ConfigError(f"unknown executor {config.executor!r} (choose process or inprocess)")
     return config

@@ -8,6 +8,13 @@ control, how close measured speedups come to the FLOP bound, and which backend
 decomposes fastest and recovers most often. Numbers are means over seeds of ok cells,
 stated with their spread and count; a finding whose data the run lacks says what is
 missing instead of guessing. Nothing here is written by hand.
+
+Numbers are compared at the precision they are shown with (accuracies 2 decimals,
+stability metrics 3, see :data:`harness.aggregate.STABILITY_DIGITS`): when every backend
+of a comparison shows the same value, the comparison is called a tie and nobody wins it.
+Each finding's table is for reading, so its cells are text with one format per kind of
+number (accuracies and pp 2 decimals, speedups 2 decimals with ×, seconds 3 significant
+digits, shares as %) and the unit in the header; the raw values are in ``numbers``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import Any
 import pandas as pd
 
 from harness.aggregate import (
+    SECONDS_FORMAT,
+    STABILITY_DIGITS,
     control_ok,
     decomposed_ok,
     mean_std,
@@ -31,7 +40,7 @@ from harness.store import KEY_COLUMNS, RunResults
 
 # A comparison is fair only between cells that differ in backend alone.
 COMPARE = ["model", "dataset", "target", "init", "method", "ratio"]
-TIE = 1e-9
+TIE = "tie"  # the winner of a comparison in which every backend shows the same value
 
 
 @dataclass
@@ -49,13 +58,47 @@ def _label(row: pd.Series | dict) -> str:
     return f"{row['model']}/{row['dataset']}/{row['target']}/{row['init']}/{row['method']}/x{row['ratio']:g}"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value)
+
+
+def _pp(value: Any, digits: int = 2, signed: bool = False) -> str:
+    """Accuracy or percentage points with fixed decimals ("96.20", "+0.10"); "–" when missing."""
+    return "–" if _missing(value) else f"{float(value):{'+' if signed else ''}.{digits}f}"
+
+
+def _times(value: Any) -> str:
+    """A speedup: "0.88×"."""
+    return "–" if _missing(value) else f"{float(value):.2f}×"
+
+
+def _seconds(value: Any) -> str:
+    """Seconds with 3 significant digits: "0.0131", "8.31"."""
+    return "–" if _missing(value) else format(float(value), SECONDS_FORMAT)
+
+
+def _share(value: Any) -> str:
+    """A fraction as a percentage: "51%"."""
+    return "–" if _missing(value) else f"{float(value):.0%}"
+
+
+def _ratio(value: Any) -> str:
+    return "–" if _missing(value) else f"×{float(value):g}"
+
+
 def _counts(names: pd.Series) -> str:
     counts = names.value_counts()
     return ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
-def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | None = None) -> pd.DataFrame:
-    """Per comparison with ≥ 2 backends: the best backend(s), its mean/std/n and the runner-up."""
+def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | None = None,
+             digits: int = 2) -> pd.DataFrame:
+    """Per comparison with ≥ 2 backends: the best backend(s), its mean/std/n and the runner-up.
+
+    Means are compared rounded to ``digits`` decimals, the precision they are shown with:
+    backends that show the same value share the win, and when all of them do the winner
+    is :data:`TIE` (``tied`` lists them) and there is no runner-up.
+    """
     metrics = [metric] + ([tiebreak] if tiebreak else [])
     summary = seed_summary(with_delta(decomposed_ok(cells)), metrics, COMPARE + ["backend"])
     summary = summary.dropna(subset=[f"{metric}_mean"])
@@ -64,52 +107,76 @@ def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | Non
         if len(group) < 2:
             continue
         sign = -1 if higher else 1
-        # Rounding lets exact ties (same accuracy to the reported precision) share the win.
-        order = [(sign * group[f"{metric}_mean"]).round(9)] + (
-            [group[f"{tiebreak}_mean"].fillna(math.inf).round(9)] if tiebreak else [])
+        # Differences below the shown precision are noise: such backends tie.
+        order = [(sign * group[f"{metric}_mean"]).round(digits)] + (
+            [group[f"{tiebreak}_mean"].fillna(math.inf).round(digits)] if tiebreak else [])
         keys = pd.concat(order, axis=1).apply(tuple, axis=1)
         best_key = keys.min()
         best = group[keys == best_key]
         rest = group[keys != best_key]
         top = best.iloc[0]
         row = {c: top[c] for c in COMPARE}
-        row.update(winner=", ".join(best["backend"]), mean=top[f"{metric}_mean"], std=top[f"{metric}_std"],
-                   n=int(top["n"]))
+        row.update(winner=", ".join(best["backend"]) if not rest.empty else TIE, tied=", ".join(best["backend"]),
+                   mean=top[f"{metric}_mean"], std=top[f"{metric}_std"], n=int(top["n"]))
+        if tiebreak:
+            row.update(tiebreak_mean=top[f"{tiebreak}_mean"], tiebreak_std=top[f"{tiebreak}_std"])
         if not rest.empty:
-            second = rest.loc[(sign * rest[f"{metric}_mean"]).idxmin()]
+            second = rest.loc[min(keys[keys != best_key].items(), key=lambda item: item[1])[0]]
             row.update(runner_up=second["backend"], runner_up_mean=second[f"{metric}_mean"],
                        runner_up_std=second[f"{metric}_std"], runner_up_n=int(second["n"]))
+            if tiebreak:
+                row.update(runner_up_tiebreak_mean=second[f"{tiebreak}_mean"],
+                           runner_up_tiebreak_std=second[f"{tiebreak}_std"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: str, higher: bool,
-                  unit: str, tiebreak: str | None = None) -> Finding:
-    table = _winners(cells, metric, higher, tiebreak)
+                  unit: str, column: str, tiebreak: tuple[str, str] | None = None, digits: int = 2) -> Finding:
+    """``tiebreak`` = (metric, column label) deciding between backends that show the same ``metric``."""
+    tiebreak, tiebreak_column = tiebreak or (None, None)
+    table = _winners(cells, metric, higher, tiebreak, digits)
     if table.empty:
         return Finding(key, title, f"No (target, method, ratio) has ok cells of two or more backends with {what}; "
                                    "there is no winner to name.")
-    wins = table["winner"].str.split(", ").explode()
-    table["lead"] = (table["mean"] - table.get("runner_up_mean", math.nan)).abs()
-    widest = table.loc[table["lead"].fillna(-1).idxmax()]
-    text = (f"{what.capitalize()}, best backend per (target, method, ratio), {len(table)} comparisons "
-            f"of ≥ 2 backends: {_counts(wins)} wins.")
-    if math.isfinite(widest["lead"]):
-        text += (f" Widest lead: {widest['winner']} on {widest['target']} {widest['method']} ×{widest['ratio']:g}, "
-                 f"{mean_std(widest['mean'], widest['std'], widest['n'], unit=unit)} vs {widest['runner_up']} "
-                 f"{mean_std(widest['runner_up_mean'], widest['runner_up_std'], widest['runner_up_n'], unit=unit)}.")
-    numbers = {"comparisons": len(table), "wins": wins.value_counts().to_dict(),
-               "winners": {_label(r): {"backend": r["winner"], "mean": r["mean"], "std": r["std"], "n": r["n"]}
+    tie = table["winner"] == TIE
+    decided = table[~tie]
+    wins = decided["winner"].str.split(", ").explode()
+    text = f"{what.capitalize()}, best backend per (target, method, ratio), {len(table)} comparisons of ≥ 2 backends: "
+    text += f"{_counts(wins)} wins." if not decided.empty else "no winner."
+    if tie.any():
+        text += (f" {int(tie.sum())} of {len(table)} comparisons are a tie: every backend shows the same value at the "
+                 f"shown precision ({digits} decimals), so no backend is named there.")
+    if not decided.empty and "runner_up_mean" in decided:
+        lead = (decided["mean"] - decided["runner_up_mean"]).abs()
+        widest = decided.loc[lead.fillna(-1).idxmax()]
+        if math.isfinite(lead.max()):
+            first = mean_std(widest["mean"], widest["std"], widest["n"], digits, unit)
+            second = mean_std(widest["runner_up_mean"], widest["runner_up_std"], widest["runner_up_n"], digits, unit)
+            text += (f" Widest lead: {widest['winner']} on {widest['target']} {widest['method']} "
+                     f"×{widest['ratio']:g}, {first} vs {widest['runner_up']} {second}.")
+    numbers = {"comparisons": len(table), "wins": wins.value_counts().to_dict(), "ties": int(tie.sum()),
+               "winners": {_label(r): {"backend": r["winner"], "mean": r["mean"], "std": r["std"], "n": r["n"],
+                                       "tied": r["tied"].split(", ") if r["winner"] == TIE else []}
                            for _, r in table.iterrows()}}
-    shown = table[["target", "method", "ratio", "winner"]].copy()
-    shown["value"] = [mean_std(m, s, n) for m, s, n in zip(table["mean"], table["std"], table["n"])]
+    shown = table[["target", "method"]].copy()
+    shown["ratio"] = table["ratio"].map(_ratio)
+    shown["winner"] = [f"tie: {t}" if w == TIE else w for w, t in zip(table["winner"], table["tied"])]
+    shown[column] = [mean_std(m, s, n, digits) for m, s, n in zip(table["mean"], table["std"], table["n"])]
+    if tiebreak:
+        shown[tiebreak_column] = [mean_std(m, s, None, digits) for m, s in
+                                  zip(table["tiebreak_mean"], table["tiebreak_std"])]
     if "runner_up" in table:
         shown["runner-up"] = table["runner_up"].fillna("–")
-        shown["runner-up value"] = [mean_std(m, s, n) for m, s, n in
-                                    zip(table["runner_up_mean"], table["runner_up_std"], table["runner_up_n"])]
-    for column in ("model", "dataset", "init"):
-        if table[column].nunique() > 1:
-            shown.insert(0, column, table[column])
+        shown[f"runner-up {column}"] = [mean_std(m, s, n, digits) for m, s, n in
+                                        zip(table["runner_up_mean"], table["runner_up_std"], table["runner_up_n"])]
+        if tiebreak:
+            shown[f"runner-up {tiebreak_column}"] = [
+                mean_std(m, s, None, digits)
+                for m, s in zip(table["runner_up_tiebreak_mean"], table["runner_up_tiebreak_std"])]
+    for name in ("model", "dataset", "init"):
+        if table[name].nunique() > 1:
+            shown.insert(0, name, table[name])
     return Finding(key, title, text, numbers, shown)
 
 
@@ -117,12 +184,13 @@ def best_backends(cells: pd.DataFrame) -> list[Finding]:
     """Best backend per comparison for final accuracy, measured speedup and stability, and a win tally."""
     found = [
         _best_finding(cells, "best_accuracy", "Most accurate backend", "highest mean final accuracy",
-                      "acc_final", True, " %"),
+                      "acc_final", True, " %", "final accuracy %"),
         _best_finding(cells, "best_speedup", "Fastest backend (measured)", "largest measured latency speedup",
-                      "speedup", True, "×"),
+                      "speedup", True, "×", "speedup ×"),
         _best_finding(cells, "best_stability", "Steadiest backend",
                       f"lowest std of the last {LAST_K} epochs' accuracy (ties: smallest best−last drop)",
-                      "last_k_std", False, " pp", tiebreak="overfit_drop"),
+                      "last_k_std", False, " pp", f"last-{LAST_K} std pp",
+                      tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS),
     ]
     tally = {f.key.removeprefix("best_"): f.numbers["wins"] for f in found if f.numbers}
     if tally:
@@ -148,9 +216,14 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     per = ok.groupby(["target", "ratio"]).agg(delta=("delta", "mean"), speedup=("speedup", "mean"),
                                               n=("delta", "size")).reset_index()
     common = sorted(set.intersection(*(set(g["ratio"]) for _, g in per.groupby("target"))))
-    table = per.pivot(index="ratio", columns="target", values=["delta", "speedup"])
-    table.columns = [f"{'Δ vs dense pp' if m == 'delta' else 'speedup ×'} {t}" for m, t in table.columns]
-    table = table.reset_index()
+    pivot = per.pivot(index="ratio", columns="target", values=["delta", "speedup"])
+    table = pd.DataFrame({"ratio": [_ratio(r) for r in pivot.index]})
+    for measure, target in pivot.columns:
+        values = pivot[(measure, target)].to_numpy()
+        if measure == "delta":
+            table[f"Δ vs dense {target} pp"] = [_pp(v, signed=True) for v in values]
+        else:
+            table[f"speedup {target} ×"] = [_times(v) for v in values]
     if not common:
         return [Finding(key, title, "The targets were never run at the same ratio; no comparison.", {}, table)]
     overall = per[per["ratio"].isin(common)].groupby("target")[["delta", "speedup"]].mean()
@@ -175,6 +248,7 @@ def regime(cells: pd.DataFrame) -> list[Finding]:
                                     "no decompose vs scratch comparison.", {"regimes": regimes})]
     where = ["model", "dataset", "target", "method", "ratio"]
     per = ok.groupby(where + ["init"])["acc_final"].mean().unstack("init")
+    several = ok[["model", "dataset"]].drop_duplicates().shape[0] > 1  # else model/dataset need no column
     sentences, numbers, tables = [], {"regimes": regimes}, []
     for other in (r for r in regimes if r != "decompose"):
         both = per[["decompose", other]].dropna()
@@ -189,8 +263,13 @@ def regime(cells: pd.DataFrame) -> list[Finding]:
             f"seeds), {better} did better: decompose beat {other} in {wins} of {len(both)} on final accuracy "
             f"(mean {both['decompose'].mean():.2f} vs {both[other].mean():.2f} %, {diff:+.2f} pp).")
         numbers[other] = {"pairs": len(both), "decompose_wins": wins, "mean_difference": diff, "better": better}
-        tables.append(both.reset_index())
-    table = pd.concat(tables).round(2) if tables else None
+        shown = both.reset_index()
+        tables.append(pd.DataFrame({
+            **{c: shown[c] for c in where if c != "ratio" and (c not in ("model", "dataset") or several)},
+            "ratio": shown["ratio"].map(_ratio),
+            "decompose acc %": shown["decompose"].map(_pp), f"{other} acc %": shown[other].map(_pp),
+            "difference pp": (shown["decompose"] - shown[other]).map(lambda v: _pp(v, signed=True))}))
+    table = pd.concat(tables, ignore_index=True) if tables else None
     return [Finding(key, title, " ".join(sentences), numbers, table)]
 
 
@@ -227,25 +306,34 @@ def control_stability(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[Finding
 
     dec, ctl = side(decomposed, "decomposed (all backends)"), side(control, "dense control")
     by_backend = [side(g, f"decomposed: {b}") for b, g in decomposed.groupby("backend")]
-    table = pd.DataFrame([dec, *by_backend, ctl]).rename(columns={k: f"{v} pp" for k, v in measures.items()})
+    table = pd.DataFrame([dec, *by_backend, ctl])
+    for measure, label in measures.items():
+        table[f"{label} pp"] = table.pop(measure).map(lambda v: _pp(v, STABILITY_DIGITS))
     compared = [m for m in measures if math.isfinite(dec[m]) and math.isfinite(ctl[m])]
-    steadier = [m for m in compared if dec[m] < ctl[m]]
+    # Compared at the shown precision: a difference below it is a tie, not a steadier network.
+    shown = {m: (round(dec[m], STABILITY_DIGITS), round(ctl[m], STABILITY_DIGITS)) for m in compared}
+    steadier = [m for m in compared if shown[m][0] < shown[m][1]]
+    tied = [m for m in compared if shown[m][0] == shown[m][1]]
 
     def values(s: dict) -> str:
-        return ", ".join(f"{measures[m]} {s[m]:.2f}" for m in measures if math.isfinite(s[m]))
+        return ", ".join(f"{measures[m]} {_pp(s[m], STABILITY_DIGITS)}" for m in measures if math.isfinite(s[m]))
 
     text = (f"Decomposed networks (n={dec['cells']} cells): {values(dec)} pp; dense control of the same "
             f"model/data (n={ctl['cells']}): {values(ctl)} pp. ")
-    if compared:
-        verdict = "more" if 2 * len(steadier) > len(compared) else "not more"
+    if compared and len(tied) == len(compared):
+        text += (f"A tie: the decomposed nets are as stable as the dense one at the shown precision "
+                 f"({STABILITY_DIGITS} decimals) on all {len(compared)} measures.")
+    elif compared:
+        verdict = "more" if 2 * len(steadier) > len(compared) - len(tied) else "not more"
         text += (f"The decomposed nets are {verdict} stable than the dense one (steadier on {len(steadier)} of "
-                 f"{len(compared)} measures).")
+                 f"{len(compared)} measures" + (f", {len(tied)} tied at the shown precision" if tied else "") + ").")
     else:
         text += "No measure is available for both sides."
     if not math.isfinite(dec["spread"]) or not math.isfinite(ctl["spread"]):
         text += " The across-seed spread needs at least two seeds per configuration."
-    numbers = {"decomposed": dec, "control": ctl, "steadier_measures": steadier, "compared_measures": compared}
-    return [Finding(key, title, text, numbers, table.round(3))]
+    numbers = {"decomposed": dec, "control": ctl, "steadier_measures": steadier, "tied_measures": tied,
+               "compared_measures": compared}
+    return [Finding(key, title, text, numbers, table)]
 
 
 def speedup_vs_flops(cells: pd.DataFrame) -> list[Finding]:
@@ -263,7 +351,7 @@ def speedup_vs_flops(cells: pd.DataFrame) -> list[Finding]:
                                       median_speedup=("speedup", "median"),
                                       median_flop_speedup=("flop_speedup", "median"),
                                       median_share_of_bound=("efficiency", "median")).reset_index()
-    table = table.sort_values("median_share_of_bound", ascending=False)
+    table = table.sort_values("median_share_of_bound", ascending=False).reset_index(drop=True)
     faster, fewer_flops, n = int(ok["faster"].sum()), int((ok["flop_speedup"] > 1).sum()), len(ok)
     best, worst = table.iloc[0], table.iloc[-1]
     text = (f"{faster} of {n} ok decomposed cells ({faster / n:.0%}) ran faster than dense (median measured "
@@ -274,7 +362,12 @@ def speedup_vs_flops(cells: pd.DataFrame) -> list[Finding]:
     numbers = {"faster": faster, "cells": n, "fewer_flops": fewer_flops,
                "median_share_of_bound": float(ok["efficiency"].median()),
                "share_by_backend": dict(zip(table["backend"], table["median_share_of_bound"]))}
-    return [Finding(key, title, text, numbers, table.round(3))]
+    shown = pd.DataFrame({"backend": table["backend"], "cells": table["cells"],
+                          "faster than dense": table["faster"].astype(int),
+                          "median speedup ×": table["median_speedup"].map(_times),
+                          "median FLOP speedup ×": table["median_flop_speedup"].map(_times),
+                          "median share of FLOP bound": table["median_share_of_bound"].map(_share)})
+    return [Finding(key, title, text, numbers, shown)]
 
 
 def decomposition_time(cells: pd.DataFrame) -> list[Finding]:
@@ -303,7 +396,11 @@ def decomposition_time(cells: pd.DataFrame) -> list[Finding]:
         text += f" Fastest most often: {_counts(contested['fastest'])} of {len(contested)} contested methods."
     numbers = {"fastest": {r["method"]: {"backend": r["fastest"], "median_s": r["median s"]}
                            for _, r in table.iterrows()}}
-    return [Finding(key, title, text, numbers, table)]
+    alone = table["backends"] == 1  # no slowest to name
+    shown = table.assign(**{"median s": table["median s"].map(_seconds),
+                            "slowest": table["slowest"].where(~alone, "–"),
+                            "slowest median s": table["slowest median s"].map(_seconds).where(~alone, "–")})
+    return [Finding(key, title, text, numbers, shown)]
 
 
 def recovery(cells: pd.DataFrame) -> list[Finding]:
@@ -328,7 +425,11 @@ def recovery(cells: pd.DataFrame) -> list[Finding]:
         text += f" Most often: {best['backend']} ({best['share']:.0%})."
     numbers = {"recovered": recovered, "cells": n, "median_epoch": None if math.isnan(median) else float(median),
                "share_by_backend": dict(zip(table["backend"], table["share"]))}
-    return [Finding(key, title, text, numbers, table)]
+    shown = pd.DataFrame({"backend": table["backend"], "cells": table["cells"],
+                          "recovered": table["recovered"].astype(int), "share recovered": table["share"].map(_share),
+                          "median recovery epoch": table["median_epoch"].map(
+                              lambda v: "–" if _missing(v) else f"{v:g}")})
+    return [Finding(key, title, text, numbers, shown)]
 
 
 FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame], list[Finding]]] = [

@@ -3,8 +3,12 @@
 Each function takes the frames of a run and returns a :class:`matplotlib.figure.Figure`
 (created directly, never through pyplot, so plotting is thread-safe and backend-free);
 :func:`to_png` renders one. A backend keeps one colour in every plot
-(:func:`backend_colours`), the dense control is always black. Points are means over
-seeds of ok cells with the seed std as error bar or band. Missing data (one seed, no
+(:func:`backend_colours`), the dense control is always black: in the epoch curves it is
+the black dashed "dense control (fine-tuned)" curve with its seed band in every panel,
+the dotted line is the dense baseline. Points are means over seeds of ok cells with the
+seed std as error bar or band. Compression axes are log 2 with ticks only at the run's
+nominal ratios and powers of two (:func:`_ratio_axis`), so nearby achieved
+compressions do not print their labels on top of each other. Missing data (one seed, no
 control rows, no "all" target, no ok cells) never raises: a plot draws what exists and
 says in a note what is not there. :data:`PLOTS` lists every plot with its caption.
 """
@@ -12,6 +16,7 @@ says in a note what is not there. :data:`PLOTS` lists every plot with its captio
 from __future__ import annotations
 
 import io
+import math
 import textwrap
 from collections.abc import Callable, Iterable
 
@@ -20,6 +25,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import (
     FixedLocator,
     FuncFormatter,
@@ -92,22 +98,36 @@ def _panels(frame: pd.DataFrame, by: list[str]) -> tuple[list[tuple[str, pd.Data
     return groups[:MAX_PANELS], notes
 
 
-def _ratio_axis(axis, label: str, values: pd.Series) -> None:
-    """Log-2 x axis with ticks at powers of two, or at the data's own values when fewer than three fall inside."""
+def _ratio_axis(axis, label: str, values: pd.Series, nominal: Iterable[float] = ()) -> None:
+    """Log-2 x axis with major ticks only at the run's nominal ratios and at powers of two, as plain numbers.
+
+    Achieved compressions scatter around their nominal ratio (4, 4.1, 4.2, 4.3), so a tick
+    per value would print on top of each other; ticks go only to ``nominal`` ratios (first)
+    and powers of two inside the data's range, neighbours at least a seventh of the axis
+    apart. No minor ticks, no 10^x labels. A range holding none of them gets one tick at
+    its middle, rounded to two significant digits.
+    """
     axis.set_xscale("log", base=2)
     axis.set_xlabel(label)
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     values = pd.to_numeric(values, errors="coerce")
     values = values[values > 0]
     if values.empty:
         return
     low, high = values.min() / 1.12, values.max() * 1.12
-    ticks = [2.0 ** k for k in range(-4, 12) if low <= 2.0 ** k <= high]
-    if len(ticks) < 3:
-        ticks = sorted(set(values.round(1)))
     axis.set_xlim(low, high)
-    axis.xaxis.set_major_locator(FixedLocator(ticks[:: max(1, len(ticks) // 8)]))
-    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.xaxis.set_minor_locator(NullLocator())
+    nominal = sorted({float(r) for r in nominal if pd.notna(r) and float(r) > 0})
+    candidates = nominal + [2.0 ** k for k in range(-6, 16)]
+    gap = math.log2(high / low) / 7
+    ticks: list[float] = []
+    for tick in candidates:
+        if low <= tick <= high and all(abs(math.log2(tick / kept)) >= gap for kept in ticks):
+            ticks.append(tick)
+    if not ticks:
+        middle = math.sqrt(low * high)
+        ticks = [float(f"{middle:.2g}")]
+    axis.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
 
 
 def _log_y(axis) -> None:
@@ -117,15 +137,15 @@ def _log_y(axis) -> None:
     axis.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _dense_lines(axis, cells: pd.DataFrame, panel: pd.DataFrame) -> float | None:
-    """Dense baseline (dotted) and fine-tuned dense control (dashed) of the panel's model and data."""
+def _dense_lines(axis, cells: pd.DataFrame, panel: pd.DataFrame, control: bool = True) -> float | None:
+    """Dense baseline (dotted) and, with ``control``, the fine-tuned dense control's final accuracy (dashed)."""
     mine = cells.merge(panel[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
     baseline = pd.to_numeric(mine["acc_baseline"], errors="coerce").mean()
     if pd.notna(baseline):
         axis.axhline(baseline, color="black", linestyle=":", linewidth=1)
-    control = pd.to_numeric(control_ok(mine)["acc_final"], errors="coerce").mean() if not mine.empty else None
-    if control is not None and pd.notna(control):
-        axis.axhline(control, color="black", linestyle="--", linewidth=1)
+    final = pd.to_numeric(control_ok(mine)["acc_final"], errors="coerce").mean() if control and not mine.empty else None
+    if final is not None and pd.notna(final):
+        axis.axhline(final, color="black", linestyle="--", linewidth=1)
     return baseline if pd.notna(baseline) else None
 
 
@@ -186,7 +206,7 @@ def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
             axis.step(front["compression_mean"], front["acc_final_mean"], where="pre", color=colours[backend],
                       alpha=0.6, linewidth=1.2)
         axis.set_title(name, fontsize=10)
-        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"])
+        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"], summary["ratio"])
         axis.set_ylabel("final test accuracy %")
         axis.grid(alpha=0.3)
     if clipped:
@@ -233,7 +253,7 @@ def speedup_vs_compression(cells: pd.DataFrame) -> Figure:
                           fmt=methods[method], color=colours[backend], capsize=2, linestyle="none", markersize=5)
         _log_y(axis)
         axis.set_title(f"target {name}", fontsize=10)
-        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"])
+        _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"], summary["ratio"])
         axis.set_ylabel("speedup × (dense / decomposed latency)")
         axis.grid(alpha=0.3)
     handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b)
@@ -256,11 +276,11 @@ def _curve(cells: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([start, rows]).dropna().groupby("epoch")["test_acc"].agg(["mean", "std"])
 
 
-def _draw_curve(axis, curve: pd.DataFrame, colour: str, style: str) -> None:
-    axis.plot(curve.index, curve["mean"], color=colour, linestyle=style, linewidth=1.4)
+def _draw_curve(axis, curve: pd.DataFrame, colour: str, style: str, width: float = 1.4, zorder: float = 2) -> None:
+    axis.plot(curve.index, curve["mean"], color=colour, linestyle=style, linewidth=width, zorder=zorder)
     if curve["std"].notna().any():
         axis.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
-                          color=colour, alpha=0.15, linewidth=0)
+                          color=colour, alpha=0.15, linewidth=0, zorder=zorder - 0.5)
 
 
 def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
@@ -277,16 +297,17 @@ def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
     figure, axes = _figure(len(panels), 4, 2.6)
     clipped = False
     for axis, (name, panel) in zip(axes, panels):
-        baseline = _dense_lines(axis, cells, panel)
+        # The control is drawn as its whole curve below, so only the baseline gets a horizontal line.
+        baseline = _dense_lines(axis, cells, panel, control=False)
         mine = control.merge(panel[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
         lows = []
-        if not mine.empty:
-            curve = _curve(mine, epochs)
-            _draw_curve(axis, curve, colours[CONTROL_BACKEND], "--")
-            lows.append(curve["mean"])
         for (backend, init), group in panel.groupby(["backend", "init"]):
             curve = _curve(group, epochs)
             _draw_curve(axis, curve, colours[backend], ":" if init == "scratch" else "-")
+            lows.append(curve["mean"])
+        if not mine.empty:  # last and on top, so no backend's curve hides it
+            curve = _curve(mine, epochs)
+            _draw_curve(axis, curve, colours[CONTROL_BACKEND], "--", width=1.6, zorder=4)
             lows.append(curve["mean"])
         clipped |= _clip_accuracy(axis, pd.concat(lows) if lows else pd.Series(dtype=float), baseline)[0] > 0
         axis.set_title(name, fontsize=9)
@@ -302,10 +323,14 @@ def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
     handles = [Line2D([], [], color=colours[b], label=b) for b in sorted(ok["backend"].unique())]
     if (ok["init"] == "scratch").any():
         handles.append(Line2D([], [], color="gray", linestyle=":", label="from scratch"))
+    labels = [h.get_label() for h in handles]
     if not control.empty:
-        handles.append(Line2D([], [], color="black", linestyle="--", label="dense control"))
-    handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1, label="dense baseline"))
-    figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+        handles.append((Patch(color="black", alpha=0.15, linewidth=0),
+                        Line2D([], [], color="black", linestyle="--", linewidth=1.6)))
+        labels.append("dense control (fine-tuned)")
+    handles.append(Line2D([], [], color="black", linestyle=":", linewidth=1))
+    labels.append("dense baseline")
+    figure.legend(handles=handles, labels=labels, loc="outside right upper", fontsize=8)
     figure.suptitle(title, fontsize=11)
     _note(figure, notes)
     return figure

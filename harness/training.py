@@ -1,7 +1,8 @@
 """Training and evaluation loops shared by the dense baseline and every fine-tuning run.
 
 Every backend gets the same optimiser (SGD with momentum and weight decay), the same
-cosine learning-rate schedule and the same data order (a permutation drawn from a
+learning-rate schedule (cosine to zero, or constant for long stability runs, where a
+schedule that freezes the last epochs would hide any instability) and the same data order (a permutation drawn from a
 generator seeded by the cell's seed), so differences in the results come from the
 decomposition, not from training. Data stays in memory as tensors; batches are slices.
 """
@@ -37,6 +38,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clip_grad_norm: float | None = 5.0
+    schedule: str = "cosine"
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -76,7 +78,10 @@ def train(
     optimiser = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(data.train_x) / settings.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, settings.epochs * steps_per_epoch))
+    if settings.schedule == "constant":
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimiser, factor=1.0)
+    else:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, settings.epochs * steps_per_epoch))
     order = torch.Generator()
     order.manual_seed(seed)
     records: list[EpochRecord] = []

@@ -64,6 +64,12 @@ def test_shipped_presets_are_valid_configs():
     values = load_preset("long-run")
     config = build_config(values)
     assert config.seeds == [0, 1, 2] and config.epochs >= 20 and config.dense_control
+    assert config.fine_tune_settings().schedule == "constant"
+
+
+def test_unknown_lr_schedule_is_one_line(capsys):
+    assert main(["run", "--lr-schedule", "linear"]) == 2
+    assert "unknown lr schedule 'linear'" in capsys.readouterr().err
 
 
 def test_unknown_preset_is_one_line(capsys):

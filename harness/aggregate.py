@@ -87,14 +87,17 @@ def _fixed(value: float, digits: int | str) -> str:
 def mean_std(mean: float, std: float | None, n: float | None, digits: int | str = 2, unit: str = "") -> str:
     """"97.10 ± 0.21 (n=3)", "97.10 (n=1)"; n=None leaves the count out; a missing mean gives "–".
 
-    ``digits`` is a number of decimals or a format spec (".3g" for 3 significant digits).
+    ``digits`` is a number of decimals or a format spec (".3g" for 3 significant digits; the
+    std then gets the decimals the mean shows).
     """
     if mean is None or not math.isfinite(float(mean)):
         return "–"
     count = None if n is None or not math.isfinite(float(n)) else int(n)
     text = _fixed(mean, digits)
     if std is not None and math.isfinite(float(std)) and (count is None or count > 1):
-        text += f" ± {_fixed(std, digits)}"
+        # With significant digits the spread gets as many decimals as the mean shows: "0.00501 ± 0.00041".
+        places = len(text.partition(".")[2]) if isinstance(digits, str) and "e" not in text else digits
+        text += f" ± {_fixed(std, places)}"
     text += unit
     return text if count is None else f"{text} (n={count})"
 

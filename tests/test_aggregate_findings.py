@@ -204,3 +204,35 @@ def test_missing_data_is_said_not_guessed():
     texts = {f.key: f.text for f in all_findings(nothing)}
     assert not any(key.startswith("failed") for key in texts)
     assert "no winner" in texts["best_accuracy"] and "No ok decomposed" in texts["recovery"]
+
+
+def test_stability_ties_at_the_shown_precision_name_no_winner():
+    cells = planted_results().cells
+    decomposed = cells["init"] != "control"
+    # Differences far below the 3 decimals shown (a 30-epoch cosine schedule ends this flat): noise, not a winner.
+    cells.loc[decomposed, "last_k_std"] = 0.0101 + 1e-5 * cells.loc[decomposed, "backend"].map(
+        {"a": 1, "b": 2, "c": 3}).fillna(0)
+    cells.loc[decomposed, "overfit_drop"] = 0.0204
+    found = {f.key: f for f in all_findings(planted_results())}  # the planted run still has winners
+    assert found["best_stability"].numbers["ties"] == 0
+    stability = {f.key: f for f in all_findings(RunResults(Path("."), {}, cells, planted_results().epochs,
+                                                           pd.DataFrame()))}["best_stability"]
+    assert stability.numbers["wins"] == {} and stability.numbers["ties"] == stability.numbers["comparisons"] == 8
+    assert "8 of 8 comparisons are a tie" in stability.text and "no winner" in stability.text
+    assert "0.010" in stability.table.iloc[0]["last-3 std pp"]
+    assert stability.table["winner"].str.startswith("tie: a, b, c").all()
+    assert all(w["backend"] == "tie" and w["tied"] == ["a", "b", "c"] for w in stability.numbers["winners"].values())
+
+
+def test_control_stability_ties_and_shows_three_decimals():
+    results = planted_results(seeds=(0,))
+    cells = results.cells
+    control = cells["init"] == "control"
+    cells.loc[~control, ["last_k_std", "overfit_drop"]] = 0.0104
+    cells.loc[control, ["last_k_std", "overfit_drop"]] = 0.0096
+    finding = control_stability(cells, results.epochs)[0]
+    assert finding.numbers["tied_measures"] == ["last_k_std", "overfit_drop"]
+    assert finding.numbers["steadier_measures"] == []
+    assert "A tie" in finding.text and "as stable as" in finding.text and "0.010" in finding.text
+    assert "0.00 " not in finding.text
+    assert set(finding.table["last-3-epoch std pp"]) == {"0.010"}

@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from test_aggregate_findings import planted_results
 
 from harness import plots
+from harness.findings import all_findings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TABLE_IDS = ("metadata-table", "dense-baselines", "dense-control", "summary", "budget-deviations", "not-ok")
@@ -164,3 +165,79 @@ def test_tables_report_shows_spread_control_and_parquet(tmp_path):
     lines: list[str] = []
     harness_tables.harness_terminal_summary(results=results, write=lines.append)
     assert any("dense control" in line for line in lines) and any("±" in line for line in lines)
+
+
+def _with_gaps(results):
+    """The planted run plus unsupported cells of one (backend, method, target, reason) at three ratios × seeds."""
+    gap = results.cells[results.cells["status"] == "unsupported"].iloc[0]
+    extra = [gap.to_dict() | {"ratio": r, "seed": s, "cell_id": f"gap/x{r:g}/s{s}"}
+             for r in (2.0, 4.0, 8.0) for s in (0, 1, 2) if (r, s) != (8.0, 0)]
+    other = gap.to_dict() | {"backend": "b", "error": "b offers no tt for Conv2d", "cell_id": "gap/b"}
+    results.cells = pd.concat([results.cells, pd.DataFrame(extra + [other])], ignore_index=True)
+    return results
+
+
+def test_unsupported_cells_are_grouped_and_failures_listed_one_by_one(tmp_path):
+    results = _with_gaps(planted_results(tmp_path))
+    groups = harness_tables.unsupported_table(results.cells)
+    assert len(groups) == 2 and groups["cells"].sum() == 10
+    a = groups[groups["backend"] == "a"].iloc[0]
+    assert a["cells"] == 9 and a["ratios"] == "×2, ×4, ×8" and a["seeds"] == "0, 1, 2"
+    assert a["reason"] == "tt & conv: not offered"
+    assert harness_tables.unsupported_summary(groups) == (
+        "10 unsupported cells in 2 groups (declared gaps of the backends)")
+    failed = harness_tables.failed_table(results.cells)
+    assert failed["status"].tolist() == ["error"]
+
+    harness_html.harness_report(results=results, run_dir=str(tmp_path))
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    section = page.split("<h3>Cells not ok</h3>")[1]
+    listed, collapsed = section.split("<details", 1)
+    assert "&lt;script&gt;alert('x')&lt;/script&gt; boom" in listed  # the error stays listed, not collapsed
+    assert "not offered" not in listed
+    assert collapsed.startswith(' id="not-ok-unsupported"><summary>10 unsupported cells in 2 groups '
+                                "(declared gaps of the backends)</summary>")
+    assert " open" not in collapsed.split(">", 1)[0]  # collapsed by default
+    assert collapsed.count("<tr>") == 3  # header + one row per group
+
+    harness_tables.harness_report(results=results, run_dir=str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    not_ok = report.split("## Cells not ok")[1]
+    assert "10 unsupported cells in 2 groups (declared gaps of the backends):" in not_ok
+    assert not_ok.index("boom") < not_ok.index("10 unsupported cells")
+    assert not_ok.count("not offered") == 1
+
+
+def test_budget_deviations_one_row_per_configuration_with_seeds_and_fill(page):
+    run_dir, _, _ = page
+    deviations = harness_tables.budget_deviations(planted_results().cells)
+    # c fills 1/1.25 = 80 % of the budget: cp, tt × conv, linear × ×2, ×4, three seeds each
+    assert len(deviations) == 8 and set(deviations["backend"]) == {"c"}
+    assert set(deviations["seeds"]) == {3} and set(deviations["fill"]) == {"80%"}
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    budget = html.split('<table id="budget-deviations">')[1].split("</table>")[0]
+    assert budget.count("<tr>") == 9 and "80%" in budget
+
+
+def test_constant_columns_move_to_a_caption_and_numbers_do_not_wrap(page):
+    run_dir, _, _ = page
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    summary = html.split("<h3>Decomposed networks</h3>")[1].split("</table>")[0]
+    assert '<p class="caption">Same in every row: model m; dataset d; seeds 3.</p>' in summary
+    header = summary.split("</thead>")[0]
+    assert "<th>model</th>" not in header and "<th>init</th>" in header  # init varies (decompose, scratch)
+    assert '<td class="num">97.10 ± 0.10</td>' in summary
+    assert "td.num { white-space: nowrap;" in html
+    assert '<div class="scroll"><table id="summary">' in html
+
+
+def test_finding_tables_use_one_format_per_kind_of_number(page):
+    _, _, parser = page
+    text = parser.findings
+    assert "-2.23" in text["finding-target_payoff"] and "0.98×" in text["finding-target_payoff"]
+    assert "72%" in text["finding-speedup_vs_flops"] and "1.44×" in text["finding-speedup_vs_flops"]
+    assert "0.03" in text["finding-decomposition_time"]
+    for finding in all_findings(planted_results()):  # formatted text or counts, no raw floats like 0.7594
+        if finding.table is not None:
+            for value in finding.table.to_numpy().ravel():
+                assert isinstance(value, str | int) or float(value).is_integer(), (finding.key, value)

@@ -5,9 +5,12 @@ external resources, so it can be mailed or archived as one file) and each plot a
 ``plots/<name>.png`` into the run directory, rebuilt from the store. The page holds the
 run's metadata (command, versions, hardware, seeds, FLOP convention), the computed
 findings of :mod:`harness.findings`, the plots of :mod:`harness.plots` and the tables
-(dense baselines, dense control, mean ± std over seeds per configuration, budget
-deviations, cells not ok). Every string from the data is escaped; a plot that fails is
-replaced by a note, never taking the page down.
+of :mod:`harness_tables` (dense baselines, dense control, mean ± std over seeds per
+configuration, budget deviations per configuration, cells not ok: failed cells one by
+one, unsupported cells grouped in a collapsed ``<details>``). A key column holding one
+value in every row is left out and its value given in a caption above the table; number cells
+do not wrap, and wide tables scroll sideways. Every string from the data is escaped; a
+plot that fails is replaced by a note, never taking the page down.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ from __future__ import annotations
 import base64
 import html
 import math
+import numbers
+import re
 from pathlib import Path
 
 import pandas as pd
 from harness_tables import (
     BUDGET_FILL,
     budget_deviations,
+    constant_columns,
     control_table,
-    not_ok_table,
+    failed_table,
+    same_in_every_row,
     summary_table,
+    unsupported_summary,
+    unsupported_table,
 )
 
 import harness
@@ -46,11 +55,17 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom:
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+td.num { white-space: nowrap; font-variant-numeric: tabular-nums; }
+p.caption { font-size: 0.85em; color: #555; margin: 0.3em 0 0; }
+details { margin: 0.5em 0 1em; } details > summary { cursor: pointer; color: #444; }
 .finding { border-left: 4px solid #4878a8; padding: 0.2em 0.8em; margin: 0.8em 0; background: #f7f9fc; }
 .finding h3 { margin: 0.3em 0; font-size: 1.05em; } .scroll { overflow-x: auto; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; } .note { color: #a33; } .muted { color: #666; }
 """
+
+
+NUMBER = re.compile(r"^[×+\-−]?\d|^–$")  # "97.10 ± 0.21 (n=3)", "×4", "-0.10", "83%", "0.88×", "–"
 
 
 def _number(value: float) -> str:
@@ -61,12 +76,35 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _table(frame: pd.DataFrame | None, table_id: str) -> str:
+def _cell(value: object) -> str:
+    """One ``<td>``: numbers (and "mean ± std" text) in a cell that does not wrap."""
+    missing = value is None or (isinstance(value, float) and value != value)  # noqa: PLR0124 - NaN test
+    if missing:
+        return '<td class="num">–</td>'
+    if isinstance(value, bool):
+        return f"<td>{value}</td>"
+    if isinstance(value, numbers.Real):
+        return f'<td class="num">{_number(float(value))}</td>'
+    text = str(value)
+    attribute = ' class="num"' if NUMBER.match(text) else ""
+    return f"<td{attribute}>{html.escape(text, quote=False)}</td>"
+
+
+def _table(frame: pd.DataFrame | None, table_id: str, drop_constant: bool = False,
+           empty: str = "None in this run.") -> str:
+    """A table in a sideways-scrolling box; with ``drop_constant`` one-valued key columns move to a caption above."""
     if frame is None or frame.empty:
-        return f'<p class="muted" id="{table_id}">None in this run.</p>'
-    body = frame.to_html(index=False, escape=True, na_rep="–", table_id=table_id, border=0,
-                         float_format=_number)
-    return f'<div class="scroll">{body}</div>'
+        return f'<p class="muted" id="{table_id}">{html.escape(empty)}</p>'
+    caption = ""
+    if drop_constant:
+        frame, constant = constant_columns(frame)
+        caption = same_in_every_row(constant)
+    head = "".join(f"<th>{html.escape(str(c), quote=False)}</th>" for c in frame.columns)
+    rows = "\n".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>"
+                      for row in frame.itertuples(index=False, name=None))
+    caption = f'<p class="caption">{html.escape(caption, quote=False)}</p>' if caption else ""
+    return (f'{caption}<div class="scroll"><table id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>\n{rows}\n</tbody></table></div>")
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -117,6 +155,19 @@ def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
     return "\n".join(parts), written
 
 
+def _not_ok_html(cells: pd.DataFrame) -> str:
+    """Failed cells one by one, then the unsupported ones grouped inside a collapsed ``<details>``."""
+    failed = failed_table(cells) if not cells.empty else None
+    gaps = unsupported_table(cells) if not cells.empty else None
+    parts = [('<h3>Cells not ok</h3><p class="muted">Cells that failed, timed out or diverged, one by one, with '
+              "the reason; below them the cells a backend does not support, grouped.</p>"),
+             _table(failed, "not-ok", drop_constant=True, empty="No cell failed, timed out or diverged.")]
+    if gaps is not None and not gaps.empty:
+        parts.append(f'<details id="not-ok-unsupported"><summary>{html.escape(unsupported_summary(gaps))}'
+                     "</summary>" + _table(gaps, "not-ok-unsupported-table", drop_constant=True) + "</details>")
+    return "\n".join(parts)
+
+
 def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
     """The whole page, and the plot files written on the way."""
     cells = results.cells
@@ -133,13 +184,13 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
          "Mean ± sample std over seeds of the ok cells; the last column is the number of seeds.",
          summary_table(cells, SUMMARY) if not cells.empty else None),
         ("budget-deviations", "Budget deviations",
-         (f"Ok cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio or "
-          "more than all of it."), budget_deviations(cells) if not cells.empty else None),
-        ("not-ok", "Cells not ok", "Cells that were unsupported, failed, timed out or diverged, with the reason.",
-         not_ok_table(cells) if not cells.empty else None),
+         (f"Configurations whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio or "
+          "more than all of it; seeds = how many seeds deviate, fill = params / budget."),
+         budget_deviations(cells) if not cells.empty else None),
     ]
     table_html = "\n".join(f'<h3>{html.escape(title)}</h3><p class="muted">{html.escape(note)}</p>'
-                           + _table(frame, table_id) for table_id, title, note, frame in tables)
+                           + _table(frame, table_id, drop_constant=True) for table_id, title, note, frame in tables)
+    table_html += "\n" + _not_ok_html(cells)
     definitions = ("compression = dense params / params of the decomposed layers (bias included); speedup = dense "
                    "latency / decomposed latency of the whole network, measured in the same process; Δ vs dense = "
                    "final accuracy − dense baseline accuracy in percentage points; a ± b = mean ± sample std over "

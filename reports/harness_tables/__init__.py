@@ -3,13 +3,19 @@
 Writes ``cells.csv`` (one row per cell), ``epochs.csv`` (one row per cell and
 fine-tuning epoch), ``layers.csv`` (one row per decomposed layer), their Parquet copies
 when pyarrow is installed, and ``report.md`` (per backend, method and ratio: mean ± std
-over seeds, with the seed count; the dense control rows in a section of their own) into
-the run directory, all rebuilt from the store. The same summary table is printed when a
-run ends.
+over seeds, with the seed count; the dense control rows in a section of their own;
+budget deviations one row per configuration with its seed count and budget fill; failed
+cells one by one and unsupported cells grouped by backend, method, target and reason)
+into the run directory, all rebuilt from the store. Stability metrics are shown with 3
+decimals, seconds with 3 significant digits, the rest with 2; a key column holding one
+value in every row is left out and its value stated above the table
+(:func:`constant_columns`). The same summary table is printed when a run ends. The HTML
+report builds its tables with the functions here.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +24,8 @@ from tabulate import tabulate
 
 import harness
 from harness.aggregate import (
+    SECONDS_FORMAT,
+    STABILITY_DIGITS,
     control_ok,
     decomposed_ok,
     format_summary,
@@ -39,22 +47,28 @@ EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "se
 BUDGET_FILL = 0.9
 GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio"]
 SUMMARY = {
-    "compression": "compression",
-    "acc_decomposed": "acc after decomp",
-    "acc_final": "acc final",
-    "delta": "Δ vs dense",
-    "speedup": "speedup",
+    "compression": "compression ×",
+    "acc_decomposed": "acc after decomp %",
+    "acc_final": "acc final %",
+    "delta": "Δ vs dense pp",
+    "speedup": "speedup ×",
     "decompose_s": "decomp s",
 }
 CONTROL_GROUP = ["model", "dataset"]
 CONTROL_SUMMARY = {
-    "acc_baseline": "acc dense",
-    "acc_final": "acc final",
-    "delta": "Δ vs dense",
-    "overfit_drop": "best−last",
-    "last_k_std": "last-k std",
-    "speedup": "speedup",
+    "acc_baseline": "acc dense %",
+    "acc_final": "acc final %",
+    "delta": "Δ vs dense pp",
+    "overfit_drop": "best−last pp",
+    "last_k_std": "last-k std pp",
+    "speedup": "speedup ×",
 }
+DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT}
+# Columns that describe a configuration rather than measure it: left out of a table when they hold one value.
+CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "ratios", "seeds",
+                       "status")
+FAILED_COLUMNS = ["backend", "model", "method", "target", "init", "ratio", "seed", "status", "error"]
+UNSUPPORTED_KEYS = ["backend", "model", "method", "target", "error"]
 TABLES = ("cells", "epochs", "layers")
 
 
@@ -67,13 +81,46 @@ def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
 
 def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.DataFrame:
     """Per model, dataset, target, backend, method and ratio: mean ± std over seeds of the ok decomposed cells."""
-    return format_summary(seed_summary(with_delta(decomposed_ok(cells)), list(summary), GROUP), GROUP, summary)
+    return format_summary(seed_summary(with_delta(decomposed_ok(cells)), list(summary), GROUP), GROUP, summary,
+                          DIGITS)
 
 
 def control_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Per model and dataset: mean ± std over seeds of the dense control (the dense net fine-tuned alike)."""
     summary = seed_summary(with_delta(control_ok(cells)), list(CONTROL_SUMMARY), CONTROL_GROUP)
-    return format_summary(summary, CONTROL_GROUP, CONTROL_SUMMARY)
+    return format_summary(summary, CONTROL_GROUP, CONTROL_SUMMARY, DIGITS)
+
+
+def _value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def constant_columns(frame: pd.DataFrame, candidates: tuple[str, ...] = CONSTANT_CANDIDATES
+                     ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``frame`` without the candidate columns that hold one value in every row, and those values.
+
+    A table of fewer than two rows keeps every column (nothing repeats there).
+    """
+    if frame is None or len(frame) < 2:
+        return frame, {}
+    constant = {c: _value(frame[c].iloc[0]) for c in frame.columns
+                if c in candidates and frame[c].nunique(dropna=False) == 1}
+    return frame.drop(columns=list(constant)), constant
+
+
+def same_in_every_row(constant: dict[str, str]) -> str:
+    """"Same in every row: model lenet5; dataset mnist." or "" when nothing is constant."""
+    return ("Same in every row: " + "; ".join(f"{k} {v}" for k, v in constant.items()) + ".") if constant else ""
+
+
+def _listed(values: pd.Series, prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{_value(v)}" for v in sorted(values.dropna().unique()))
+
+
+def _span(values: pd.Series, fmt: str) -> str:
+    """"83%" when every seed gives the same (as shown), else "82%–84%"."""
+    low, high = format(values.min(), fmt), format(values.max(), fmt)
+    return low if low == high else f"{low}–{high}"
 
 
 def _as_text(value: object) -> str | None:
@@ -105,23 +152,72 @@ def write_parquet(tables: dict[str, pd.DataFrame], out: Path) -> list[str]:
     return paths
 
 
+NUMBER = re.compile(r"^[×+\-−]?\d|^–$")  # a number or "mean ± std" text: right-aligned
+
+
 def _format(table: pd.DataFrame, fmt: str) -> str:
-    return tabulate(table, headers="keys", tablefmt=fmt, showindex=False, floatfmt=".2f")
+    """``table`` as text: float columns with 2 decimals, text cells exactly as formatted (3-decimal stability
+    metrics, 3-significant-digit seconds), number columns right-aligned."""
+    shown = table.astype(object).copy()
+    for column in table.columns:
+        if pd.api.types.is_float_dtype(table[column]):
+            shown[column] = [f"{v:.2f}" for v in table[column]]
+    shown = shown.where(table.notna(), "–")
+    align = ["right" if all(NUMBER.match(str(v)) for v in shown[c]) else "left" for c in shown.columns]
+    return tabulate(shown, headers="keys", tablefmt=fmt, showindex=False, disable_numparse=True,
+                    colalign=align or None)
 
 
 def budget_deviations(cells: pd.DataFrame) -> pd.DataFrame:
-    """Ok cells whose parameters are above the budget or below BUDGET_FILL of it."""
-    ok = cells[cells["status"] == "ok"].copy()
+    """Configurations whose decomposed layers are above the budget or below BUDGET_FILL of it.
+
+    One row per backend, model, method, target, init and ratio, with the number of seeds
+    that deviate and the fill (params / budget) as a percentage, a range when seeds differ.
+    """
+    columns = ["backend", "model", "method", "target", "init", "ratio", "seeds", "params", "budget", "fill"]
+    ok = decomposed_ok(cells)
     if ok.empty:
-        return ok
-    ok["budget_fill"] = ok["params"] / ok["budget"]
+        return pd.DataFrame(columns=columns)
+    ok = ok.assign(params=pd.to_numeric(ok["params"], errors="coerce"),
+                   budget=pd.to_numeric(ok["budget"], errors="coerce"))
+    ok = ok.assign(budget_fill=ok["params"] / ok["budget"])
     off = ok[(ok["budget_fill"] > 1) | (ok["budget_fill"] < BUDGET_FILL)]
-    return off[["backend", "model", "method", "target", "ratio", "seed", "params", "budget", "budget_fill"]]
+    rows = [{**dict(zip(columns[:6], key)), "seeds": group["seed"].nunique(), "params": _span(group["params"], ".0f"),
+             "budget": _span(group["budget"], ".0f"), "fill": _span(group["budget_fill"], ".0%")}
+            for key, group in off.groupby(columns[:6], sort=True)]
+    table = pd.DataFrame(rows, columns=columns)
+    table["ratio"] = table["ratio"].map(_value)
+    return table
 
 
-def not_ok_table(cells: pd.DataFrame) -> pd.DataFrame:
-    rest = cells[cells["status"] != "ok"]
-    return rest[["backend", "model", "method", "target", "ratio", "seed", "status", "error"]]
+def failed_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells that errored, timed out or diverged, one row each (unsupported cells are in :func:`unsupported_table`)."""
+    rest = cells[~cells["status"].isin(["ok", "unsupported"])]
+    return _ordered(rest.copy(), FAILED_COLUMNS)[FAILED_COLUMNS].assign(ratio=lambda f: f["ratio"].map(_value))
+
+
+def unsupported_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Unsupported cells grouped by backend, model, method, target and reason: count, ratios and seeds covered."""
+    columns = UNSUPPORTED_KEYS[:-1] + ["reason", "cells", "ratios", "seeds"]
+    gaps = cells[cells["status"] == "unsupported"].assign(error=lambda f: f["error"].fillna("–"))
+    rows = [{**dict(zip(UNSUPPORTED_KEYS[:-1], key[:-1])), "reason": key[-1], "cells": len(group),
+             "ratios": _listed(group["ratio"], "×"), "seeds": _listed(group["seed"])}
+            for key, group in gaps.groupby(UNSUPPORTED_KEYS, sort=True)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def unsupported_summary(groups: pd.DataFrame) -> str:
+    """"99 unsupported cells in 33 groups (declared gaps of the backends)"."""
+    cells = int(groups["cells"].sum()) if not groups.empty else 0
+    return (f"{cells} unsupported cell{'s' if cells != 1 else ''} in {len(groups)} "
+            f"group{'s' if len(groups) != 1 else ''} (declared gaps of the backends)")
+
+
+def _md_table(frame: pd.DataFrame) -> list[str]:
+    """A Markdown table with its constant key columns stated above it."""
+    shown, constant = constant_columns(frame)
+    caption = same_in_every_row(constant)
+    return ([caption, ""] if caption else []) + [_format(shown, "github")]
 
 
 @harness.hookimpl
@@ -155,7 +251,7 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
         _format(baselines.reset_index().rename(columns={"acc_baseline": "accuracy %"}), "github"),
         "",
         "## Decomposed networks (mean ± std over seeds)", "",
-        _format(summary_table(cells), "github"),
+        *_md_table(summary_table(cells)),
         "",
     ]
     control = control_table(cells)
@@ -163,16 +259,21 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
         lines += ["## Dense control (mean ± std over seeds)", "",
                   ("The dense network fine-tuned for the same epochs with the same optimiser: the reference "
                    "for the decomposed networks' accuracy and stability."), "",
-                  _format(control, "github"), ""]
+                  *_md_table(control), ""]
     deviations = budget_deviations(cells)
     if not deviations.empty:
         lines += ["## Budget deviations", "",
-                  (f"Cells whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
-                   "(the format's rank steps are too coarse to get closer) or more than all of it:"), "",
-                  _format(deviations, "github"), ""]
-    rest = not_ok_table(cells)
-    if not rest.empty:
-        lines += ["## Cells not ok", "", _format(rest, "github"), ""]
+                  (f"Configurations whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
+                   "(the format's rank steps are too coarse to get closer) or more than all of it; seeds = how many "
+                   "seeds deviate, fill = params / budget:"), "",
+                  *_md_table(deviations), ""]
+    failed, gaps = failed_table(cells), unsupported_table(cells)
+    if not failed.empty or not gaps.empty:
+        lines += ["## Cells not ok", ""]
+    if not failed.empty:
+        lines += ["Cells that failed, timed out or diverged, one by one:", "", *_md_table(failed), ""]
+    if not gaps.empty:
+        lines += [unsupported_summary(gaps) + ":", "", *_md_table(gaps), ""]
     (out / "report.md").write_text("\n".join(lines))
     written = [str(out / f"{name}.csv") for name in TABLES] + [str(out / "report.md")]
     return written + write_parquet(tables, out)

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pluggy
 
 from harness.backends import FULL_RANK, BackendInfo, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
+from harness.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
 
 hookimpl = pluggy.HookimplMarker("harness")
 
@@ -22,6 +23,10 @@ __all__ = [
     "FULL_RANK",
     "BackendInfo",
     "DecomposeRequest",
+    "LayerBudget",
+    "RankSelector",
+    "SelectionInput",
+    "SelectionLayer",
     "Unsupported",
     "__version__",
     "hookimpl",

@@ -79,7 +79,10 @@ class DecomposeRequest:
     Exactly one of ``ratio`` and ``rank`` drives the size: with ``ratio`` the backend
     picks the largest rank whose replacement has at most ``max_params`` parameters
     (bias included); ``rank`` is an explicit rank in the backend's own notion.
-    ``options`` carries method-specific settings (e.g. tensorized shapes).
+    ``budget``, when set, is the layer's parameter budget chosen by the cell's rank
+    selector (see :mod:`harness.selection`); ``max_params`` is then ``budget`` and
+    ``ratio`` stays filled for information only. ``options`` carries method-specific
+    settings (e.g. tensorized shapes).
     """
 
     backend: str
@@ -92,10 +95,14 @@ class DecomposeRequest:
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)
     dense_params: int = 0
+    budget: int | None = None
 
     @property
     def max_params(self) -> int | None:
-        """Parameter budget of the replacement: floor(dense_params / ratio), or None for an explicit rank."""
+        """Parameter budget of the replacement: ``budget`` when a rank selector set it, else
+        floor(dense_params / ratio), or None for an explicit rank."""
+        if self.budget is not None:
+            return self.budget
         if self.ratio is None:
             return None
         return math.floor(self.dense_params / self.ratio)

@@ -57,9 +57,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2 [all]")
     sweep.add_argument("--targets", help="comma list of conv, linear, all (both at once) [conv,linear]")
     sweep.add_argument("--ratios", help="target compression of the decomposed layers' parameters [2,4,8]")
+    sweep.add_argument("--rank-selection", metavar="NAME[:ARG]",
+                       help="how each layer's parameter budget is chosen, the same for every backend: ratio "
+                            "(dense/ratio), energy[:SHARE], vbmf, budget or a plugin's (see 'harness list'); "
+                            "a comma list compares them [ratio]")
     sweep.add_argument("--seeds", help="comma list of seeds; reports give mean, std and n over them [0]")
     sweep.add_argument("--skip", metavar="PATTERNS",
-                       help="comma list of glob patterns over cell ids (backend/model/dataset/method/target/xR/sS) "
+                       help="comma list of glob patterns over cell ids (backend/model/dataset/method/target/xR/sS"
+                            "[/r-SELECTION]) "
                             "to leave out, e.g. 'tednet/*/*/btt/linear/*'")
     sweep.add_argument("--include-edges", dest="keep_edges_dense", action="store_const", const=False,
                        help="also decompose the first conv and the last Linear (kept dense by default)")
@@ -108,7 +113,7 @@ def build_parser(host: Host) -> Parser:
     host.pm.hook.harness_addoption.call_historic(kwargs={"parser": plugin_group})
     run.set_defaults(_plugin_keys={a.dest for a in run._actions} - before)
     listing = sub.add_parser("list", parents=[plugin_flag],
-                             help="show backends, methods, models, datasets, reports and plugins",
+                             help="show backends, methods, rank selectors, models, datasets, reports and plugins",
                              description="Show what the installed plugins provide.")
     listing.add_argument("--plugins", dest="plugins_only", action="store_true",
                          help="only the plugins: module, distribution, version and hooks")
@@ -159,6 +164,11 @@ def cmd_list(host: Host) -> int:
             _echo(f"      {kind:<7} {', '.join(shown)}")
         if info.conv_unsupported:
             _echo(f"      cannot: conv {', '.join(sorted(info.conv_unsupported))}")
+    _echo("rank selectors (harness run --rank-selection NAME[:ARG]):")
+    for name, selector in sorted(host.rank_selectors.items()):
+        usage = "uses --ratios" if selector.uses_ratio else "ignores --ratios"
+        argument = f"{name}:ARG" if selector.takes_argument else name
+        _echo(f"  {argument:<14} {selector.description} ({usage})")
     _echo("models:")
     for name, spec in sorted(host.models.items()):
         _echo(f"  {name:<14} {spec.description}")
@@ -204,11 +214,11 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
         for key in ("jobs", "cell_timeout", "executor"):
             if key in values:
                 setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
-        validate_names(config, host.backends, host.models, host.datasets)
+        validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
         resume = True
     else:
         config = build_config(values, plugin_keys=args._plugin_keys)
-        skipped = validate_names(config, host.backends, host.models, host.datasets)
+        skipped = validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
         for name in skipped:
             info = host.backends[name]
             _echo(f"skipping backend {name}: {info.library} is not installed ({info.install_hint})")

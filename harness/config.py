@@ -2,7 +2,7 @@
 
 :class:`RunConfig` is plain data (it is stored with the run and reloaded by
 ``--resume``). Every problem a user can cause — an unknown backend, model, dataset or
-method, a ratio that is not a number above 1, a malformed TOML file — becomes a
+method or rank selector, a ratio that is not a number above 1, a malformed TOML file — becomes a
 :class:`ConfigError` whose message is one line; the CLI turns it into exit code 2.
 """
 
@@ -46,6 +46,8 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["all"])
     targets: list[str] = field(default_factory=lambda: ["conv", "linear", "all"])
     ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    # How per-layer parameter budgets are chosen (NAME or NAME:ARG of a rank selector); "ratio" is dense/ratio.
+    rank_selection: list[str] = field(default_factory=lambda: ["ratio"])
     epochs: int = 2
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline_epochs: int = 6
@@ -60,7 +62,7 @@ class RunConfig:
     keep_edges_dense: bool = True
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
     dense_control: bool = True
-    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED) left out of the plan.
+    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION]) left out.
     skip: list[str] = field(default_factory=list)
     device: str = "auto"
     cell_timeout: float = 900.0
@@ -190,7 +192,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
         if key == "skip":
             config.skip = _as_list(value, key) if value not in ("", []) else []
-        elif key in ("backends", "models", "datasets", "methods", "targets"):
+        elif key in ("backends", "models", "datasets", "methods", "targets", "rank_selection"):
             setattr(config, key, _as_list(value, key))
         elif key == "ratios":
             config.ratios = _parse_ratios(value)
@@ -226,11 +228,14 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
     return config
 
 
-def validate_names(config: RunConfig, backends: dict, models: dict, datasets: dict) -> list[str]:
+def validate_names(config: RunConfig, backends: dict, models: dict, datasets: dict,
+                   rank_selectors: dict | None = None) -> list[str]:
     """Resolve ``all`` and check every name against what plugins registered.
 
     Returns the names of requested-as-``all`` backends that were skipped because their
-    library is missing. Raises :class:`ConfigError` for any unknown name.
+    library is missing. Raises :class:`ConfigError` for any unknown name. With
+    ``rank_selectors`` the rank selections are checked too and written in canonical form
+    (``energy`` becomes ``energy:0.9``), so equal selections share their cells.
     """
     skipped: list[str] = []
     if config.backends == ["all"]:
@@ -257,6 +262,18 @@ def validate_names(config: RunConfig, backends: dict, models: dict, datasets: di
         if method not in declared:
             raise ConfigError(f"unknown method {method!r} for backends {', '.join(config.backends)} "
                               f"(known: {', '.join(declared)})")
+    if rank_selectors is not None:
+        from harness.selection import normalize_spec
+
+        selections: list[str] = []
+        for spec in config.rank_selection:
+            try:
+                canonical = normalize_spec(spec, rank_selectors)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if canonical not in selections:
+                selections.append(canonical)
+        config.rank_selection = selections
     if config.data_dir is not None:
         config.data_dir = str(Path(config.data_dir).expanduser())
     return skipped

@@ -39,7 +39,7 @@ from harness.stability import LAST_K, RECOVERY_TOLERANCE
 from harness.store import KEY_COLUMNS, RunResults
 
 # A comparison is fair only between cells that differ in backend alone.
-COMPARE = ["model", "dataset", "target", "init", "method", "ratio"]
+COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection"]
 TIE = "tie"  # the winner of a comparison in which every backend shows the same value
 
 
@@ -55,7 +55,9 @@ class Finding:
 
 
 def _label(row: pd.Series | dict) -> str:
-    return f"{row['model']}/{row['dataset']}/{row['target']}/{row['init']}/{row['method']}/x{row['ratio']:g}"
+    selection = row.get("rank_selection", "ratio")
+    suffix = "" if selection in (None, "ratio") else f"/{selection}"
+    return f"{row['model']}/{row['dataset']}/{row['target']}/{row['init']}/{row['method']}/x{row['ratio']:g}{suffix}"
 
 
 def _missing(value: Any) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from harness.config import RunConfig
     from harness.data import DatasetSpec
     from harness.models import ModelSpec
+    from harness.selection import RankSelector
     from harness.store import RunResults
 
 hookspec = pluggy.HookspecMarker("harness")
@@ -63,14 +64,29 @@ def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.M
     Called once per targeted layer of a cell, inside the worker that runs the cell.
     Only the plugin that owns ``request.backend`` answers; every other plugin returns
     None (``firstresult``: the first non-None module wins). The replacement takes the
-    same input and gives an output of the same shape; with ``request.ratio`` set its
-    parameter count (bias included) must not exceed ``request.max_params``; with
+    same input and gives an output of the same shape; with ``request.ratio`` (or
+    ``request.budget``) set its parameter count (bias included) must not exceed
+    ``request.max_params``; with
     ``request.rank`` set it uses that rank (``"full"``: the largest the format allows,
     at which SVD, Tucker and TT formats reproduce the layer). It may carry
     a ``decomposition_info`` dict attribute (e.g. ``{"rank": ..., "n_iter": ...,
     "converged": ...}``) that the store keeps per layer. Raise
     :class:`harness.Unsupported` for a request the backend cannot meet; any other
     exception marks the cell ``error`` with its message.
+    """
+
+
+@hookspec
+def harness_register_rank_selectors(register: Callable[[RankSelector], None]) -> None:
+    """Declare rank selectors: call ``register(RankSelector(...))`` once per selector.
+
+    Called once when the plugin manager starts. A selector chooses every targeted layer's
+    parameter budget from the trained weights, the same for every backend and method:
+    ``harness run --rank-selection NAME[:ARG]`` picks it, and in the worker, before the
+    first layer is decomposed, the runner calls its ``budgets(SelectionInput)`` once per
+    cell and passes each layer's answer as ``DecomposeRequest.budget``. ``budgets`` returns
+    one positive int (or :class:`harness.selection.LayerBudget`) per layer; an exception
+    there marks the cell ``error``. Returns nothing.
     """
 
 

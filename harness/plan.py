@@ -1,6 +1,8 @@
 """The planner: expands a run configuration into independent, serialisable cells.
 
-A cell is one (backend, model, dataset, method, target, ratio, seed); for each (model,
+A cell is one (backend, model, dataset, method, target, ratio, seed, rank selection); a
+rank selector whose budgets ignore the ratio gets one cell per combination instead of
+one per ratio, with the placeholder ratio 1. For each (model,
 dataset, seed) one more cell, the dense control, fine-tunes the undecomposed baseline
 with the same recipe so stability has a reference. Planning builds
 each model once (untrained) to see which layers a target selects, so declared gaps —
@@ -20,10 +22,13 @@ from torch import nn
 
 from harness.backends import BackendInfo, conv_features, layer_kind
 from harness.config import TARGET_KINDS, RunConfig
+from harness.selection import DEFAULT_SELECTION, RankSelector, spec_label
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
 # The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
 CONTROL_BACKEND = "dense"
+# The ratio recorded for cells whose rank selector ignores --ratios (user ratios must exceed 1, so it cannot clash).
+NO_RATIO = 1.0
 CONTROL_INIT = "control"
 CONTROL_TARGET = "none"
 
@@ -41,6 +46,7 @@ class Cell:
     seed: int
     init: str = "decompose"
     unsupported: str | None = None
+    rank_selection: str = DEFAULT_SELECTION
 
     @property
     def is_control(self) -> bool:
@@ -48,8 +54,10 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        # The selection tag is left out for the default, so run directories from before selectors still resume.
+        tag = "" if self.rank_selection == DEFAULT_SELECTION else f"/{spec_label(self.rank_selection)}"
         return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
-                f"/x{self.ratio:g}/s{self.seed}")
+                f"/x{self.ratio:g}/s{self.seed}{tag}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,17 +101,31 @@ def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, n
     return None
 
 
+def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | None) -> list[tuple[str, list[float]]]:
+    """Each rank selection of the run with the ratios it is planned at: all of them, or just the placeholder."""
+    planned = []
+    for spec in config.rank_selection:
+        name = spec.partition(":")[0]
+        uses_ratio = selectors[name].uses_ratio if selectors is not None else True
+        planned.append((spec, list(config.ratios) if uses_ratio else [NO_RATIO]))
+    return planned
+
+
 def plan_cells(
     config: RunConfig,
     backends: dict[str, BackendInfo],
     models: dict[str, nn.Module],
+    selectors: dict[str, RankSelector] | None = None,
 ) -> tuple[list[Cell], list[str]]:
     """All cells of the run, and notes on combinations that were not planned.
 
     ``models`` maps ``(model, dataset)`` names joined by ``"@"`` to an untrained
-    instance built for that dataset's input shape.
+    instance built for that dataset's input shape. ``selectors`` (the host's rank
+    selectors) says which selections ignore the ratio; without it every selection is
+    planned once per ratio.
     """
     run_backends = {name: backends[name] for name in config.backends}
+    selections = _selection_ratios(config, selectors)
     cells: list[Cell] = []
     notes: list[str] = []
     for model_name in config.models:
@@ -122,10 +144,11 @@ def plan_cells(
                         reason = unsupported_reason(info, method, layers)
                         inits = {info.init_for(method, layer_kind(m)) for _, m in layers}
                         init = inits.pop() if len(inits) == 1 else "mixed"
-                        for ratio in config.ratios:
-                            for seed in config.seeds:
-                                cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
-                                                  init=init, unsupported=reason))
+                        for selection, ratios in selections:
+                            for ratio in ratios:
+                                for seed in config.seeds:
+                                    cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
+                                                      init=init, unsupported=reason, rank_selection=selection))
             if config.dense_control and config.epochs > 0:
                 cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
     kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]

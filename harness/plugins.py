@@ -22,9 +22,11 @@ from harness import hookspecs
 from harness.backends import BackendInfo
 from harness.data import DatasetSpec
 from harness.models import ModelSpec
+from harness.selection import RankSelector
 
 ENTRY_POINT_GROUP = "harness"
-BUILTIN_MODULES = {"builtin-models": "harness.models", "builtin-datasets": "harness.data"}
+BUILTIN_MODULES = {"builtin-models": "harness.models", "builtin-datasets": "harness.data",
+                   "builtin-rank-selectors": "harness.selectors"}
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Host:
     backend_plugin: dict[str, str]
     report_plugins: list[str]
     registration_errors: list[str]
+    rank_selectors: dict[str, RankSelector] = field(default_factory=dict)
 
     @property
     def hook(self) -> Any:
@@ -146,6 +149,7 @@ def _collect(host: Host) -> None:
     collect("harness_register_backends", host.backends)
     collect("harness_register_models", host.models)
     collect("harness_register_datasets", host.datasets)
+    collect("harness_register_rank_selectors", host.rank_selectors)
     host.report_plugins = [impl.plugin_name for impl in host.pm.hook.harness_report.get_hookimpls()]
 
 

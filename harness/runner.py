@@ -1,7 +1,9 @@
 """The runner: everything that happens to one cell, inside whichever worker runs it.
 
-It loads the cached dense baseline, measures it, asks the cell's backend (through the
-``harness_decompose_layer`` hook) for a replacement of each targeted layer, measures
+It loads the cached dense baseline, measures it, asks the cell's rank selector for each
+targeted layer's parameter budget (once, from the trained weights), asks the cell's
+backend (through the ``harness_decompose_layer`` hook) for a replacement of each
+targeted layer within its budget, measures
 the decomposed network right away, fine-tunes it with the shared training settings and
 measures it again. The dense control cell skips the decomposition and fine-tunes the
 baseline itself with the same recipe. The dense and decomposed networks are measured in the same process
@@ -28,6 +30,14 @@ from harness.data import DataSplits
 from harness.metrics import compare_latency, count_flops, count_params, effective_weight
 from harness.plan import Cell, target_layers
 from harness.plugins import Host, format_exception
+from harness.selection import (
+    LayerBudget,
+    SelectionError,
+    SelectionInput,
+    SelectionLayer,
+    layer_budgets,
+    parse_spec,
+)
 from harness.stability import stability_metrics
 from harness.training import EpochRecord, evaluate, synchronize, train
 
@@ -99,15 +109,33 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
     return result
 
 
+def _select(cell: Cell, ctx: CellContext, layers: list[tuple[str, nn.Module]],
+            metrics: dict[str, Any]) -> list[LayerBudget]:
+    """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced."""
+    name, argument = parse_spec(cell.rank_selection)
+    selector = ctx.host.rank_selectors.get(name)
+    if selector is None:
+        raise SelectionError(f"no plugin registers the rank selector {name!r}")
+    selection = SelectionInput(
+        argument=argument, ratio=cell.ratio if selector.uses_ratio else None, method=cell.method,
+        layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
+                               getattr(layer, "bias", None) is not None) for path, layer in layers])
+    start = time.perf_counter()
+    budgets = layer_budgets(selector, selection)
+    metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
+    return budgets
+
+
 def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
     """Replace each targeted layer of ``model`` by the backend's answer, recording one row per layer."""
     config, device, metrics = ctx.config, ctx.device, result["metrics"]
     layers = target_layers(model, cell.target, config.keep_edges_dense)
+    budgets = _select(cell, ctx, layers, metrics)
     error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
-    for layer_path, layer in layers:
+    for (layer_path, layer), budget in zip(layers, budgets):
         request = DecomposeRequest(backend=cell.backend, method=cell.method, layer_path=layer_path,
                                    kind=layer_kind(layer), ratio=cell.ratio, seed=cell.seed, device=str(device),
-                                   dense_params=count_params(layer))
+                                   dense_params=count_params(layer), budget=budget.params)
         captured = io.StringIO()
         synchronize(device)
         start = time.perf_counter()
@@ -129,11 +157,14 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         error_sq += layer_error_sq
         weight_sq += layer_weight_sq
         params = count_params(replacement)
+        info = _json_safe(getattr(replacement, "decomposition_info", {}) or {})
+        if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
+            info = {**info, "selected_ranks": _json_safe(budget.ranks)}
         result["layers"].append({
             "layer": layer_path, "kind": request.kind, "params_dense": request.dense_params, "params": params,
             "max_params": request.max_params, "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)),
             "decompose_s": seconds,
-            "info": _json_safe(getattr(replacement, "decomposition_info", {}) or {}),
+            "info": info,
             "stdout": captured.getvalue()[-2000:] or None,
         })
         _replace(model, layer_path, replacement)
@@ -142,7 +173,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
     params = sum(row["params"] for row in result["layers"])
     metrics.update(
         params_dense=params_dense, params=params, compression=params_dense / params if params else None,
-        budget=math.floor(params_dense / cell.ratio), budget_ok=all(
+        budget=sum(budget.params for budget in budgets), budget_ok=all(
             row["params"] <= row["max_params"] for row in result["layers"] if row["max_params"] is not None),
         decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
     )

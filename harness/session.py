@@ -103,7 +103,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     data = load_data(config, host, device)
     planning_models = {f"{m}@{d}": host.models[m].build(data[d].input_shape, data[d].num_classes)
                        for m in config.models for d in config.datasets}
-    cells, notes = plan_cells(config, host.backends, planning_models)
+    cells, notes = plan_cells(config, host.backends, planning_models, host.rank_selectors)
     for note in notes:
         write(f"note: {note}")
     if not cells:

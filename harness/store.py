@@ -20,14 +20,16 @@ from typing import Any
 import pandas as pd
 
 STORE_NAME = "results.sqlite"
-KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init"]
+KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init", "rank_selection"]
+# Key columns added after the first release, with the value that rows of older stores stand for.
+ADDED_KEY_COLUMNS = {"rank_selection": "ratio"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
     ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
-    metrics TEXT NOT NULL, finished_at REAL NOT NULL);
+    metrics TEXT NOT NULL, finished_at REAL NOT NULL, rank_selection TEXT NOT NULL DEFAULT 'ratio');
 CREATE TABLE IF NOT EXISTS epochs (
     cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
     PRIMARY KEY (cell_id, epoch));
@@ -60,6 +62,16 @@ class Store:
         # transaction is still atomic and durable across a kill.
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store written before a key column existed up to date, so such a run can be resumed."""
+        present = {row[1] for row in self.conn.execute("PRAGMA table_info(cells)")}
+        with self.conn:
+            for column, default in ADDED_KEY_COLUMNS.items():
+                if column not in present:
+                    # Appended last, as in SCHEMA, so old and new stores have the same column order.
+                    self.conn.execute(f"ALTER TABLE cells ADD COLUMN {column} TEXT NOT NULL DEFAULT '{default}'")
 
     def close(self) -> None:
         self.conn.close()
@@ -82,10 +94,12 @@ class Store:
         with self.conn:
             self.conn.execute("DELETE FROM epochs WHERE cell_id = ?", (cell_id,))
             self.conn.execute("DELETE FROM layers WHERE cell_id = ?", (cell_id,))
+            columns = ["cell_id", *KEY_COLUMNS, "status", "error", "traceback", "metrics", "finished_at"]
+            keys = [cell.get(k, ADDED_KEY_COLUMNS.get(k)) for k in KEY_COLUMNS]
             self.conn.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cell_id, *(cell[k] for k in KEY_COLUMNS), result["status"], result["error"],
-                 result.get("traceback"), json.dumps(metrics), time.time()))
+                f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                (cell_id, *keys, result["status"], result["error"], result.get("traceback"), json.dumps(metrics),
+                 time.time()))
             self.conn.executemany(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
                 [(cell_id, e["epoch"], _finite(e["train_loss"]), _finite(e["test_loss"]), e["test_acc"], e["epoch_s"])
@@ -123,7 +137,12 @@ def load_results(run_dir: str | Path) -> RunResults:
         conn.close()
     except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
         raise StoreError(f"{str(path)!r} cannot be read: {exc}") from None
+    for column, default in ADDED_KEY_COLUMNS.items():
+        if column not in raw.columns:  # a store from before the column, opened read-only: fill what it meant
+            raw[column] = default
     metrics = pd.DataFrame([json.loads(m) for m in raw["metrics"]], index=raw.index)
+    # A metric named like a stored column would duplicate it; the column wins.
+    metrics = metrics.drop(columns=[c for c in metrics.columns if c in raw.columns])
     cells = pd.concat([raw.drop(columns=["metrics"]), metrics], axis=1)
     keys = cells.set_index("cell_id")[KEY_COLUMNS]
     epochs = epochs.join(keys, on="cell_id")

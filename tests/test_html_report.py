@@ -223,7 +223,7 @@ def test_constant_columns_move_to_a_caption_and_numbers_do_not_wrap(page):
     run_dir, _, _ = page
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     summary = html.split("<h3>Decomposed networks</h3>")[1].split("</table>")[0]
-    assert '<p class="caption">Same in every row: model m; dataset d; seeds 3.</p>' in summary
+    assert '<p class="caption">Same in every row: model m; dataset d; rank_selection ratio; seeds 3.</p>' in summary
     header = summary.split("</thead>")[0]
     assert "<th>model</th>" not in header and "<th>init</th>" in header  # init varies (decompose, scratch)
     assert '<td class="num">97.10 ± 0.10</td>' in summary

@@ -35,7 +35,7 @@ from harness.aggregate import (
 from harness.store import RunResults
 
 CELL_COLUMNS = [
-    "backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "status", "error",
+    "backend", "method", "model", "dataset", "target", "ratio", "rank_selection", "seed", "init", "status", "error",
     "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
     "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "speedup", "latency_batch",
     "threads", "device", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
@@ -45,7 +45,7 @@ CELL_COLUMNS = [
 EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",
                  "test_loss", "test_acc", "epoch_s", "cell_id"]
 BUDGET_FILL = 0.9
-GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio"]
+GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection"]
 SUMMARY = {
     "compression": "compression ×",
     "acc_decomposed": "acc after decomp %",
@@ -65,8 +65,8 @@ CONTROL_SUMMARY = {
 }
 DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT}
 # Columns that describe a configuration rather than measure it: left out of a table when they hold one value.
-CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "ratios", "seeds",
-                       "status")
+CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection", "ratios",
+                       "seeds", "status")
 FAILED_COLUMNS = ["backend", "model", "method", "target", "init", "ratio", "seed", "status", "error"]
 UNSUPPORTED_KEYS = ["backend", "model", "method", "target", "error"]
 TABLES = ("cells", "epochs", "layers")

@@ -1,0 +1,164 @@
+"""The built-in rank selectors, registered as a plugin like the built-in models: ``ratio``, ``energy``, ``vbmf``, ``budget``.
+
+Each turns a cell's trained weights into per-layer parameter budgets that every backend then fills with its own
+method, so they are priced in one *reference structure* per layer kind, independent of the cell's method: a Linear
+layer is judged by the truncated SVD of its weight, a Conv2d by Tucker-2 on its output- and input-channel modes
+(the mode-0 and mode-1 unfoldings, Kim et al. 2016), with the parameter formulas of :mod:`harness.structures`.
+``ratio`` is the uniform rule, floor(dense/ratio) per layer. ``energy:SHARE`` keeps, per layer, the fewest reference
+ranks holding SHARE of the spectral energy and ``vbmf`` the ranks empirical VBMF finds above the noise
+(:mod:`harness.rank_selection`); either's reference parameter count, capped at the dense count, is the budget.
+``budget`` spends the uniform rule's total over the layers with a knapsack that maximises the summed retained energy,
+so a layer whose spectrum decays fast gives parameters to one whose spectrum does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+import harness
+from harness import rank_selection, structures
+from harness.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
+
+DEFAULT_ENERGY_SHARE = "0.9"
+# Candidate (R_out, R_in) pairs per conv layer for the knapsack; beyond this the rank grid is thinned, because
+# pricing every pair of a 512-channel conv (262k) would cost seconds for options the knapsack barely tells apart.
+MAX_TUCKER2_CANDIDATES = 8192
+
+
+# ----------------------------------------------------------------------------- reference structures
+
+
+def _reference_method(layer: SelectionLayer) -> str:
+    return "svd" if layer.kind == "linear" else "tucker2"
+
+
+def _conv_shape(layer: SelectionLayer) -> SimpleNamespace:
+    # structures' Tucker-2 formulas read these attributes off an nn.Conv2d; the weight alone determines them.
+    cout, cin, kh, kw = layer.weight.shape
+    return SimpleNamespace(out_channels=cout, in_channels=cin, kernel_size=(kh, kw),
+                           bias=True if layer.has_bias else None)
+
+
+def reference_params(layer: SelectionLayer, ranks: int | tuple[int, int]) -> int:
+    """Parameters of ``layer``'s reference structure at ``ranks``: SVD rank for Linear, (R_out, R_in) for Conv2d."""
+    if layer.kind == "linear":
+        out_features, in_features = layer.weight.shape
+        return structures.svd_params(in_features, out_features, int(ranks), layer.has_bias)
+    return structures.tucker2_params(_conv_shape(layer), *ranks)
+
+
+def _reference_max_ranks(layer: SelectionLayer) -> int | tuple[int, int]:
+    if layer.kind == "linear":
+        return min(layer.weight.shape)
+    return structures.tucker2_max_ranks(_conv_shape(layer))
+
+
+def _weight(layer: SelectionLayer) -> torch.Tensor:
+    # On the CPU in float64 so that the budgets, and hence every backend's ranks, do not depend on the device.
+    return layer.weight.detach().to("cpu", torch.float64)
+
+
+# ----------------------------------------------------------------------------- per-layer rules
+
+
+def _ratio_budgets(selection: SelectionInput) -> list[int]:
+    return [math.floor(layer.dense_params / selection.ratio) for layer in selection.layers]
+
+
+def _rule_budgets(rule: str) -> Callable[[SelectionInput], list[LayerBudget]]:
+    """Budgets from the reference ranks ``rule`` (a :func:`harness.rank_selection.rank_rule` name) picks per layer."""
+
+    def budgets(selection: SelectionInput) -> list[LayerBudget]:
+        chosen = []
+        for layer in selection.layers:
+            # selected_ranks keeps every rank >= 1 (a vbmf rank of 0, pure noise, becomes 1): a layer stays a layer.
+            ranks = rank_selection.selected_ranks(_weight(layer), layer.kind, _reference_method(layer), rule)
+            chosen.append(LayerBudget(min(reference_params(layer, ranks), layer.dense_params), ranks))
+        return chosen
+
+    return budgets
+
+
+def _energy_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    return _rule_budgets(f"energy:{selection.argument or DEFAULT_ENERGY_SHARE}")(selection)
+
+
+def check_share(argument: str) -> None:
+    """Raise ValueError unless ``argument`` is an energy share in (0, 1]."""
+    try:
+        share = float(argument)
+    except ValueError:
+        raise ValueError(f"energy share {argument!r} is not a number (e.g. energy:0.9)") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"energy share {argument} must be in (0, 1] (the share of spectral energy kept)")
+
+
+# ----------------------------------------------------------------------------- global budget
+
+
+def _candidate_ranks(layer: SelectionLayer, cap: int) -> list[Any]:
+    """The reference ranks of ``layer`` whose parameters fit ``cap``, rank 1 always included."""
+    top = _reference_max_ranks(layer)
+    if layer.kind == "linear":
+        return [r for r in range(1, top + 1) if r == 1 or reference_params(layer, r) <= cap]
+    max_out, max_in = top
+    step = max(1, math.ceil(math.sqrt(max_out * max_in / MAX_TUCKER2_CANDIDATES)))
+
+    def grid(top_rank: int) -> list[int]:
+        return sorted({*range(1, top_rank + 1, step), top_rank})
+
+    return [(ro, ri) for ro in grid(max_out) for ri in grid(max_in)
+            if (ro, ri) == (1, 1) or reference_params(layer, (ro, ri)) <= cap]
+
+
+def _pareto(options: list[tuple[int, float]], ranks: list[Any]) -> tuple[list[tuple[int, float]], list[Any]]:
+    # An option that costs more and keeps no more energy than another is never chosen; dropping it shrinks the
+    # knapsack without changing its answer.
+    order = sorted(range(len(options)), key=lambda i: (options[i][0], -options[i][1]))
+    kept, best = [], -math.inf
+    for i in order:
+        if options[i][1] > best:
+            kept.append(i)
+            best = options[i][1]
+    return [options[i] for i in kept], [ranks[i] for i in kept]
+
+
+def _global_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    total = sum(math.floor(layer.dense_params / selection.ratio) for layer in selection.layers)
+    all_options, all_ranks = [], []
+    for layer in selection.layers:
+        ranks = _candidate_ranks(layer, min(layer.dense_params, total))
+        options = rank_selection.energy_options(_weight(layer), layer.kind, _reference_method(layer),
+                                                lambda r, layer=layer: reference_params(layer, r), ranks)
+        options, ranks = _pareto(options, ranks)
+        all_options.append(options)
+        all_ranks.append(ranks)
+    picked = rank_selection.allocate_budget(all_options, total)
+    return [LayerBudget(options[j][0], ranks[j]) for options, ranks, j in zip(all_options, all_ranks, picked)]
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+SELECTORS = (
+    RankSelector("ratio", "floor(dense params / ratio) for every layer alike", uses_ratio=True,
+                 takes_argument=False, budgets=_ratio_budgets),
+    RankSelector("energy", "per layer, the SVD (Linear) or Tucker-2 (Conv2d) ranks keeping the share ARG of the "
+                 f"spectral energy [{DEFAULT_ENERGY_SHARE}]", uses_ratio=False, takes_argument=True,
+                 budgets=_energy_budgets, default_argument=DEFAULT_ENERGY_SHARE, check_argument=check_share),
+    RankSelector("vbmf", "per layer, the SVD (Linear) or Tucker-2 (Conv2d) ranks empirical VBMF keeps above the noise",
+                 uses_ratio=False, takes_argument=False, budgets=_rule_budgets("vbmf")),
+    RankSelector("budget", "the ratio's total budget spread over the layers to keep the most spectral energy",
+                 uses_ratio=True, takes_argument=False, budgets=_global_budgets),
+)
+
+
+@harness.hookimpl
+def harness_register_rank_selectors(register: Callable[[RankSelector], None]) -> None:
+    for selector in SELECTORS:
+        register(selector)

@@ -1,0 +1,282 @@
+"""Rank selectors: the built-ins on planted weights, planning, the runner's budgets, the CLI and old stores."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+import types
+
+import pandas as pd
+import pytest
+import torch
+
+import harness
+from harness.cli import main
+from harness.config import RunConfig, validate_names
+from harness.models import lenet5
+from harness.plan import Cell, plan_cells
+from harness.selection import (
+    LayerBudget,
+    RankSelector,
+    SelectionError,
+    SelectionInput,
+    SelectionLayer,
+    layer_budgets,
+    normalize_spec,
+    spec_label,
+)
+from harness.selectors import SELECTORS
+from harness.store import STORE_NAME, Store, load_results
+
+BUILTIN = {selector.name: selector for selector in SELECTORS}
+PLANTED_SPECTRUM = [10.0, 8.0, 6.0, 5.0, 4.0]
+
+
+def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    return q
+
+
+def _layer(path: str, weight: torch.Tensor, kind: str) -> SelectionLayer:
+    return SelectionLayer(path, kind, weight, weight.numel() + weight.shape[0], True)
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict[str, SelectionLayer]:
+    """A Linear of planted rank 5, a Linear with a flat spectrum and a conv of planted Tucker ranks (3, 2)."""
+    gen = torch.Generator().manual_seed(0)
+    low_rank = (_orthonormal(40, 5, gen) @ torch.diag(torch.tensor(PLANTED_SPECTRUM, dtype=torch.float64))
+                @ _orthonormal(60, 5, gen).T + 1e-3 * torch.randn(40, 60, generator=gen, dtype=torch.float64))
+    flat = torch.randn(40, 60, generator=gen, dtype=torch.float64)
+    core = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64)
+    conv = (torch.einsum("abkl,oa,ib->oikl", core, _orthonormal(16, 3, gen), _orthonormal(8, 2, gen))
+            + 1e-3 * torch.randn(16, 8, 3, 3, generator=gen, dtype=torch.float64))
+    return {"low_rank": _layer("low_rank", low_rank, "linear"), "flat": _layer("flat", flat, "linear"),
+            "conv": _layer("conv", conv, "conv2d")}
+
+
+# Reference-structure parameters of the planted ranks (structures' formulas, bias included).
+LOW_RANK_PARAMS = 5 * (60 + 40) + 40  # svd, rank 5
+CONV_PARAMS = 8 * 2 + 2 * 3 * 3 * 3 + 3 * 16 + 16  # tucker2 (R_out, R_in) = (3, 2), 3x3 kernel, 16 <- 8 channels
+
+
+def _budgets(name: str, layers: list[SelectionLayer], argument: str | None = None,
+             ratio: float | None = None) -> list[LayerBudget]:
+    return layer_budgets(BUILTIN[name], SelectionInput(argument, ratio, "svd", layers))
+
+
+def test_ratio_is_floor_of_dense_over_ratio(planted):
+    layers = list(planted.values())
+    budgets = _budgets("ratio", layers, ratio=3.0)
+    assert [b.params for b in budgets] == [math.floor(layer.dense_params / 3.0) for layer in layers]
+
+
+@pytest.mark.parametrize(("name", "argument"), [("vbmf", None), ("energy", "0.99")])
+def test_spectral_selectors_recover_planted_ranks(planted, name, argument):
+    budgets = _budgets(name, [planted["low_rank"], planted["conv"]], argument)
+    assert [b.ranks for b in budgets] == [5, (3, 2)]
+    assert [b.params for b in budgets] == [LOW_RANK_PARAMS, CONV_PARAMS]
+
+
+def test_energy_budget_is_capped_at_dense(planted):
+    # A flat spectrum needs most ranks for 99%, and SVD at those ranks costs more than the dense weight.
+    (budget,) = _budgets("energy", [planted["flat"]], "0.99")
+    assert budget.ranks > 30 and budget.params == planted["flat"].dense_params
+
+
+def test_global_budget_is_kept_and_moves_parameters_off_fast_decaying_layers(planted):
+    layers = list(planted.values())
+    ratio = 4.0
+    uniform = [math.floor(layer.dense_params / ratio) for layer in layers]
+    budgets = _budgets("budget", layers, ratio=ratio)
+    assert sum(b.params for b in budgets) <= sum(uniform)
+    by_path = {layer.path: (b, u) for layer, b, u in zip(layers, budgets, uniform)}
+    low, low_uniform = by_path["low_rank"]
+    flat, flat_uniform = by_path["flat"]
+    assert low.params < low_uniform and low.ranks == 5  # all its energy, for less than its share
+    assert flat.params > flat_uniform
+    assert by_path["conv"][0].params < by_path["conv"][1]
+
+
+def test_global_budget_that_no_rank_meets_fails_in_one_line(planted):
+    with pytest.raises(SelectionError, match=r"^rank selector 'budget' failed: ValueError: .*budget") as info:
+        _budgets("budget", [planted["low_rank"]], ratio=1000.0)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_answers_are_selection_errors(planted):
+    layers = [planted["low_rank"]]
+
+    def selector(answer):
+        return RankSelector("odd", "", uses_ratio=False, takes_argument=False, budgets=lambda _: answer)
+
+    for answer, message in (([], "gave 0 budgets for 1 layers"), ([0], "positive integers"),
+                            ([12.5], "positive integers"), ([True], "positive integers")):
+        with pytest.raises(SelectionError, match=message):
+            layer_budgets(selector(answer), SelectionInput(None, None, "svd", layers))
+    assert layer_budgets(selector([LayerBudget(7, (1, 2))]), SelectionInput(None, None, "svd", layers)) == [
+        LayerBudget(7, (1, 2))]
+
+
+def test_request_budget_overrides_ratio():
+    request = harness.DecomposeRequest(backend="b", method="m", layer_path="l", kind="linear", ratio=4.0,
+                                       dense_params=1000)
+    assert request.max_params == 250
+    assert harness.DecomposeRequest(**{**request.__dict__, "budget": 123}).max_params == 123
+
+
+def test_specs_are_normalized_and_labelled():
+    assert normalize_spec("energy", BUILTIN) == "energy:0.9"
+    assert normalize_spec(" energy:0.5 ", BUILTIN) == "energy:0.5"
+    assert normalize_spec("vbmf", BUILTIN) == "vbmf"
+    for bad, message in (("nope", "unknown rank selector 'nope' .known: budget, energy, ratio, vbmf"),
+                         ("energy:1.5", r"must be in \(0, 1\]"), ("energy:x", "not a number"),
+                         ("energy:0", r"must be in \(0, 1\]"), ("vbmf:3", "takes no argument")):
+        with pytest.raises(ValueError, match=message):
+            normalize_spec(bad, BUILTIN)
+    assert spec_label("energy:0.9") == "r-energy0.9"
+    assert spec_label("odd:a/b*[c]") == "r-odda_b__c_"
+
+
+def test_plan_gives_ratio_free_selectors_one_cell_and_keeps_default_ids():
+    config = RunConfig(backends=["native"], methods=["svd"], targets=["linear"], ratios=[2.0, 4.0], seeds=[0],
+                       rank_selection=["ratio", "energy", "vbmf", "budget"], dense_control=False)
+    info = harness.BackendInfo(name="native", library="torch", library_version=None, methods={"linear": ("svd",)})
+    validate_names(config, {"native": info}, {"lenet5": None}, {"mnist-embedded": None}, BUILTIN)
+    cells, _ = plan_cells(config, {"native": info}, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)}, BUILTIN)
+    prefix = "native/lenet5/mnist-embedded/svd/linear"
+    assert [c.cell_id for c in cells] == [
+        f"{prefix}/x2/s0", f"{prefix}/x4/s0", f"{prefix}/x1/s0/r-energy0.9", f"{prefix}/x1/s0/r-vbmf",
+        f"{prefix}/x2/s0/r-budget", f"{prefix}/x4/s0/r-budget"]
+    # A cell stored before selectors existed (no rank_selection key) keeps its id.
+    old = {k: v for k, v in cells[0].to_dict().items() if k != "rank_selection"}
+    assert Cell.from_dict(old).cell_id == f"{prefix}/x2/s0"
+
+
+@pytest.fixture
+def broken_selector(monkeypatch) -> str:
+    """A plugin module, importable by name, whose selector always fails."""
+    module = types.ModuleType("broken_selector_plugin")
+
+    @harness.hookimpl
+    def harness_register_rank_selectors(register):
+        def fail(selection):
+            raise RuntimeError("no spectrum today\nsecond line")
+        register(RankSelector("broken", "always fails", uses_ratio=False, takes_argument=False, budgets=fail))
+
+    module.harness_register_rank_selectors = harness_register_rank_selectors
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module.__name__
+
+
+def test_run_sweeps_selectors_with_budgets_every_layer_keeps(tmp_path, fast_args, broken_selector):
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "-p", broken_selector, "run", "--backends", "fake", "--methods", "lowrank",
+                 "--rank-selection", "ratio,energy:0.9,vbmf,budget,broken", "--targets", "linear",
+                 "--executor", "inprocess", "--out", str(out), *fast_args])
+    assert code == 1  # the broken selector's cell errored; the others ran
+    results = load_results(out)
+    cells = results.cells.set_index("cell_id")
+    prefix = "fake/lenet5/mnist-embedded/lowrank/linear"
+    assert sorted(cells.index) == sorted([f"{prefix}/x4/s0", f"{prefix}/x1/s0/r-energy0.9", f"{prefix}/x1/s0/r-vbmf",
+                                          f"{prefix}/x4/s0/r-budget", f"{prefix}/x1/s0/r-broken"])
+    broken = cells.loc[f"{prefix}/x1/s0/r-broken"]
+    assert broken["status"] == "error" and "\n" not in broken["error"]
+    assert broken["error"].startswith("SelectionError: rank selector 'broken' failed: RuntimeError: no spectrum")
+    ok = cells[cells["status"] == "ok"]
+    assert len(ok) == 4
+    assert set(ok["rank_selection"]) == {"ratio", "energy:0.9", "vbmf", "budget"}
+    assert set(ok["rank_selector"]) == {"ratio", "energy", "vbmf", "budget"}
+
+    layers = results.layers[results.layers["cell_id"].isin(ok.index)].copy()
+    layers["info"] = layers["info"].map(json.loads)
+    assert (layers["params"] <= layers["max_params"]).all()
+    assert (ok["params"] <= ok["budget"]).all() and ok["budget_ok"].all()
+    assert (layers.groupby("cell_id")["max_params"].sum().reindex(ok.index) == ok["budget"]).all()
+    model = lenet5((1, 28, 28), 10)
+    shapes = {path: (model.get_submodule(path).in_features, model.get_submodule(path).out_features)
+              for path in set(layers["layer"])}
+    assert all(math.prod(shapes[p]) + shapes[p][1] == d for p, d in zip(layers["layer"], layers["params_dense"]))
+    uniform = (layers["params_dense"] // 4)
+    exact = 0
+    for _, row in layers.iterrows():
+        selection = row["rank_selection"]
+        if selection == "ratio":
+            assert row["max_params"] == row["params_dense"] // 4
+            assert "selected_ranks" not in row["info"]
+            continue
+        in_features, out_features = shapes[row["layer"]]
+        rank = row["info"]["selected_ranks"]
+        reference = rank * (in_features + out_features) + out_features
+        assert row["max_params"] == min(reference, row["params_dense"])
+        if reference <= row["params_dense"]:
+            # The fake backend is a truncated SVD, priced like the reference: it fits exactly the selected rank.
+            assert row["info"]["rank"] == rank
+            exact += 1
+    assert exact >= 4  # vbmf and budget pick far below dense on a briefly trained lenet5
+    budget_rows = layers["rank_selection"] == "budget"
+    assert layers.loc[budget_rows, "max_params"].sum() <= uniform[budget_rows].sum()
+
+
+def test_unknown_or_bad_selection_is_one_line_usage_error(tmp_path, fast_args, capsys):
+    for spec, message in (("nope", "unknown rank selector 'nope' (known: budget, energy, ratio, vbmf)"),
+                          ("energy:1.5", "rank selection 'energy:1.5': energy share 1.5 must be in (0, 1]")):
+        code = main(["run", "--backends", "native", "--rank-selection", spec, "--out", str(tmp_path / spec),
+                     *fast_args])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.count("\n") == 1 and message in err
+
+
+def test_list_shows_rank_selectors(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("rank selectors")[1].split("models:")[0]
+    for line in ("ratio ", "energy:ARG", "vbmf ", "budget "):
+        assert line in section
+    assert "ignores --ratios" in section and "uses --ratios" in section
+
+
+OLD_CELLS_TABLE = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE cells (
+    cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
+    ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
+    metrics TEXT NOT NULL, finished_at REAL NOT NULL);
+CREATE TABLE epochs (
+    cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
+    PRIMARY KEY (cell_id, epoch));
+CREATE TABLE layers (
+    cell_id TEXT NOT NULL, layer TEXT NOT NULL, kind TEXT, params_dense INTEGER, params INTEGER, max_params INTEGER,
+    recon_error REAL, decompose_s REAL, info TEXT, stdout TEXT, PRIMARY KEY (cell_id, layer));
+"""
+
+
+def test_store_from_before_rank_selection_loads_and_resumes(tmp_path):
+    old_cell = Cell("fake", "lenet5", "mnist-embedded", "lowrank", "linear", 4.0, 0)
+    conn = sqlite3.connect(tmp_path / STORE_NAME)
+    conn.executescript(OLD_CELLS_TABLE)
+    conn.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, NULL, ?, 0)",
+                 (old_cell.cell_id, "fake", "lenet5", "mnist-embedded", "lowrank", "linear", 4.0, 0, "decompose",
+                  json.dumps({"params": 10})))
+    conn.execute("INSERT INTO layers VALUES (?, '3', 'linear', 100, 10, 25, 0.1, 0.0, '{}', NULL)",
+                 (old_cell.cell_id,))
+    conn.commit()
+    conn.close()
+
+    old = load_results(tmp_path)  # read-only: the missing column is filled with what it meant
+    assert list(old.cells["rank_selection"]) == ["ratio"] and list(old.layers["rank_selection"]) == ["ratio"]
+
+    store = Store(tmp_path)  # writing adds the column; the old cell stays done under its old id
+    assert store.finished_ids() == {old_cell.cell_id}
+    new_cell = Cell("fake", "lenet5", "mnist-embedded", "lowrank", "linear", 1.0, 0, rank_selection="vbmf")
+    store.add_result({"cell_id": new_cell.cell_id, "cell": new_cell.to_dict(), "status": "ok", "error": None,
+                      "metrics": {"params": 5, "rank_selector": "vbmf"}, "epochs": [], "layers": []})
+    store.close()
+    both = load_results(tmp_path).cells.set_index("cell_id")
+    assert both.loc[old_cell.cell_id, "rank_selection"] == "ratio"
+    assert both.loc[new_cell.cell_id, "rank_selection"] == "vbmf"
+    assert not both.columns.duplicated().any()
+    assert isinstance(both, pd.DataFrame)

@@ -54,8 +54,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--backends", help="'all' (the available ones) or a comma list, e.g. native,tensorly [all]")
     sweep.add_argument("--models", help="comma list of models [lenet5]")
     sweep.add_argument("--datasets", help="comma list of datasets [mnist-embedded]")
-    sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2 [all]")
-    sweep.add_argument("--targets", help="comma list of conv, linear, all (both at once) [conv,linear]")
+    sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2; 'auto' picks, per layer, the "
+                                         "backend's lowest-error decompose-init method ('all' leaves it out) "
+                                         "[all, none with --mix]")
+    sweep.add_argument("--mix", action="append", metavar="KEY=METHOD,...",
+                       help="one cell with a method per layer: KEY is conv, linear or a glob over layer paths "
+                            "(a path beats a kind; unmapped layers stay dense), e.g. 'conv=tucker2,linear=svd'; "
+                            "repeat the flag or separate mixes by ';' to compare several")
+    sweep.add_argument("--targets", help="comma list of conv, linear, all (both at once) [conv,linear,all]")
     sweep.add_argument("--ratios", help="target compression of the decomposed layers' parameters [2,4,8]")
     sweep.add_argument("--rank-selection", metavar="NAME[:ARG]",
                        help="how each layer's parameter budget is chosen, the same for every backend: ratio "
@@ -164,6 +170,8 @@ def cmd_list(host: Host) -> int:
             _echo(f"      {kind:<7} {', '.join(shown)}")
         if info.conv_unsupported:
             _echo(f"      cannot: conv {', '.join(sorted(info.conv_unsupported))}")
+    _echo("  every backend also takes --methods auto (per layer, its lowest-error decompose-init method) "
+          "and --mix 'conv=M,linear=M,PATTERN=M' (a method per layer, in one cell)")
     _echo("rank selectors (harness run --rank-selection NAME[:ARG]):")
     for name, selector in sorted(host.rank_selectors.items()):
         usage = "uses --ratios" if selector.uses_ratio else "ignores --ratios"

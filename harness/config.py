@@ -2,7 +2,8 @@
 
 :class:`RunConfig` is plain data (it is stored with the run and reloaded by
 ``--resume``). Every problem a user can cause — an unknown backend, model, dataset or
-method or rank selector, a ratio that is not a number above 1, a malformed TOML file — becomes a
+method (one named in a ``mix`` too) or rank selector, a malformed mix, a ratio that is not a number above 1,
+a malformed TOML file — becomes a
 :class:`ConfigError` whose message is one line; the CLI turns it into exit code 2.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.mixing import AUTO, Mix, check_labels
 from harness.training import TrainSettings
 
 if sys.version_info >= (3, 11):
@@ -46,6 +48,8 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["all"])
     targets: list[str] = field(default_factory=lambda: ["conv", "linear", "all"])
     ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    # Mixes: canonical KEY=METHOD,... specs (see harness.mixing), each planned as one more "method".
+    mix: list[str] = field(default_factory=list)
     # How per-layer parameter budgets are chosen (NAME or NAME:ARG of a rank selector); "ratio" is dense/ratio.
     rank_selection: list[str] = field(default_factory=lambda: ["ratio"])
     epochs: int = 2
@@ -136,6 +140,31 @@ def _parse_ints(value: Any, key: str, minimum: int | None = None) -> list[int]:
     return out
 
 
+def _parse_mixes(value: Any) -> list[str]:
+    """Canonical specs of ``--mix`` / TOML ``mix``: a string (mixes split by ``;``), a table, or a list of either."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    specs: list[str] = []
+    for item in items:
+        if isinstance(item, dict):  # TOML table form: {conv = "tucker2", linear = "svd"}
+            if not all(isinstance(v, str) for v in item.values()):
+                raise ConfigError(f"mix {item!r}: every value must be a method name")
+            texts = [",".join(f"{k}={v}" for k, v in item.items())]
+        elif isinstance(item, str):
+            texts = [t for t in item.split(";") if t.strip()]
+        else:
+            raise ConfigError(f"mix {item!r} is neither KEY=METHOD,... text nor a table")
+        for text in texts:
+            try:
+                spec = Mix.parse(text).spec
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if spec not in specs:
+                specs.append(spec)
+    if not specs:
+        raise ConfigError("mix is empty (give e.g. --mix 'conv=tucker2,linear=svd')")
+    return specs
+
+
 def load_toml(path: str) -> dict[str, Any]:
     """Read a ``--config`` file; keys are the long flag names (dashes or underscores)."""
     try:
@@ -194,6 +223,8 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.skip = _as_list(value, key) if value not in ("", []) else []
         elif key in ("backends", "models", "datasets", "methods", "targets", "rank_selection"):
             setattr(config, key, _as_list(value, key))
+        elif key == "mix":
+            config.mix = _parse_mixes(value) if value not in ("", []) else []
         elif key == "ratios":
             config.ratios = _parse_ratios(value)
         elif key == "seeds":
@@ -216,6 +247,9 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             setattr(config, key, value)
         else:
             setattr(config, key, str(value))
+    if config.mix and values.get("methods") is None:
+        # A mix alone asks for its own cells only; --methods adds single-method cells beside it.
+        config.methods = []
     for target in config.targets:
         if target not in TARGETS:
             raise ConfigError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
@@ -256,12 +290,24 @@ def validate_names(config: RunConfig, backends: dict, models: dict, datasets: di
             if name not in registry:
                 raise ConfigError(f"unknown {kind} {name!r} (known: {', '.join(sorted(registry))})")
     declared = sorted({m for n in config.backends for m in backends[n].all_methods()})
-    if config.methods == ["all"]:
-        config.methods = declared
+    # "all" is every declared method; auto is a strategy over them, asked for by name only.
+    methods = [m for name in config.methods for m in (declared if name == "all" else [name])]
+    config.methods = list(dict.fromkeys(methods))
+    known = ", ".join([*declared, AUTO])
     for method in config.methods:
-        if method not in declared:
+        if method not in declared and method != AUTO:
             raise ConfigError(f"unknown method {method!r} for backends {', '.join(config.backends)} "
-                              f"(known: {', '.join(declared)})")
+                              f"(known: {known})")
+    mixes = [Mix.parse(spec) for spec in config.mix]
+    for mix in mixes:
+        for method in mix.methods:
+            if method not in declared and method != AUTO:
+                raise ConfigError(f"mix {mix.spec!r}: unknown method {method!r} for backends "
+                                  f"{', '.join(config.backends)} (known: {known})")
+    try:
+        check_labels(mixes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if rank_selectors is not None:
         from harness.selection import normalize_spec
 

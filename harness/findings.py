@@ -88,6 +88,22 @@ def _ratio(value: Any) -> str:
     return "–" if _missing(value) else f"×{float(value):g}"
 
 
+def _decompose_regime(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Ok decomposed cells of the decompose regime only, and a clause naming what was left out.
+
+    The two regimes are kept apart: a format trained from scratch (or a mix of regimes)
+    says nothing about how well a decomposition of trained weights does, and its far lower
+    accuracy would swamp any mean it joined.
+    """
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return ok, ""
+    kept = ok[ok["init"] == "decompose"]
+    left_out = len(ok) - len(kept)
+    return kept, (f" (decompose regime only; {left_out} scratch or mixed cells are compared under "
+                  "'Decompose vs scratch')" if left_out else "")
+
+
 def _counts(names: pd.Series) -> str:
     counts = names.value_counts()
     return ", ".join(f"{name} {count}" for name, count in counts.items())
@@ -210,7 +226,8 @@ def best_backends(cells: pd.DataFrame) -> list[Finding]:
 def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     """Per target and ratio: mean Δ accuracy vs dense and mean measured speedup; which target paid off."""
     key, title = "target_payoff", "Conv vs linear (vs both) decomposition"
-    ok = with_delta(decomposed_ok(cells))
+    kept, regime_note = _decompose_regime(cells)
+    ok = with_delta(kept)
     targets = sorted(ok["target"].unique()) if not ok.empty else []
     if len(targets) < 2:
         return [Finding(key, title, f"Only target(s) {', '.join(targets) or 'none'} have ok cells; "
@@ -234,7 +251,7 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     text = (f"At the ratios every target ran ({ratios}), {least_loss} lost least accuracy (mean Δ vs dense "
             + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + " pp) and "
             f"{most_speed} gained most speed (mean measured speedup "
-            + ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items()) + ").")
+            + ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items()) + f"){regime_note}.")
     numbers = {"least_accuracy_loss": least_loss, "most_speedup": most_speed, "ratios": common,
                "delta": overall["delta"].to_dict(), "speedup": overall["speedup"].to_dict()}
     return [Finding(key, title, text, numbers, table)]
@@ -293,7 +310,8 @@ def control_stability(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[Finding
         return [Finding(key, title, "The run has no ok dense control rows, so the stability of the decomposed "
                                     "networks has no dense reference (run without --no-dense-control).")]
     pairs = control[["model", "dataset"]].drop_duplicates()
-    decomposed = decomposed_ok(cells).merge(pairs, on=["model", "dataset"])
+    kept, regime_note = _decompose_regime(cells)
+    decomposed = kept.merge(pairs, on=["model", "dataset"])
     if decomposed.empty:
         return [Finding(key, title, "No ok decomposed cell shares a model and dataset with the dense control.")]
     measures = {"last_k_std": f"last-{LAST_K}-epoch std", "overfit_drop": "best−last drop",
@@ -320,7 +338,7 @@ def control_stability(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[Finding
     def values(s: dict) -> str:
         return ", ".join(f"{measures[m]} {_pp(s[m], STABILITY_DIGITS)}" for m in measures if math.isfinite(s[m]))
 
-    text = (f"Decomposed networks (n={dec['cells']} cells): {values(dec)} pp; dense control of the same "
+    text = (f"Decomposed networks (n={dec['cells']} cells{regime_note}): {values(dec)} pp; dense control of the same "
             f"model/data (n={ctl['cells']}): {values(ctl)} pp. ")
     if compared and len(tied) == len(compared):
         text += (f"A tie: the decomposed nets are as stable as the dense one at the shown precision "
@@ -408,7 +426,7 @@ def decomposition_time(cells: pd.DataFrame) -> list[Finding]:
 def recovery(cells: pd.DataFrame) -> list[Finding]:
     """Share of decomposed cells that got back to the dense accuracy, and how soon."""
     key, title = "recovery", "Recovery of the dense accuracy"
-    ok = decomposed_ok(cells)
+    ok, regime_note = _decompose_regime(cells)
     if ok.empty or "recovery_epoch" not in ok.columns:
         return [Finding(key, title, "No ok decomposed cells, so no recovery to report.")]
     ok = ok.assign(recovery_epoch=pd.to_numeric(ok["recovery_epoch"], errors="coerce"))
@@ -419,7 +437,7 @@ def recovery(cells: pd.DataFrame) -> list[Finding]:
     recovered, n = int(ok["recovered"].sum()), len(ok)
     median = ok["recovery_epoch"].median()
     text = (f"{recovered} of {n} ok decomposed cells ({recovered / n:.0%}) came back within "
-            f"{RECOVERY_TOLERANCE} pp of the dense baseline accuracy")
+            f"{RECOVERY_TOLERANCE} pp of the dense baseline accuracy{regime_note}")
     text += (f"; median recovery epoch {median:g} (0 = right after decomposition)." if recovered
              else "; none did.")
     best = table.sort_values(["share", "median_epoch"], ascending=[False, True]).iloc[0]

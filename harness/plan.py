@@ -9,7 +9,10 @@ each model once (untrained) to see which layers a target selects, so declared ga
 a method the backend lacks for a layer kind, a conv feature it cannot handle — become
 ``unsupported`` cells with their reason before any backend code runs. Combinations
 that make no sense for any backend (a Linear-only method on a conv target, a target
-with no layers in the model) are not planned at all.
+with no layers in the model) are not planned at all. A mix (see :mod:`harness.mixing`) is
+planned like one more method, labelled ``mix-...``, on target ``all`` when the run has it
+(else on each run target it maps a layer of), with its layer-to-method map checked layer
+by layer; the method ``auto`` is checked for having a decompose-init candidate per kind.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 
 from harness.backends import BackendInfo, conv_features, layer_kind
 from harness.config import TARGET_KINDS, RunConfig
+from harness.mixing import AUTO, Mix, auto_candidates
 from harness.selection import DEFAULT_SELECTION, RankSelector, spec_label
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
@@ -47,6 +51,8 @@ class Cell:
     init: str = "decompose"
     unsupported: str | None = None
     rank_selection: str = DEFAULT_SELECTION
+    # The canonical spec of a mixed cell (its method is then the mix's label); None for one method throughout.
+    mix: str | None = None
 
     @property
     def is_control(self) -> bool:
@@ -84,14 +90,32 @@ def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True) 
     return [(name, m) for name, m in layers if layer_kind(m) in kinds]
 
 
+def layer_methods(model: nn.Module, target: str, method: str, mix: str | None = None,
+                  keep_edges_dense: bool = True) -> list[tuple[str, nn.Module, str]]:
+    """The (path, layer, method) of each layer a cell decomposes: ``method`` on every targeted layer, or with
+    ``mix`` each targeted layer's mapped method (layers the mix maps to nothing stay dense and are left out)."""
+    layers = target_layers(model, target, keep_edges_dense)
+    if mix is None:
+        return [(path, layer, method) for path, layer in layers]
+    parsed = Mix.parse(mix)
+    assigned = [(path, layer, parsed.method_for(path, layer_kind(layer))) for path, layer in layers]
+    return [(path, layer, m) for path, layer, m in assigned if m is not None]
+
+
+def _offered(info: BackendInfo, method: str, kind: str) -> bool:
+    return bool(auto_candidates(info, kind)) if method == AUTO else method in info.methods_for(kind)
+
+
 def _applicable(method: str, kinds: tuple[str, ...], backends: dict[str, BackendInfo]) -> bool:
     """True when some backend of the run offers ``method`` for every kind of the target."""
-    return any(all(method in info.methods_for(kind) for kind in kinds) for info in backends.values())
+    return any(all(_offered(info, method, kind) for kind in kinds) for info in backends.values())
 
 
 def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, nn.Module]]) -> str | None:
     for kind in sorted({layer_kind(m) for _, m in layers}):
-        if method not in info.methods_for(kind):
+        if not _offered(info, method, kind):
+            if method == AUTO:
+                return f"{info.name} offers no decompose-init method for {KIND_NAMES[kind]} layers for auto to try"
             return f"{info.name} offers no {method} for {KIND_NAMES[kind]} layers"
     for path, module in layers:
         if isinstance(module, nn.Conv2d):
@@ -99,6 +123,29 @@ def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, n
             if gaps:
                 return f"{info.name} cannot handle conv {', '.join(sorted(gaps))} (layer {path})"
     return None
+
+
+def _layer_init(info: BackendInfo, method: str, kind: str) -> str:
+    # auto only ever tries methods that start from the trained weights.
+    return "decompose" if method == AUTO else info.init_for(method, kind)
+
+
+def cell_plan(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> tuple[str, str | None]:
+    """The init of a cell decomposing ``assigned`` (path, layer, method) with backend ``info`` (``"mixed"`` when
+    its layers differ) and why the backend cannot run it (None when it can): the first layer group, in module
+    order, whose method the backend lacks for that kind or whose conv features it cannot handle."""
+    inits = {_layer_init(info, method, layer_kind(layer)) for _, layer, method in assigned}
+    init = inits.pop() if len(inits) == 1 else "mixed"
+    for method in dict.fromkeys(m for _, _, m in assigned):
+        reason = unsupported_reason(info, method, [(p, layer) for p, layer, m in assigned if m == method])
+        if reason:
+            return init, reason
+    return init, None
+
+
+def mix_targets(targets: list[str]) -> list[str]:
+    """The targets mixes are planned on: ``all`` when the run has it, else each of the run's targets."""
+    return ["all"] if "all" in targets else list(targets)
 
 
 def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | None) -> list[tuple[str, list[float]]]:
@@ -128,6 +175,16 @@ def plan_cells(
     selections = _selection_ratios(config, selectors)
     cells: list[Cell] = []
     notes: list[str] = []
+
+    def add(backend: str, model_name: str, dataset: str, method: str, target: str,
+            assigned: list[tuple[str, nn.Module, str]], mix: str | None = None) -> None:
+        init, reason = cell_plan(run_backends[backend], assigned)
+        for selection, ratios in selections:
+            for ratio in ratios:
+                for seed in config.seeds:
+                    cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed, init=init,
+                                      unsupported=reason, rank_selection=selection, mix=mix))
+
     for model_name in config.models:
         for dataset in config.datasets:
             model = models[f"{model_name}@{dataset}"]
@@ -140,15 +197,23 @@ def plan_cells(
                 for method in config.methods:
                     if not _applicable(method, kinds, run_backends):
                         continue
-                    for backend, info in run_backends.items():
-                        reason = unsupported_reason(info, method, layers)
-                        inits = {info.init_for(method, layer_kind(m)) for _, m in layers}
-                        init = inits.pop() if len(inits) == 1 else "mixed"
-                        for selection, ratios in selections:
-                            for ratio in ratios:
-                                for seed in config.seeds:
-                                    cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed,
-                                                      init=init, unsupported=reason, rank_selection=selection))
+                    assigned = [(path, layer, method) for path, layer in layers]
+                    for backend in run_backends:
+                        add(backend, model_name, dataset, method, target, assigned)
+            for spec in config.mix:
+                mix = Mix.parse(spec)
+                for target in mix_targets(config.targets):
+                    layers = target_layers(model, target, config.keep_edges_dense)
+                    assigned = layer_methods(model, target, mix.label, spec, config.keep_edges_dense)
+                    if not assigned:
+                        notes.append(f"mix {spec} maps no {target} layer of {model_name}; skipped")
+                        continue
+                    for pattern, _ in mix.patterns:
+                        if not any(fnmatchcase(path, pattern) for path, _ in layers):
+                            notes.append(f"mix {spec}: {pattern!r} matches no {target} layer of {model_name} "
+                                         f"(targeted: {', '.join(path for path, _ in layers)})")
+                    for backend in run_backends:
+                        add(backend, model_name, dataset, mix.label, target, assigned, mix=spec)
             if config.dense_control and config.epochs > 0:
                 cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
     kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]

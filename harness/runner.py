@@ -3,7 +3,9 @@
 It loads the cached dense baseline, measures it, asks the cell's rank selector for each
 targeted layer's parameter budget (once, from the trained weights), asks the cell's
 backend (through the ``harness_decompose_layer`` hook) for a replacement of each
-targeted layer within its budget, measures
+targeted layer within its budget (each layer with its own method in a mixed cell; with ``auto``, every
+decompose-init method the backend offers for the layer, keeping the one whose effective weight is closest to
+the dense one), measures
 the decomposed network right away, fine-tunes it with the shared training settings and
 measures it again. The dense control cell skips the decomposition and fine-tunes the
 baseline itself with the same recipe. The dense and decomposed networks are measured in the same process
@@ -15,6 +17,7 @@ makes it ``error`` with a one-line message (and the traceback kept beside it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -23,12 +26,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.backends import DecomposeRequest, Unsupported, layer_kind
+from harness.backends import BackendInfo, DecomposeRequest, Unsupported, layer_kind
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import DataSplits
-from harness.metrics import compare_latency, count_flops, count_params, effective_weight
-from harness.plan import Cell, target_layers
+from harness.metrics import (
+    compare_latency,
+    count_flops,
+    count_params,
+    effective_weight,
+    relative_error,
+)
+from harness.mixing import AUTO, auto_candidates, pick_best
+from harness.plan import Cell, layer_methods
 from harness.plugins import Host, format_exception
 from harness.selection import (
     LayerBudget,
@@ -126,29 +136,82 @@ def _select(cell: Cell, ctx: CellContext, layers: list[tuple[str, nn.Module]],
     return budgets
 
 
+def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
+    """The backend's replacement for ``layer`` (on the cell's device), the seconds it took and what it printed."""
+    captured = io.StringIO()
+    synchronize(ctx.device)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(captured):
+        replacement = ctx.host.hook.harness_decompose_layer(layer=layer, request=request)
+    synchronize(ctx.device)
+    seconds = time.perf_counter() - start
+    if replacement is None:
+        raise RuntimeError(f"no plugin answered harness_decompose_layer for backend {request.backend!r}")
+    return replacement.to(ctx.device), seconds, captured.getvalue()
+
+
+def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
+          info: BackendInfo) -> tuple[nn.Module, float, str, dict[str, Any]]:
+    """Decompose ``layer`` with each auto candidate at the same budget and keep the lowest-error replacement.
+
+    Returns the replacement, the seconds all candidates took together (auto's honest cost), their output and the
+    record of the choice. A candidate raising ``Unsupported`` is skipped; when all do, so does the layer.
+    """
+    dense_weight = layer.weight.detach()
+    tried: list[tuple[str, float, bool]] = []
+    errors: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    best, seconds, printed = None, 0.0, []
+    for method in auto_candidates(info, request.kind):
+        start = time.perf_counter()
+        try:
+            replacement, _, out = _call_backend(ctx, layer, dataclasses.replace(request, method=method))
+        except Unsupported as exc:
+            skipped[method] = str(exc).splitlines()[0] if str(exc) else "unsupported"
+            continue
+        finally:
+            seconds += time.perf_counter() - start
+        if out:
+            printed.append(f"[{method}]\n{out}")
+        error = relative_error(dense_weight, effective_weight(replacement, layer).to(dense_weight.dtype))
+        budget = request.max_params
+        tried.append((method, error, budget is None or count_params(replacement) <= budget))
+        errors[method] = error
+        if pick_best(tried) == method:  # keep only the best replacement so far, not every candidate
+            best = replacement
+    if best is None:
+        why = "; ".join(f"{m}: {reason}" for m, reason in skipped.items()) or "it offers no decompose-init method"
+        raise Unsupported(f"auto: no method of {request.backend} decomposes {request.layer_path} ({why})")
+    record = {"chosen": pick_best(tried), "errors": errors, "candidates": [m for m, _, _ in tried]}
+    if skipped:
+        record["skipped"] = skipped
+    return best, seconds, "".join(printed), record
+
+
 def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
     """Replace each targeted layer of ``model`` by the backend's answer, recording one row per layer."""
     config, device, metrics = ctx.config, ctx.device, result["metrics"]
-    layers = target_layers(model, cell.target, config.keep_edges_dense)
-    budgets = _select(cell, ctx, layers, metrics)
+    assigned = layer_methods(model, cell.target, cell.method, cell.mix, config.keep_edges_dense)
+    budgets = _select(cell, ctx, [(path, layer) for path, layer, _ in assigned], metrics)
+    backend_info = ctx.host.backends.get(cell.backend)
     error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
-    for (layer_path, layer), budget in zip(layers, budgets):
-        request = DecomposeRequest(backend=cell.backend, method=cell.method, layer_path=layer_path,
+    for (layer_path, layer, method), budget in zip(assigned, budgets):
+        request = DecomposeRequest(backend=cell.backend, method=method, layer_path=layer_path,
                                    kind=layer_kind(layer), ratio=cell.ratio, seed=cell.seed, device=str(device),
                                    dense_params=count_params(layer), budget=budget.params)
-        captured = io.StringIO()
-        synchronize(device)
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(captured):
-            replacement = ctx.host.hook.harness_decompose_layer(layer=layer, request=request)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        if replacement is None:
-            raise RuntimeError(f"no plugin answered harness_decompose_layer for backend {cell.backend!r}")
-        replacement = replacement.to(device)
+        auto = None
+        if method == AUTO:
+            if backend_info is None:
+                raise RuntimeError(f"auto needs the declared methods of backend {cell.backend!r}, which is not loaded")
+            replacement, seconds, printed, auto = _auto(ctx, layer, request, backend_info)
+            method, init = auto["chosen"], "decompose"
+        else:
+            replacement, seconds, printed = _call_backend(ctx, layer, request)
+            # Per layer, since a mixed cell may start some layers from scratch and decompose others.
+            init = backend_info.init_for(method, request.kind) if backend_info is not None else cell.init
         decompose_s += seconds
         dense_weight = layer.weight.detach()
-        if cell.init == "decompose":
+        if init == "decompose":
             diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
             layer_error_sq = float(diff.pow(2).sum())
         else:  # a layer trained from scratch approximates nothing, and may not even be a linear map
@@ -157,7 +220,9 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         error_sq += layer_error_sq
         weight_sq += layer_weight_sq
         params = count_params(replacement)
-        info = _json_safe(getattr(replacement, "decomposition_info", {}) or {})
+        info = {**_json_safe(getattr(replacement, "decomposition_info", {}) or {}), "method": method}
+        if auto is not None:
+            info["auto"] = _json_safe(auto)
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
         result["layers"].append({
@@ -165,7 +230,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
             "max_params": request.max_params, "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)),
             "decompose_s": seconds,
             "info": info,
-            "stdout": captured.getvalue()[-2000:] or None,
+            "stdout": printed[-2000:] or None,
         })
         _replace(model, layer_path, replacement)
 

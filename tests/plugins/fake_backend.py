@@ -1,9 +1,11 @@
 """A small test backend for exercising the host: a real low-rank method plus deliberate faults.
 
-``lowrank`` is a truncated SVD of the (flattened) weight for Linear and Conv2d layers;
-``boom`` raises, ``hang`` sleeps past any sensible time limit, ``nope`` raises
+``lowrank`` is a truncated SVD of the (flattened) weight for Linear and Conv2d layers at the largest rank
+within budget; ``lowrank2`` is the same at half that rank (an honest, always worse second choice, so ``auto``
+has a known answer); ``boom`` raises, ``hang`` sleeps past any sensible time limit, ``nope`` raises
 Unsupported, ``explode`` is ``lowrank`` with its output scaled so far up that training
-diverges. Loaded in tests with ``-p fake_backend`` (tests/plugins on sys.path).
+diverges. The backend ``plain`` offers only ``lowrank`` and ``lowrank2``: ``auto`` tries every decompose-init
+method, and on ``fake`` that would include ``boom`` and ``hang``. Loaded in tests with ``-p fake_backend`` (tests/plugins on sys.path).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from harness import BackendInfo, Unsupported, largest_fitting
 @harness.hookimpl
 def harness_register_backends(register):
     register(BackendInfo(name="fake", library="torch", library_version=torch.__version__,
-                         methods={"linear": ("lowrank", "boom", "hang", "nope", "explode"),
-                                  "conv2d": ("lowrank", "boom", "hang", "nope", "explode")},
+                         methods={"linear": ("lowrank", "boom", "hang", "nope", "explode", "lowrank2"),
+                                  "conv2d": ("lowrank", "boom", "hang", "nope", "explode", "lowrank2")},
                          conv_unsupported=frozenset({"dilation"})))
+    register(BackendInfo(name="plain", library="torch", library_version=torch.__version__,
+                         methods={"linear": ("lowrank2", "lowrank"), "conv2d": ("lowrank2", "lowrank")}))
     register(BackendInfo(name="missing", library="nonexistent-lib", library_version=None,
                          methods={"linear": ("lowrank",)}, available=False,
                          install_hint='pip install nonexistent-lib'))
@@ -30,7 +34,7 @@ def harness_register_backends(register):
 
 @harness.hookimpl
 def harness_decompose_layer(layer, request):
-    if request.backend != "fake":
+    if request.backend not in ("fake", "plain"):
         return None
     if request.method == "boom":
         raise ValueError("planned failure")
@@ -43,6 +47,8 @@ def harness_decompose_layer(layer, request):
     bias = layer.bias is not None
     rank = largest_fitting(lambda r: r * (in_dim + out_dim) + (out_dim if bias else 0), request.max_params,
                            upper=min(out_dim, in_dim))
+    if request.method == "lowrank2":
+        rank = max(1, rank // 2)
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     first_w, second_w = (vh[:rank] * s[:rank, None]), u[:, :rank]
     if isinstance(layer, nn.Linear):

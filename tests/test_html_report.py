@@ -241,3 +241,15 @@ def test_finding_tables_use_one_format_per_kind_of_number(page):
         if finding.table is not None:
             for value in finding.table.to_numpy().ravel():
                 assert isinstance(value, str | int) or float(value).is_integer(), (finding.key, value)
+
+
+def test_long_finding_tables_fold_away_and_short_ones_stay_open():
+    import pandas as pd
+    from harness_html import FOLD_ROWS, _finding_html
+
+    from harness.findings import Finding
+
+    long = Finding("k", "T", "text", {}, pd.DataFrame({"a": range(FOLD_ROWS + 1)}))
+    short = Finding("k", "T", "text", {}, pd.DataFrame({"a": range(FOLD_ROWS)}))
+    assert f"<details><summary>the table behind it ({FOLD_ROWS + 1} rows)</summary>" in _finding_html(long)
+    assert "<details>" not in _finding_html(short) and "<table" in _finding_html(short)

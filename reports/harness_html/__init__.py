@@ -128,8 +128,14 @@ def metadata_table(results: RunResults) -> pd.DataFrame:
     return pd.DataFrame([(k, "?" if v is None else str(v)) for k, v in rows], columns=["item", "value"])
 
 
+# A finding's table longer than this folds away, so the findings read as a list of answers first.
+FOLD_ROWS = 12
+
+
 def _finding_html(finding: Finding) -> str:
     table = _table(finding.table, f"finding-table-{finding.key}") if finding.table is not None else ""
+    if table and len(finding.table) > FOLD_ROWS:
+        table = f"<details><summary>the table behind it ({len(finding.table)} rows)</summary>{table}</details>"
     return (f'<article class="finding" id="finding-{html.escape(finding.key)}">'
             f"<h3>{html.escape(finding.title)}</h3><p>{html.escape(finding.text)}</p>{table}</article>")
 

@@ -286,7 +286,10 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
         write("no cells finished")
         return
     write("")
-    write(_format(summary_table(cells), "simple"))
+    summary = summary_table(cells)
+    if "rank_selection" in summary.columns and summary["rank_selection"].nunique() <= 1:
+        summary = summary.drop(columns="rank_selection")  # one selector: the column says nothing in a terminal
+    write(_format(summary, "simple"))
     control = control_table(cells)
     if not control.empty:
         write("")

@@ -235,6 +235,17 @@ def vbmf_rank(matrix: Tensor) -> int:
 # ----------------------------------------------------------------------------- per-layer dispatch
 
 
+def parse_share(text: str) -> float:
+    """An energy share given as text, checked to lie in (0, 1]; ValueError (one line) otherwise."""
+    try:
+        share = float(text)
+    except ValueError:
+        raise ValueError(f"energy share {text!r} is not a number (e.g. energy:0.9)") from None
+    if not 0 < share <= 1:
+        raise ValueError(f"energy share {text} must be in (0, 1] (the share of spectral energy kept)")
+    return share
+
+
 def rank_rule(rule: str | Callable[[Tensor], int]) -> Callable[[Tensor], int]:
     """A rule name as a function from a matrix to a rank: ``"vbmf"``, ``"energy:<share>"`` or a callable as is."""
     if callable(rule):
@@ -243,12 +254,7 @@ def rank_rule(rule: str | Callable[[Tensor], int]) -> Callable[[Tensor], int]:
         return vbmf_rank
     name, _, share = rule.partition(":")
     if name == "energy" and share:
-        try:
-            value = float(share)
-        except ValueError:
-            raise ValueError(f"energy rule needs a number, got {rule!r}") from None
-        if not 0 < value <= 1:
-            raise ValueError(f"energy share must be in (0, 1], got {rule!r}")
+        value = parse_share(share)
         return lambda matrix: energy_rank(_svdvals(matrix), value)
     raise ValueError(f"unknown rank rule {rule!r}; expected 'vbmf', 'energy:<share>' or a callable")
 

@@ -90,12 +90,7 @@ def _energy_budgets(selection: SelectionInput) -> list[LayerBudget]:
 
 def check_share(argument: str) -> None:
     """Raise ValueError unless ``argument`` is an energy share in (0, 1]."""
-    try:
-        share = float(argument)
-    except ValueError:
-        raise ValueError(f"energy share {argument!r} is not a number (e.g. energy:0.9)") from None
-    if not 0 < share <= 1:
-        raise ValueError(f"energy share {argument} must be in (0, 1] (the share of spectral energy kept)")
+    rank_selection.parse_share(argument)
 
 
 # ----------------------------------------------------------------------------- global budget

@@ -180,7 +180,7 @@ def test_svd_ranks_for_linear_and_flattened_conv():
     ("conv2d", "cp", "vbmf", "not defined for method cp"),
     ("linear", "tucker2", "vbmf", "not defined for method tucker2"),
     ("conv2d", "tucker2", "energy", "unknown rank rule"),
-    ("conv2d", "tucker2", "energy:x", "needs a number"),
+    ("conv2d", "tucker2", "energy:x", "is not a number"),
     ("conv2d", "tucker2", "energy:1.5", r"in \(0, 1\]"),
     ("conv3d", "tucker2", "vbmf", "unknown layer kind"),
 ])

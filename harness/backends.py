@@ -43,6 +43,10 @@ class BackendInfo:
     init; ``init_per_method`` overrides it per method, keyed ``"method"`` or
     ``"kind/method"`` (e.g. ``"conv2d/tt": "scratch"``). ``available`` is False when the
     wrapped library cannot be imported; ``install_hint`` then says how to get it.
+    ``tensorized_methods`` names the methods whose *Linear* replacement views the in and
+    out features as tensors (TT-matrix, tensor ring, ...), so their shapes are a setting
+    the host sweeps (``--tt-d``, ``tensor_shapes``, ``--tt-pad``); other methods are planned
+    once, and conv layers are never affected.
     """
 
     name: str
@@ -55,6 +59,7 @@ class BackendInfo:
     available: bool = True
     install_hint: str = ""
     description: str = ""
+    tensorized_methods: frozenset[str] = frozenset()
 
     def methods_for(self, kind: str) -> tuple[str, ...]:
         return tuple(self.methods.get(kind, ()))
@@ -64,6 +69,10 @@ class BackendInfo:
         for names in self.methods.values():
             seen.extend(n for n in names if n not in seen)
         return seen
+
+    def is_tensorized(self, method: str) -> bool:
+        """True when ``method``'s Linear replacement takes tensorized shapes (``in_shape``/``out_shape``/``tt_d``)."""
+        return method in self.tensorized_methods and method in self.methods_for("linear")
 
     def init_for(self, method: str, kind: str | None = None) -> str:
         """How the backend starts ``method`` on layers of ``kind``: ``"decompose"`` or ``"scratch"``."""
@@ -205,6 +214,7 @@ def describe_info(info: BackendInfo) -> dict[str, Any]:
         "methods": {k: list(v) for k, v in info.methods.items()},
         "conv_unsupported": sorted(info.conv_unsupported),
         "init": info.init,
+        "tensorized_methods": sorted(info.tensorized_methods),
         "available": info.available,
     }
 

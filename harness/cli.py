@@ -67,10 +67,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="how each layer's parameter budget is chosen, the same for every backend: ratio "
                             "(dense/ratio), energy[:SHARE], vbmf, budget or a plugin's (see 'harness list'); "
                             "a comma list compares them [ratio]")
+    sweep.add_argument("--tt-d", metavar="D,...",
+                       help="numbers of tensor modes to sweep for the Linear layers of tensorized methods ('harness "
+                            "list' marks them), one cell each, e.g. 2,3,4; other methods run once "
+                            "[3, unswept]; explicit per-layer shapes: tensor_shapes in --config")
+    sweep.add_argument("--tt-pad", action="store_const", const=True,
+                       help="zero-pad Linear sizes that factor badly (e.g. a prime) up to sizes that factor evenly, "
+                            "within the original layer's budget, for tensorized methods")
     sweep.add_argument("--seeds", help="comma list of seeds; reports give mean, std and n over them [0]")
     sweep.add_argument("--skip", metavar="PATTERNS",
                        help="comma list of glob patterns over cell ids (backend/model/dataset/method/target/xR/sS"
-                            "[/r-SELECTION]) "
+                            "[/r-SELECTION][/t-SHAPES]) "
                             "to leave out, e.g. 'tednet/*/*/btt/linear/*'")
     sweep.add_argument("--include-edges", dest="keep_edges_dense", action="store_const", const=False,
                        help="also decompose the first conv and the last Linear (kept dense by default)")
@@ -168,6 +175,10 @@ def cmd_list(host: Host) -> int:
             # Methods whose init differs from the backend's default are marked, e.g. "cp (scratch)".
             shown = [m if info.init_for(m, kind) == info.init else f"{m} ({info.init_for(m, kind)})" for m in methods]
             _echo(f"      {kind:<7} {', '.join(shown)}")
+        if info.tensorized_methods:
+            # Linear methods whose shapes --tt-d, --tt-pad and tensor_shapes set.
+            shaped = [m for m in info.methods_for("linear") if m in info.tensorized_methods]
+            _echo(f"      tensorized: {', '.join(shaped)} (Linear; --tt-d, --tt-pad, tensor_shapes)")
         if info.conv_unsupported:
             _echo(f"      cannot: conv {', '.join(sorted(info.conv_unsupported))}")
     _echo("  every backend also takes --methods auto (per layer, its lowest-error decompose-init method) "

@@ -3,7 +3,7 @@
 :class:`RunConfig` is plain data (it is stored with the run and reloaded by
 ``--resume``). Every problem a user can cause — an unknown backend, model, dataset or
 method (one named in a ``mix`` too) or rank selector, a malformed mix, a ratio that is not a number above 1,
-a malformed TOML file — becomes a
+a number of tensor modes below 1, a malformed ``tensor_shapes`` table, a malformed TOML file — becomes a
 :class:`ConfigError` whose message is one line; the CLI turns it into exit code 2.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ class RunConfig:
     mix: list[str] = field(default_factory=list)
     # How per-layer parameter budgets are chosen (NAME or NAME:ARG of a rank selector); "ratio" is dense/ratio.
     rank_selection: list[str] = field(default_factory=lambda: ["ratio"])
+    # Tensorized Linear shapes (methods a backend declares tensorized only): numbers of modes to sweep (empty:
+    # the default d = 3, unswept), explicit per-layer shapes {PATTERN: {"in": [...], "out": [...]}}, and whether
+    # sizes that factor badly are zero-padded to ones that factor evenly. See harness.tensorize.
+    tt_d: list[int] = field(default_factory=list)
+    tensor_shapes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    tt_pad: bool = False
     epochs: int = 2
     seeds: list[int] = field(default_factory=lambda: [0])
     baseline_epochs: int = 6
@@ -66,7 +73,8 @@ class RunConfig:
     keep_edges_dense: bool = True
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
     dense_control: bool = True
-    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION]) left out.
+    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION][/t-SHAPES])
+    # left out.
     skip: list[str] = field(default_factory=list)
     device: str = "auto"
     cell_timeout: float = 900.0
@@ -138,6 +146,29 @@ def _parse_ints(value: Any, key: str, minimum: int | None = None) -> list[int]:
             raise ConfigError(f"{key}: {number} is below {minimum}")
         out.append(number)
     return out
+
+
+def parse_tensor_shapes(value: Any) -> dict[str, dict[str, list[int]]]:
+    """Check the ``tensor_shapes`` table (``{PATTERN = {in = [...], out = [...]}}``) and return it in canonical form."""
+    if not isinstance(value, Mapping):
+        raise ConfigError('tensor_shapes must be a table, e.g. tensor_shapes = { "fc1" = { in = [4, 5, 20], '
+                          'out = [4, 5, 6] } }')
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for pattern, entry in value.items():
+        if not isinstance(entry, Mapping) or set(entry) != {"in", "out"}:
+            raise ConfigError(f"tensor_shapes[{pattern!r}] must be a table with exactly the keys in and out")
+        sides = {}
+        for side in ("in", "out"):
+            modes = entry[side]
+            if (not isinstance(modes, (list, tuple)) or not modes
+                    or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in modes)):
+                raise ConfigError(f"tensor_shapes[{pattern!r}].{side} must be a non-empty list of positive integers")
+            sides[side] = [int(m) for m in modes]
+        if len(sides["in"]) != len(sides["out"]):
+            raise ConfigError(f"tensor_shapes[{pattern!r}]: in {sides['in']} and out {sides['out']} have different "
+                              "numbers of modes")
+        shapes[str(pattern)] = sides
+    return shapes
 
 
 def _parse_mixes(value: Any) -> list[str]:
@@ -227,6 +258,10 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.mix = _parse_mixes(value) if value not in ("", []) else []
         elif key == "ratios":
             config.ratios = _parse_ratios(value)
+        elif key == "tt_d":
+            config.tt_d = list(dict.fromkeys(_parse_ints(value, "tt_d (the number of tensor modes)", minimum=1)))
+        elif key == "tensor_shapes":
+            config.tensor_shapes = parse_tensor_shapes(value)
         elif key == "seeds":
             config.seeds = _parse_ints(value, "seeds", minimum=0)
         elif key in ("epochs", "baseline_epochs"):
@@ -241,7 +276,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
                 raise ConfigError(f"{key}: {value!r} must be positive")
             setattr(config, key, number)
-        elif key in ("keep_edges_dense", "download", "dense_control"):
+        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             setattr(config, key, value)

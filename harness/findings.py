@@ -39,7 +39,7 @@ from harness.stability import LAST_K, RECOVERY_TOLERANCE
 from harness.store import KEY_COLUMNS, RunResults
 
 # A comparison is fair only between cells that differ in backend alone.
-COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection"]
+COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection", "tensorize"]
 TIE = "tie"  # the winner of a comparison in which every backend shows the same value
 
 
@@ -55,8 +55,8 @@ class Finding:
 
 
 def _label(row: pd.Series | dict) -> str:
-    selection = row.get("rank_selection", "ratio")
-    suffix = "" if selection in (None, "ratio") else f"/{selection}"
+    selection, shape = row.get("rank_selection", "ratio"), row.get("tensorize", "")
+    suffix = ("" if selection in (None, "ratio") else f"/{selection}") + (f"/{shape}" if shape else "")
     return f"{row['model']}/{row['dataset']}/{row['target']}/{row['init']}/{row['method']}/x{row['ratio']:g}{suffix}"
 
 

@@ -12,7 +12,10 @@ that make no sense for any backend (a Linear-only method on a conv target, a tar
 with no layers in the model) are not planned at all. A mix (see :mod:`harness.mixing`) is
 planned like one more method, labelled ``mix-...``, on target ``all`` when the run has it
 (else on each run target it maps a layer of), with its layer-to-method map checked layer
-by layer; the method ``auto`` is checked for having a decompose-init candidate per kind.
+by layer; the method ``auto`` is checked for having a decompose-init candidate per kind. A cell whose
+Linear layers get a method the backend declares tensorized is planned once per tensorization of the run
+(``--tt-d``, ``tensor_shapes``, ``--tt-pad``; see :mod:`harness.tensorize`), every other cell once; explicit
+shapes are checked against the built model here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from harness.backends import BackendInfo, conv_features, layer_kind
 from harness.config import TARGET_KINDS, RunConfig
 from harness.mixing import AUTO, Mix, auto_candidates
 from harness.selection import DEFAULT_SELECTION, RankSelector, spec_label
+from harness.tensorize import DEFAULT as DEFAULT_TENSORIZE
+from harness.tensorize import cell_tag, check_tensor_shapes, governing_pattern, labels
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
 # The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
@@ -53,6 +58,8 @@ class Cell:
     rank_selection: str = DEFAULT_SELECTION
     # The canonical spec of a mixed cell (its method is then the mix's label); None for one method throughout.
     mix: str | None = None
+    # How the cell's tensorized Linear layers are shaped (a harness.tensorize label, e.g. "d2"); "" is the default.
+    tensorize: str = DEFAULT_TENSORIZE
 
     @property
     def is_control(self) -> bool:
@@ -63,7 +70,7 @@ class Cell:
         # The selection tag is left out for the default, so run directories from before selectors still resume.
         tag = "" if self.rank_selection == DEFAULT_SELECTION else f"/{spec_label(self.rank_selection)}"
         return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
-                f"/x{self.ratio:g}/s{self.seed}{tag}")
+                f"/x{self.ratio:g}/s{self.seed}{tag}{cell_tag(self.tensorize)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +150,25 @@ def cell_plan(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> 
     return init, None
 
 
+def tensorized_layer(info: BackendInfo, layer: nn.Module, method: str) -> bool:
+    """True when the backend's ``method`` (for ``auto``: any of its candidates) gives ``layer`` tensorized shapes."""
+    if layer_kind(layer) != "linear":
+        return False
+    if method == AUTO:
+        return any(info.is_tensorized(candidate) for candidate in auto_candidates(info, "linear"))
+    return info.is_tensorized(method)
+
+
+def tensorize_labels(config: RunConfig, info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> list[str]:
+    """The ``tensorize`` labels of a cell decomposing ``assigned`` with backend ``info``: one per tensorization of
+    the run when some Linear layer's method is tensorized, else only the default."""
+    shaped = [path for path, layer, method in assigned if tensorized_layer(info, layer, method)]
+    if not shaped:
+        return [DEFAULT_TENSORIZE]
+    explicit = any(governing_pattern(config.tensor_shapes, path) is not None for path in shaped)
+    return labels(config.tt_d, config.tt_pad, explicit)
+
+
 def mix_targets(targets: list[str]) -> list[str]:
     """The targets mixes are planned on: ``all`` when the run has it, else each of the run's targets."""
     return ["all"] if "all" in targets else list(targets)
@@ -179,15 +205,20 @@ def plan_cells(
     def add(backend: str, model_name: str, dataset: str, method: str, target: str,
             assigned: list[tuple[str, nn.Module, str]], mix: str | None = None) -> None:
         init, reason = cell_plan(run_backends[backend], assigned)
-        for selection, ratios in selections:
-            for ratio in ratios:
-                for seed in config.seeds:
-                    cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed, init=init,
-                                      unsupported=reason, rank_selection=selection, mix=mix))
+        for tensorize in tensorize_labels(config, run_backends[backend], assigned):
+            for selection, ratios in selections:
+                for ratio in ratios:
+                    for seed in config.seeds:
+                        cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed, init=init,
+                                          unsupported=reason, rank_selection=selection, mix=mix,
+                                          tensorize=tensorize))
 
     for model_name in config.models:
         for dataset in config.datasets:
             model = models[f"{model_name}@{dataset}"]
+            if config.tensor_shapes:
+                notes += check_tensor_shapes(config.tensor_shapes, model_name,
+                                             target_layers(model, "linear", config.keep_edges_dense))
             for target in config.targets:
                 layers = target_layers(model, target, config.keep_edges_dense)
                 if not layers:
@@ -216,6 +247,7 @@ def plan_cells(
                         add(backend, model_name, dataset, mix.label, target, assigned, mix=spec)
             if config.dense_control and config.epochs > 0:
                 cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
+    notes = list(dict.fromkeys(notes))  # a model planned on several datasets repeats its notes
     kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]
     if len(kept) < len(cells):
         notes.append(f"{len(cells) - len(kept)} cells left out by skip patterns {', '.join(config.skip)}")

@@ -190,7 +190,7 @@ def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
     clipped = 0
     for axis, (name, panel) in zip(axes, panels):
         summary = seed_summary(panel, ["compression", "acc_final"],
-                               ["backend", "target", "init", "ratio", "rank_selection"])
+                               ["backend", "target", "init", "ratio", "rank_selection", "tensorize"])
         baseline = _dense_lines(axis, cells, panel)
         cut, floor = _clip_accuracy(axis, summary["acc_final_mean"], baseline)
         clipped += cut
@@ -230,7 +230,7 @@ def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
 
 def summary_single_seed(ok: pd.DataFrame) -> bool:
     """True when no configuration has more than one seed (so there is no spread to draw)."""
-    keys = ["backend", "model", "dataset", "method", "target", "init", "ratio", "rank_selection"]
+    keys = ["backend", "model", "dataset", "method", "target", "init", "ratio", "rank_selection", "tensorize"]
     return ok.groupby(keys).size().max() <= 1
 
 
@@ -246,7 +246,7 @@ def speedup_vs_compression(cells: pd.DataFrame) -> Figure:
     figure, axes = _figure(len(panels), 3, 3.6)
     for axis, (name, panel) in zip(axes, panels):
         summary = seed_summary(panel, ["compression", "speedup", "flop_speedup"],
-                               ["backend", "method", "init", "ratio", "rank_selection"])
+                               ["backend", "method", "init", "ratio", "rank_selection", "tensorize"])
         bound = summary.groupby("ratio")[["compression_mean", "flop_speedup_mean"]].median().sort_values(
             "compression_mean")
         axis.plot(bound["compression_mean"], bound["flop_speedup_mean"], color="gray", linestyle="--",
@@ -391,7 +391,7 @@ def target_comparison(cells: pd.DataFrame) -> Figure:
                 ("speedup", "speedup × (dense / decomposed latency)", "best measured speedup")]
     for index, (name, frame) in enumerate(groups):
         summary = seed_summary(frame, ["model_compression", "acc_final", "speedup"],
-                               ["target", "backend", "method", "init", "ratio", "rank_selection"])
+                               ["target", "backend", "method", "init", "ratio", "rank_selection", "tensorize"])
         for (metric, label, what), axis in zip(measures, axes[2 * index: 2 * index + 2]):
             baseline = _dense_lines(axis, cells, frame) if metric == "acc_final" else None
             if metric == "speedup":

@@ -6,7 +6,9 @@ backend (through the ``harness_decompose_layer`` hook) for a replacement of each
 targeted layer within its budget (each layer with its own method in a mixed cell; with ``auto``, every
 decompose-init method the backend offers for the layer, keeping the one whose effective weight is closest to
 the dense one), measures
-the decomposed network right away, fine-tunes it with the shared training settings and
+the decomposed network right away (a Linear layer given tensorized shapes by the cell's ``tensorize`` setting gets
+them as request options; one padded to a size that factors evenly is decomposed as a zero-padded copy within the
+original layer's budget and wrapped so the network keeps its shapes), fine-tunes it with the shared training settings and
 measures it again. The dense control cell skips the decomposition and fine-tunes the
 baseline itself with the same recipe. The dense and decomposed networks are measured in the same process
 so their latencies compare. The result is plain data; only the driver writes the store.
@@ -38,7 +40,7 @@ from harness.metrics import (
     relative_error,
 )
 from harness.mixing import AUTO, auto_candidates, pick_best
-from harness.plan import Cell, layer_methods
+from harness.plan import Cell, layer_methods, tensorized_layer
 from harness.plugins import Host, format_exception
 from harness.selection import (
     LayerBudget,
@@ -49,6 +51,13 @@ from harness.selection import (
     parse_spec,
 )
 from harness.stability import stability_metrics
+from harness.tensorize import (
+    PaddedLinear,
+    Tensorization,
+    layer_options,
+    padding_for,
+    zero_padded,
+)
 from harness.training import EpochRecord, evaluate, synchronize, train
 
 
@@ -150,6 +159,28 @@ def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest)
     return replacement.to(ctx.device), seconds, captured.getvalue()
 
 
+def decompose_padded(ctx: CellContext, layer: nn.Linear, request: DecomposeRequest,
+                 padding: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[nn.Module, float, str]:
+    """Decompose a zero-padded copy of ``layer`` with the padded factors as shapes and wrap it to ``layer``'s sizes.
+
+    The request keeps the original layer's budget and dense count, so padding buys balanced shapes, not parameters.
+    """
+    in_factors, out_factors = padding
+    padded_in, padded_out = math.prod(in_factors), math.prod(out_factors)
+    # The padded factors are passed as explicit shapes (they say all that tt_d said).
+    options = {k: v for k, v in request.options.items() if k != "tt_d"}
+    request = dataclasses.replace(request, options={**options, "in_shape": list(in_factors),
+                                                    "out_shape": list(out_factors)})
+    inner, seconds, printed = _call_backend(ctx, zero_padded(layer, padded_in, padded_out), request)
+    wrapped = PaddedLinear(inner, layer.in_features, layer.out_features, padded_in)
+    wrapped.decomposition_info = {
+        **(getattr(inner, "decomposition_info", {}) or {}),
+        "padded": {"in_features": layer.in_features, "out_features": layer.out_features,
+                   "padded_in": padded_in, "padded_out": padded_out},
+    }
+    return wrapped, seconds, printed
+
+
 def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
           info: BackendInfo) -> tuple[nn.Module, float, str, dict[str, Any]]:
     """Decompose ``layer`` with each auto candidate at the same budget and keep the lowest-error replacement.
@@ -194,17 +225,28 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
     assigned = layer_methods(model, cell.target, cell.method, cell.mix, config.keep_edges_dense)
     budgets = _select(cell, ctx, [(path, layer) for path, layer, _ in assigned], metrics)
     backend_info = ctx.host.backends.get(cell.backend)
+    setting = Tensorization.parse(cell.tensorize) if cell.tensorize else None
     error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
     for (layer_path, layer, method), budget in zip(assigned, budgets):
+        options: dict[str, Any] = {}
+        padding = None
+        if setting is not None and backend_info is not None and tensorized_layer(backend_info, layer, method):
+            options = layer_options(cell.tensorize, config.tensor_shapes, layer_path)
+            # Explicit shapes are the user's; auto's candidates include untensorized methods that padding would skew.
+            if setting.pad and "tt_d" in options and method != AUTO:
+                padding = padding_for(layer, setting.d)
         request = DecomposeRequest(backend=cell.backend, method=method, layer_path=layer_path,
                                    kind=layer_kind(layer), ratio=cell.ratio, seed=cell.seed, device=str(device),
-                                   dense_params=count_params(layer), budget=budget.params)
+                                   options=options, dense_params=count_params(layer), budget=budget.params)
         auto = None
         if method == AUTO:
             if backend_info is None:
                 raise RuntimeError(f"auto needs the declared methods of backend {cell.backend!r}, which is not loaded")
             replacement, seconds, printed, auto = _auto(ctx, layer, request, backend_info)
             method, init = auto["chosen"], "decompose"
+        elif padding is not None:
+            replacement, seconds, printed = decompose_padded(ctx, layer, request, padding)
+            init = backend_info.init_for(method, request.kind)
         else:
             replacement, seconds, printed = _call_backend(ctx, layer, request)
             # Per layer, since a mixed cell may start some layers from scratch and decompose others.

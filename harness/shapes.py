@@ -3,7 +3,9 @@
 A TT-matrix (or block-TT, or tensor-ring) Linear layer views its ``in_features`` and
 ``out_features`` as tensors of ``d`` modes. Choosing those shapes the same way for every
 backend keeps the comparison about the libraries, not about their shape heuristics:
-balanced factors by default, or explicit shapes from the request's options.
+balanced factors by default, or explicit shapes from the request's options. A size that
+factors badly (a prime such as 97 gives ``(97, 1, 1)``) can be padded up to a nearby size
+that factors evenly (:func:`padded_factors`); the runner then zero-pads the layer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,34 @@ def balanced_factors(n: int, d: int) -> tuple[int, ...]:
     for prime in sorted(primes, reverse=True):
         bins[bins.index(min(bins))] *= prime
     return tuple(sorted(bins, reverse=True))
+
+
+# Largest max/min factor ratio still called balanced: 400 -> (10, 8, 5) is 2, 98 -> (7, 7, 2) is 3.5.
+DEFAULT_MAX_SPREAD = 4.0
+
+
+def spread(factors: tuple[int, ...]) -> float:
+    """Largest factor over smallest: 1 for a perfectly even split, ``n`` for ``(n, 1, 1)``."""
+    return max(factors) / min(factors)
+
+
+def padded_factors(n: int, d: int, max_spread: float = DEFAULT_MAX_SPREAD) -> tuple[int, ...]:
+    """Balanced ``d`` factors of the smallest ``n' >= n`` whose spread is at most ``max_spread``.
+
+    The search stops at ``n + n // 8`` (padding beyond an eighth would spend more on zeros
+    than a lopsided shape costs); when no size there is balanced enough, the one with the
+    least spread wins (the smallest on ties). ``n`` itself is returned when it factors well.
+    """
+    best = balanced_factors(n, d)
+    if spread(best) <= max_spread:
+        return best
+    for candidate in range(n + 1, n + n // 8 + 1):
+        factors = balanced_factors(candidate, d)
+        if spread(factors) <= max_spread:
+            return factors
+        if spread(factors) < spread(best):
+            best = factors
+    return best
 
 
 def tensorized_shapes(in_features: int, out_features: int, options: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:

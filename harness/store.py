@@ -20,16 +20,19 @@ from typing import Any
 import pandas as pd
 
 STORE_NAME = "results.sqlite"
-KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init", "rank_selection"]
-# Key columns added after the first release, with the value that rows of older stores stand for.
-ADDED_KEY_COLUMNS = {"rank_selection": "ratio"}
+KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init", "rank_selection",
+               "tensorize"]
+# Key columns added after the first release, with the value that rows of older stores stand for
+# (tensorize "": the default balanced d = 3 shapes, the only ones before the setting existed).
+ADDED_KEY_COLUMNS = {"rank_selection": "ratio", "tensorize": ""}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
     ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
-    metrics TEXT NOT NULL, finished_at REAL NOT NULL, rank_selection TEXT NOT NULL DEFAULT 'ratio');
+    metrics TEXT NOT NULL, finished_at REAL NOT NULL, rank_selection TEXT NOT NULL DEFAULT 'ratio',
+    tensorize TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS epochs (
     cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
     PRIMARY KEY (cell_id, epoch));

@@ -39,7 +39,7 @@ def _cell(backend: str, method: str, target: str, ratio: float, seed: int, init:
     params = 1000 / compression
     return {
         "backend": backend, "method": method, "model": "m", "dataset": "d", "target": target, "ratio": ratio,
-        "seed": seed, "init": init, "rank_selection": "ratio", "status": "ok", "error": None,
+        "seed": seed, "init": init, "rank_selection": "ratio", "tensorize": "", "status": "ok", "error": None,
         "params_dense": 1000.0, "params": params, "compression": compression, "budget": 1000 / ratio,
         "budget_ok": True, "model_params_dense": 10000.0,
         "model_params": 10000.0 - (1000 - params) * (0.3 if target == "conv" else 1.0),

@@ -59,6 +59,8 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             methods=methods,
             conv_unsupported=CONV_UNSUPPORTED,
             init="decompose",
+            # Every TedNet *Linear format takes tensorized features (linear._shapes), TK2Linear only its input side.
+            tensorized_methods=frozenset(method for kind, method in METHODS if kind == "linear"),
             init_per_method={f"{kind}/{method}": init for (kind, method), (_, init) in METHODS.items()},
             available=version is not None,
             install_hint=INSTALL_HINT,

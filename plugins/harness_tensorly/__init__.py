@@ -48,6 +48,8 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             methods=methods,
             conv_unsupported=frozenset({"groups"}),
             init="decompose",
+            # TT-matrix views the features as tensors (linear.decompose_tt); SVD does not.
+            tensorized_methods=frozenset({"tt"}),
             available=version is not None,
             install_hint=INSTALL_HINT,
             description="tensorly's truncated SVD, TT-matrix, parafac (CP-ALS), partial_tucker (HOOI) and "

@@ -66,6 +66,8 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
                 methods=methods,
                 conv_unsupported=CONV_UNSUPPORTED,
                 init="decompose",
+                # FactorizedLinear always factorizes a tensorized weight (linear.decompose), CP and Tucker too.
+                tensorized_methods=frozenset(method for kind, method in METHODS if kind == "linear"),
                 available=found.available,
                 install_hint=library.INSTALL_HINT,
                 description=description,

@@ -35,7 +35,8 @@ from harness.aggregate import (
 from harness.store import RunResults
 
 CELL_COLUMNS = [
-    "backend", "method", "model", "dataset", "target", "ratio", "rank_selection", "seed", "init", "status", "error",
+    "backend", "method", "model", "dataset", "target", "ratio", "rank_selection", "tensorize", "seed", "init", "status",
+    "error",
     "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
     "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "speedup", "latency_batch",
     "threads", "device", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
@@ -45,7 +46,7 @@ CELL_COLUMNS = [
 EPOCH_COLUMNS = ["backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "epoch", "train_loss",
                  "test_loss", "test_acc", "epoch_s", "cell_id"]
 BUDGET_FILL = 0.9
-GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection"]
+GROUP = ["model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection", "tensorize"]
 SUMMARY = {
     "compression": "compression ×",
     "acc_decomposed": "acc after decomp %",
@@ -65,8 +66,8 @@ CONTROL_SUMMARY = {
 }
 DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT}
 # Columns that describe a configuration rather than measure it: left out of a table when they hold one value.
-CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection", "ratios",
-                       "seeds", "status")
+CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection",
+                       "tensorize", "ratios", "seeds", "status")
 FAILED_COLUMNS = ["backend", "model", "method", "target", "init", "ratio", "seed", "status", "error"]
 UNSUPPORTED_KEYS = ["backend", "model", "method", "target", "error"]
 TABLES = ("cells", "epochs", "layers")
@@ -110,7 +111,9 @@ def constant_columns(frame: pd.DataFrame, candidates: tuple[str, ...] = CONSTANT
 
 def same_in_every_row(constant: dict[str, str]) -> str:
     """"Same in every row: model lenet5; dataset mnist." or "" when nothing is constant."""
-    return ("Same in every row: " + "; ".join(f"{k} {v}" for k, v in constant.items()) + ".") if constant else ""
+    # An empty value (e.g. tensorize "" = the default shapes) is dropped without a word.
+    shown = {k: v for k, v in constant.items() if v not in ("", None)}
+    return ("Same in every row: " + "; ".join(f"{k} {v}" for k, v in shown.items()) + ".") if shown else ""
 
 
 def _listed(values: pd.Series, prefix: str = "") -> str:
@@ -287,8 +290,9 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
         return
     write("")
     summary = summary_table(cells)
-    if "rank_selection" in summary.columns and summary["rank_selection"].nunique() <= 1:
-        summary = summary.drop(columns="rank_selection")  # one selector: the column says nothing in a terminal
+    for column in ("rank_selection", "tensorize"):
+        if column in summary.columns and summary[column].nunique() <= 1:
+            summary = summary.drop(columns=column)  # one value: the column says nothing in a terminal
     write(_format(summary, "simple"))
     control = control_table(cells)
     if not control.empty:

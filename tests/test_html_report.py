@@ -253,3 +253,15 @@ def test_long_finding_tables_fold_away_and_short_ones_stay_open():
     short = Finding("k", "T", "text", {}, pd.DataFrame({"a": range(FOLD_ROWS)}))
     assert f"<details><summary>the table behind it ({FOLD_ROWS + 1} rows)</summary>" in _finding_html(long)
     assert "<details>" not in _finding_html(short) and "<table" in _finding_html(short)
+
+
+def test_rebuilding_the_page_from_the_same_results_gives_the_same_bytes(page, tmp_path):
+    run_dir, _, _ = page
+    first = (run_dir / "report.html").read_bytes()
+    again = planted_results(tmp_path)
+    harness_html.harness_report(results=again, run_dir=str(tmp_path))
+    # Only the run directory's own path (and name, in the title) may differ between the two pages.
+    def anonymous(page: bytes, where) -> bytes:
+        return page.replace(str(where).encode(), b"RUN").replace(where.name.encode(), b"RUN")
+
+    assert anonymous((tmp_path / "report.html").read_bytes(), tmp_path) == anonymous(first, run_dir)

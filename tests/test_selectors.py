@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import sys
 import types
 
-import pandas as pd
 import pytest
 import torch
 
@@ -28,7 +26,7 @@ from harness.selection import (
     spec_label,
 )
 from harness.selectors import SELECTORS
-from harness.store import STORE_NAME, Store, load_results
+from harness.store import load_results
 
 BUILTIN = {selector.name: selector for selector in SELECTORS}
 PLANTED_SPECTRUM = [10.0, 8.0, 6.0, 5.0, 4.0]
@@ -238,45 +236,3 @@ def test_list_shows_rank_selectors(capsys):
         assert line in section
     assert "ignores --ratios" in section and "uses --ratios" in section
 
-
-OLD_CELLS_TABLE = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE cells (
-    cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
-    ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
-    metrics TEXT NOT NULL, finished_at REAL NOT NULL);
-CREATE TABLE epochs (
-    cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
-    PRIMARY KEY (cell_id, epoch));
-CREATE TABLE layers (
-    cell_id TEXT NOT NULL, layer TEXT NOT NULL, kind TEXT, params_dense INTEGER, params INTEGER, max_params INTEGER,
-    recon_error REAL, decompose_s REAL, info TEXT, stdout TEXT, PRIMARY KEY (cell_id, layer));
-"""
-
-
-def test_store_from_before_rank_selection_loads_and_resumes(tmp_path):
-    old_cell = Cell("fake", "lenet5", "mnist-embedded", "lowrank", "linear", 4.0, 0)
-    conn = sqlite3.connect(tmp_path / STORE_NAME)
-    conn.executescript(OLD_CELLS_TABLE)
-    conn.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, NULL, ?, 0)",
-                 (old_cell.cell_id, "fake", "lenet5", "mnist-embedded", "lowrank", "linear", 4.0, 0, "decompose",
-                  json.dumps({"params": 10})))
-    conn.execute("INSERT INTO layers VALUES (?, '3', 'linear', 100, 10, 25, 0.1, 0.0, '{}', NULL)",
-                 (old_cell.cell_id,))
-    conn.commit()
-    conn.close()
-
-    old = load_results(tmp_path)  # read-only: the missing column is filled with what it meant
-    assert list(old.cells["rank_selection"]) == ["ratio"] and list(old.layers["rank_selection"]) == ["ratio"]
-
-    store = Store(tmp_path)  # writing adds the column; the old cell stays done under its old id
-    assert store.finished_ids() == {old_cell.cell_id}
-    new_cell = Cell("fake", "lenet5", "mnist-embedded", "lowrank", "linear", 1.0, 0, rank_selection="vbmf")
-    store.add_result({"cell_id": new_cell.cell_id, "cell": new_cell.to_dict(), "status": "ok", "error": None,
-                      "metrics": {"params": 5, "rank_selector": "vbmf"}, "epochs": [], "layers": []})
-    store.close()
-    both = load_results(tmp_path).cells.set_index("cell_id")
-    assert both.loc[old_cell.cell_id, "rank_selection"] == "ratio"
-    assert both.loc[new_cell.cell_id, "rank_selection"] == "vbmf"
-    assert not both.columns.duplicated().any()
-    assert isinstance(both, pd.DataFrame)

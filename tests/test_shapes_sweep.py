@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from harness.plan import Cell, plan_cells
 from harness.plugins import load_host
 from harness.runner import CellContext, decompose_padded
 from harness.shapes import balanced_factors, padded_factors, spread
-from harness.store import STORE_NAME, Store, load_results
+from harness.store import load_results
 from harness.tensorize import PaddedLinear, Tensorization, labels, padding_for
 
 # LeNet-5's decomposed Linear layers with the edges kept dense: "2" (400 -> 120) and "4" (120 -> 84).
@@ -194,42 +193,3 @@ def test_list_shows_tensorized_methods(capsys):
     native = capsys.readouterr().out.split("  native ")[1].split("\n  ")[0:5]
     assert any(line.strip().startswith("tensorized: tt (Linear") for line in native)
 
-
-OLD_CELLS_TABLE = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE cells (
-    cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
-    ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
-    metrics TEXT NOT NULL, finished_at REAL NOT NULL, rank_selection TEXT NOT NULL DEFAULT 'ratio');
-CREATE TABLE epochs (
-    cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
-    PRIMARY KEY (cell_id, epoch));
-CREATE TABLE layers (
-    cell_id TEXT NOT NULL, layer TEXT NOT NULL, kind TEXT, params_dense INTEGER, params INTEGER, max_params INTEGER,
-    recon_error REAL, decompose_s REAL, info TEXT, stdout TEXT, PRIMARY KEY (cell_id, layer));
-"""
-
-
-def test_store_from_before_tensorize_loads_and_resumes(tmp_path):
-    old_cell = Cell("native", "lenet5", "mnist-embedded", "tt", "linear", 4.0, 0)
-    conn = sqlite3.connect(tmp_path / STORE_NAME)
-    conn.executescript(OLD_CELLS_TABLE)
-    conn.execute("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ok', NULL, NULL, ?, 0, 'ratio')",
-                 (old_cell.cell_id, "native", "lenet5", "mnist-embedded", "tt", "linear", 4.0, 0, "decompose",
-                  json.dumps({"params": 10})))
-    conn.execute("INSERT INTO layers VALUES (?, '2', 'linear', 100, 10, 25, 0.1, 0.0, '{}', NULL)",
-                 (old_cell.cell_id,))
-    conn.commit()
-    conn.close()
-
-    old = load_results(tmp_path)
-    assert list(old.cells["tensorize"]) == [""] and list(old.layers["tensorize"]) == [""]
-    store = Store(tmp_path)
-    assert store.finished_ids() == {old_cell.cell_id}
-    new_cell = Cell("native", "lenet5", "mnist-embedded", "tt", "linear", 4.0, 0, tensorize="d2")
-    store.add_result({"cell_id": new_cell.cell_id, "cell": new_cell.to_dict(), "status": "ok", "error": None,
-                      "metrics": {"params": 5}, "epochs": [], "layers": []})
-    store.close()
-    both = load_results(tmp_path).cells.set_index("cell_id")
-    assert both.loc[old_cell.cell_id, "tensorize"] == "" and both.loc[new_cell.cell_id, "tensorize"] == "d2"
-    assert not both.columns.duplicated().any()

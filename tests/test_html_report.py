@@ -265,3 +265,15 @@ def test_rebuilding_the_page_from_the_same_results_gives_the_same_bytes(page, tm
         return page.replace(str(where).encode(), b"RUN").replace(where.name.encode(), b"RUN")
 
     assert anonymous((tmp_path / "report.html").read_bytes(), tmp_path) == anonymous(first, run_dir)
+
+
+def test_per_layer_budgets_and_ranks_are_shown_folded(page):
+    from harness_tables import layer_ranks_table
+
+    run_dir, _, _ = page
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert '<details id="layer-ranks">' in html and '<table id="layer-ranks-table">' in html
+    table = layer_ranks_table(planted_results(run_dir))
+    # One row per configuration and layer, seeds pooled; the planted rank 3 and budget 500 come through.
+    assert set(table["rank"]) == {"3"} and set(table["budget"]) == {500}
+    assert table["seeds"].max() == 3

@@ -29,6 +29,7 @@ from harness_tables import (
     constant_columns,
     control_table,
     failed_table,
+    layer_ranks_table,
     same_in_every_row,
     summary_table,
     unsupported_summary,
@@ -196,6 +197,13 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
     ]
     table_html = "\n".join(f'<h3>{html.escape(title)}</h3><p class="muted">{html.escape(note)}</p>'
                            + _table(frame, table_id, drop_constant=True) for table_id, title, note, frame in tables)
+    ranks = layer_ranks_table(results)
+    if not ranks.empty:
+        table_html += ("\n<h3>Per-layer budgets and ranks</h3><p class=\"muted\">For each configuration and decomposed "
+                       "layer: the parameter budget the rank selector gave it, the parameters the backend used, the "
+                       "method and rank it chose (a / b when seeds differ) and the selector's own reference ranks."
+                       f'</p><details id="layer-ranks"><summary>{len(ranks)} layers</summary>'
+                       + _table(ranks, "layer-ranks-table", drop_constant=True) + "</details>")
     table_html += "\n" + _not_ok_html(cells)
     definitions = ("compression = dense params / params of the decomposed layers (bias included); speedup = dense "
                    "latency / decomposed latency of the whole network, measured in the same process; Δ vs dense = "

@@ -15,6 +15,7 @@ report builds its tables with the functions here.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,47 @@ def control_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Per model and dataset: mean ± std over seeds of the dense control (the dense net fine-tuned alike)."""
     summary = seed_summary(with_delta(control_ok(cells)), list(CONTROL_SUMMARY), CONTROL_GROUP)
     return format_summary(summary, CONTROL_GROUP, CONTROL_SUMMARY, DIGITS)
+
+
+LAYER_KEYS = ["model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection", "tensorize", "layer"]
+
+
+def _info_text(info: object, key: str) -> str:
+    """One entry of a layer's decomposition info (stored as JSON) as compact text, "–" when absent."""
+    data = json.loads(info) if isinstance(info, str) and info else (info if isinstance(info, dict) else {})
+    value = data.get(key)
+    if value is None:
+        return "–"
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def layer_ranks_table(results: RunResults) -> pd.DataFrame:
+    """Per configuration and decomposed layer of the ok cells: budget, parameters, the method and rank used,
+    the rank selector's reference ranks and the reconstruction error, over seeds ("a / b" when seeds differ)."""
+    layers, cells = results.layers, results.cells
+    if layers.empty or cells.empty:
+        return pd.DataFrame(columns=[*LAYER_KEYS, "budget", "params", "layer method", "rank", "selected", "seeds"])
+    ok_ids = set(cells.loc[cells["status"] == "ok", "cell_id"])
+    rows = layers[layers["cell_id"].isin(ok_ids)].copy()
+    for column in LAYER_KEYS:
+        if column not in rows.columns:
+            rows[column] = ""
+    rows["layer method"] = [_info_text(i, "method") for i in rows["info"]]
+    rows["rank"] = [_info_text(i, "rank") for i in rows["info"]]
+    rows["selected"] = [_info_text(i, "selected_ranks") for i in rows["info"]]
+
+    def distinct(values: pd.Series) -> str:
+        return " / ".join(dict.fromkeys(values.astype(str)))
+
+    table = rows.groupby(LAYER_KEYS, sort=True, dropna=False).agg(
+        budget=("max_params", "mean"), params=("params", "mean"), **{"layer method": ("layer method", distinct)},
+        rank=("rank", distinct), selected=("selected", distinct),
+        recon=("recon_error", "mean"), seeds=("seed", "nunique")).reset_index()
+    table["budget"] = table["budget"].round(0).astype("Int64")
+    table["params"] = table["params"].round(0).astype("Int64")
+    table["ratio"] = table["ratio"].map(_value)
+    table["recon error"] = table.pop("recon").map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    return table
 
 
 def _value(value: object) -> str:

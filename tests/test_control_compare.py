@@ -72,6 +72,15 @@ def test_unknown_lr_schedule_is_one_line(capsys):
     assert "unknown lr schedule 'linear'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_is_a_valid_config_with_a_description(name):
+    from harness.config import preset_description
+
+    assert preset_description(name)
+    config = build_config(load_preset(name))
+    assert len(config.seeds) >= 3  # a study without spread over seeds answers nothing
+
+
 def test_unknown_preset_is_one_line(capsys):
     assert main(["run", "--preset", "nope"]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,17 +1,17 @@
 """The runner: everything that happens to one cell, inside whichever worker runs it.
 
 It loads the cached dense baseline, measures it, asks the cell's rank selector for each
-targeted layer's parameter budget (once, from the trained weights), asks the cell's
-backend (through the ``harness_decompose_layer`` hook) for a replacement of each
-targeted layer within its budget (each layer with its own method in a mixed cell; with ``auto``, every
-decompose-init method the backend offers for the layer, keeping the one whose effective weight is closest to
-the dense one), measures
-the decomposed network right away (a Linear layer given tensorized shapes by the cell's ``tensorize`` setting gets
-them as request options; one padded to a size that factors evenly is decomposed as a zero-padded copy within the
-original layer's budget and wrapped so the network keeps its shapes), fine-tunes it with the shared training settings and
+targeted layer's parameter budget (once, from the trained weights), and asks the cell's
+backend (through the ``harness_decompose_layer`` hook) for a replacement of each targeted
+layer within its budget: each layer with its own method in a mixed cell; with ``auto``,
+every decompose-init method the backend offers, keeping the one closest to the dense
+weight. A Linear layer of a ``tensorize`` cell gets its tensorized shapes as request
+options, and one padded to a size that factors evenly is decomposed as a zero-padded copy
+within the original budget and wrapped so the network keeps its shapes. The runner then
+measures the decomposed network, fine-tunes it with the shared training settings and
 measures it again. The dense control cell skips the decomposition and fine-tunes the
-baseline itself with the same recipe. The dense and decomposed networks are measured in the same process
-so their latencies compare. The result is plain data; only the driver writes the store.
+baseline itself with the same recipe. The dense and decomposed networks are measured in
+the same process so their latencies compare. The result is plain data; only the driver writes the store.
 An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
 makes it ``error`` with a one-line message (and the traceback kept beside it).
 """
@@ -160,7 +160,7 @@ def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest)
 
 
 def decompose_padded(ctx: CellContext, layer: nn.Linear, request: DecomposeRequest,
-                 padding: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[nn.Module, float, str]:
+                     padding: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[nn.Module, float, str]:
     """Decompose a zero-padded copy of ``layer`` with the padded factors as shapes and wrap it to ``layer``'s sizes.
 
     The request keeps the original layer's budget and dense count, so padding buys balanced shapes, not parameters.
@@ -253,12 +253,14 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
             init = backend_info.init_for(method, request.kind) if backend_info is not None else cell.init
         decompose_s += seconds
         dense_weight = layer.weight.detach()
-        if init == "decompose":
+        layer_weight_sq = float(dense_weight.pow(2).sum())
+        if auto is not None:  # auto already probed the replacement it chose
+            layer_error_sq = auto["errors"][method] ** 2 * layer_weight_sq
+        elif init == "decompose":
             diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
             layer_error_sq = float(diff.pow(2).sum())
         else:  # a layer trained from scratch approximates nothing, and may not even be a linear map
             layer_error_sq = float("nan")
-        layer_weight_sq = float(dense_weight.pow(2).sum())
         error_sq += layer_error_sq
         weight_sq += layer_weight_sq
         params = count_params(replacement)

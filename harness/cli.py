@@ -66,7 +66,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--rank-selection", metavar="NAME[:ARG]",
                        help="how each layer's parameter budget is chosen, the same for every backend: ratio "
                             "(dense/ratio), energy[:SHARE], vbmf, budget or a plugin's (see 'harness list'); "
-                            "a comma list compares them [ratio]")
+                            "a comma list compares them; SEL@REF (e.g. budget@vbmf) holds SEL to the total REF "
+                            "chooses, for a comparison at equal parameters [ratio]")
     sweep.add_argument("--tt-d", metavar="D,...",
                        help="numbers of tensor modes to sweep for the Linear layers of tensorized methods ('harness "
                             "list' marks them), one cell each, e.g. 2,3,4; other methods run once "
@@ -188,6 +189,11 @@ def cmd_list(host: Host) -> int:
         usage = "uses --ratios" if selector.uses_ratio else "ignores --ratios"
         argument = f"{name}:ARG" if selector.takes_argument else name
         _echo(f"  {argument:<14} {selector.description} ({usage})")
+    references = [n for n, s in sorted(host.rank_selectors.items()) if not s.uses_ratio]
+    matchable = [n for n, s in sorted(host.rank_selectors.items()) if s.matchable]
+    if references and matchable:
+        _echo(f"  SEL@REF        SEL ({', '.join(matchable)}) spends the total REF ({', '.join(references)}) chooses: "
+              "equal total parameters")
     _echo("models:")
     for name, spec in sorted(host.models.items()):
         _echo(f"  {name:<14} {spec.description}")

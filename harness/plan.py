@@ -29,7 +29,7 @@ from torch import nn
 from harness.backends import BackendInfo, conv_features, layer_kind
 from harness.config import TARGET_KINDS, RunConfig
 from harness.mixing import AUTO, Mix, auto_candidates
-from harness.selection import DEFAULT_SELECTION, RankSelector, spec_label
+from harness.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
 from harness.tensorize import DEFAULT as DEFAULT_TENSORIZE
 from harness.tensorize import cell_tag, check_tensor_shapes, governing_pattern, labels
 
@@ -178,9 +178,8 @@ def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | No
     """Each rank selection of the run with the ratios it is planned at: all of them, or just the placeholder."""
     planned = []
     for spec in config.rank_selection:
-        name = spec.partition(":")[0]
-        uses_ratio = selectors[name].uses_ratio if selectors is not None else True
-        planned.append((spec, list(config.ratios) if uses_ratio else [NO_RATIO]))
+        ratio_based = uses_ratio(spec, selectors) if selectors is not None else MATCH not in spec
+        planned.append((spec, list(config.ratios) if ratio_based else [NO_RATIO]))
     return planned
 
 

@@ -44,11 +44,14 @@ from harness.plan import Cell, layer_methods, tensorized_layer
 from harness.plugins import Host, format_exception
 from harness.selection import (
     LayerBudget,
+    RankSelector,
     SelectionError,
     SelectionInput,
     SelectionLayer,
     layer_budgets,
+    matched_budgets,
     parse_spec,
+    split_match,
 )
 from harness.stability import stability_metrics
 from harness.tensorize import (
@@ -131,18 +134,31 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
 def _select(cell: Cell, ctx: CellContext, layers: list[tuple[str, nn.Module]],
             metrics: dict[str, Any]) -> list[LayerBudget]:
     """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced."""
-    name, argument = parse_spec(cell.rank_selection)
-    selector = ctx.host.rank_selectors.get(name)
-    if selector is None:
-        raise SelectionError(f"no plugin registers the rank selector {name!r}")
+    own, reference = split_match(cell.rank_selection)
+    name, argument = parse_spec(own)
+    selector = _rank_selector(ctx, name)
     selection = SelectionInput(
-        argument=argument, ratio=cell.ratio if selector.uses_ratio else None, method=cell.method,
+        argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
+        method=cell.method,
         layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
                                getattr(layer, "bias", None) is not None) for path, layer in layers])
     start = time.perf_counter()
-    budgets = layer_budgets(selector, selection)
+    if reference is None:
+        budgets = layer_budgets(selector, selection)
+    else:
+        reference_name, reference_argument = parse_spec(reference)
+        budgets, total = matched_budgets(selector, _rank_selector(ctx, reference_name), selection,
+                                         reference_argument)
+        metrics.update(matched_to=reference, matched_total=total)
     metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
     return budgets
+
+
+def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
+    selector = ctx.host.rank_selectors.get(name)
+    if selector is None:
+        raise SelectionError(f"no plugin registers the rank selector {name!r}")
+    return selector
 
 
 def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:

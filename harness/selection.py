@@ -5,7 +5,10 @@ so that every backend of a cell then fits its largest rank within the same per-l
 never mixed up with library quality. A plugin declares one with a :class:`RankSelector` through
 ``harness_register_rank_selectors``; the runner calls its ``budgets`` once per cell with a :class:`SelectionInput`
 and passes each answer on as ``DecomposeRequest.budget``. A user names a selector as ``NAME`` or ``NAME:ARG``
-(:func:`parse_spec`); :func:`spec_label` turns that into the glob-friendly tag of the cell id.
+(:func:`parse_spec`); :func:`spec_label` turns that into the glob-friendly tag of the cell id. ``SEL@REF`` (e.g.
+``ratio@vbmf``) *matches* two selectors: SEL spreads exactly the total that REF chose on the same layers
+(:func:`matched_budgets`), so the two are compared at equal total parameters; SEL needs ``uses_ratio`` (it is then
+run at the ratio dense total / REF's total) or an ``at_total``, and REF must choose its own total.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from torch import Tensor
 
 DEFAULT_SELECTION = "ratio"
+MATCH = "@"
 
 
 class SelectionError(Exception):
@@ -67,7 +71,8 @@ class RankSelector:
     ``uses_ratio`` says whether the budgets depend on ``--ratios`` (if not, a run plans one cell per combination
     instead of one per ratio). ``takes_argument`` allows ``NAME:ARG``; ``default_argument`` stands in when the user
     gives none, and ``check_argument(arg)`` raises ``ValueError`` for an argument that is no good, so a typo is a
-    usage error before anything runs.
+    usage error before anything runs. ``at_total(SelectionInput, total)``, optional, returns budgets summing to at
+    most ``total`` parameters: what ``NAME@REF`` uses for a selector that does not use the ratio.
     """
 
     name: str
@@ -77,6 +82,24 @@ class RankSelector:
     budgets: Callable[[SelectionInput], Sequence[int | LayerBudget]]
     default_argument: str | None = None
     check_argument: Callable[[str], None] | None = None
+    at_total: Callable[[SelectionInput, int], Sequence[int | LayerBudget]] | None = None
+
+    @property
+    def matchable(self) -> bool:
+        """Whether the selector can be held to another selector's total (``NAME@REF``)."""
+        return self.uses_ratio or self.at_total is not None
+
+
+def split_match(spec: str) -> tuple[str, str | None]:
+    """``"ratio@vbmf"`` as ``("ratio", "vbmf")``, ``"vbmf"`` as ``("vbmf", None)``."""
+    own, sep, reference = spec.strip().partition(MATCH)
+    return own.strip(), (reference.strip() if sep else None)
+
+
+def uses_ratio(spec: str, selectors: dict[str, RankSelector]) -> bool:
+    """Whether a canonical selection's budgets depend on the cell's ratio (a matched one takes REF's total)."""
+    own, reference = split_match(spec)
+    return reference is None and selectors[parse_spec(own)[0]].uses_ratio
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -88,11 +111,40 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def spec_label(spec: str) -> str:
     """The cell-id tag of a selection, e.g. ``r-energy0.9``; characters special to paths and globs become ``_``."""
     name, argument = parse_spec(spec)
+    own, reference = split_match(spec)
+    if reference is not None:
+        return spec_label(own) + MATCH + spec_label(reference)[2:]
     return "r-" + re.sub(r"[^A-Za-z0-9._+-]", "_", name + (argument or ""))
 
 
 def normalize_spec(spec: str, selectors: dict[str, RankSelector]) -> str:
-    """The canonical ``NAME`` or ``NAME:ARG`` of a user's selection; raises ``ValueError`` with a one-line reason."""
+    """The canonical ``NAME``, ``NAME:ARG`` or ``SEL@REF`` of a user's selection; ``ValueError`` (one line) if bad."""
+    own, reference = split_match(spec)
+    if reference is not None:
+        return _normalize_match(spec, own, reference, selectors)
+    return _normalize_one(spec, selectors)
+
+
+def _normalize_match(spec: str, own: str, reference: str, selectors: dict[str, RankSelector]) -> str:
+    if MATCH in reference:
+        raise ValueError(f"rank selection {spec!r}: match to one selector, e.g. ratio@vbmf")
+    reference = _normalize_one(reference, selectors)
+    if selectors[parse_spec(reference)[0]].uses_ratio:
+        raise ValueError(f"rank selection {spec!r}: {reference!r} takes its total from --ratios; match to a selector "
+                         "that chooses its own total (e.g. vbmf)")
+    name = parse_spec(own)[0]
+    if name in selectors and not selectors[name].matchable:
+        raise ValueError(f"rank selection {spec!r}: {name!r} cannot be held to another selector's total")
+    if parse_spec(own)[1] is not None:
+        raise ValueError(f"rank selection {spec!r}: the match sets {name!r}'s total, so it takes no argument here")
+    # The default argument is not filled in either: a matched selector's knob is what the match sets.
+    own = _normalize_one(own, selectors, fill_default=False)
+    if own == parse_spec(reference)[0] or own == reference:
+        raise ValueError(f"rank selection {spec!r} matches a selector to itself")
+    return f"{own}{MATCH}{reference}"
+
+
+def _normalize_one(spec: str, selectors: dict[str, RankSelector], fill_default: bool = True) -> str:
     name, argument = parse_spec(spec)
     if name not in selectors:
         raise ValueError(f"unknown rank selector {name!r} (known: {', '.join(sorted(selectors)) or 'none'})")
@@ -101,7 +153,7 @@ def normalize_spec(spec: str, selectors: dict[str, RankSelector]) -> str:
         argument = None
     if argument is not None and not selector.takes_argument:
         raise ValueError(f"rank selector {name!r} takes no argument, got {spec!r}")
-    if argument is None:
+    if argument is None and fill_default:
         argument = selector.default_argument
     if argument is not None and selector.check_argument is not None:
         try:
@@ -111,10 +163,35 @@ def normalize_spec(spec: str, selectors: dict[str, RankSelector]) -> str:
     return name if argument is None else f"{name}:{argument}"
 
 
-def layer_budgets(selector: RankSelector, selection: SelectionInput) -> list[LayerBudget]:
-    """Call ``selector`` and check its answer: one positive integer budget per layer, or :class:`SelectionError`."""
+def matched_budgets(selector: RankSelector, reference: RankSelector, selection: SelectionInput,
+                    reference_argument: str | None) -> tuple[list[LayerBudget], int]:
+    """``selector``'s budgets held to the total ``reference`` chooses on the same layers, and that total.
+
+    A selector with ``at_total`` is asked for budgets within the total; one that uses the ratio is run at the ratio
+    dense total / reference total, so its own rule (uniform, knapsack, ...) spreads the same parameters.
+    """
+    total = sum(b.params for b in layer_budgets(reference, replace(selection, argument=reference_argument,
+                                                                   ratio=None)))
+    if selector.at_total is not None:
+        budgets = layer_budgets(selector, selection, total)
+    else:
+        dense = sum(layer.dense_params for layer in selection.layers)
+        budgets = layer_budgets(selector, replace(selection, ratio=dense / total))
+    spent = sum(b.params for b in budgets)
+    if spent > total:
+        raise SelectionError(f"rank selector {selector.name!r} spent {spent} parameters, over the {total} "
+                             f"of {reference.name!r} it was matched to")
+    return budgets, total
+
+
+def layer_budgets(selector: RankSelector, selection: SelectionInput, total: int | None = None) -> list[LayerBudget]:
+    """Call ``selector`` (its ``at_total`` with ``total`` when given) and check its answer: one positive integer
+    budget per layer, or :class:`SelectionError`."""
     try:
-        answer = list(selector.budgets(selection))
+        if total is None:
+            answer = list(selector.budgets(selection))
+        else:
+            answer = list(selector.at_total(selection, total))
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         raise SelectionError(f"rank selector {selector.name!r} failed: {type(exc).__name__}: "

@@ -8,7 +8,9 @@ layer is judged by the truncated SVD of its weight, a Conv2d by Tucker-2 on its 
 ranks holding SHARE of the spectral energy and ``vbmf`` the ranks empirical VBMF finds above the noise
 (:mod:`harness.rank_selection`); either's reference parameter count, capped at the dense count, is the budget.
 ``budget`` spends the uniform rule's total over the layers with a knapsack that maximises the summed retained energy,
-so a layer whose spectrum decays fast gives parameters to one whose spectrum does not.
+so a layer whose spectrum decays fast gives parameters to one whose spectrum does not. Held to another selector's
+total (``ratio@vbmf``, ``budget@vbmf``), ratio and budget run at the ratio that gives that total, and ``energy@vbmf``
+searches the largest energy share, the same for every layer, whose budgets fit it.
 """
 
 from __future__ import annotations
@@ -88,6 +90,38 @@ def _energy_budgets(selection: SelectionInput) -> list[LayerBudget]:
     return _rule_budgets(f"energy:{selection.argument or DEFAULT_ENERGY_SHARE}")(selection)
 
 
+def _energy_at_total(selection: SelectionInput, total: int) -> list[LayerBudget]:
+    """The energy rule at the largest share, common to all layers, whose budgets sum to at most ``total``."""
+    spectra = [[rank_selection.singular_values(_weight(layer), mode) for mode in _reference_modes(layer)]
+               for layer in selection.layers]
+
+    def budgets_at(share: float) -> list[LayerBudget]:
+        chosen = []
+        for layer, layer_spectra in zip(selection.layers, spectra):
+            ranks = tuple(max(1, rank_selection.energy_rank(s, share)) for s in layer_spectra)
+            ranks = ranks[0] if layer.kind == "linear" else ranks
+            chosen.append(LayerBudget(min(reference_params(layer, ranks), layer.dense_params), ranks))
+        return chosen
+
+    def spent(share: float) -> int:
+        return sum(b.params for b in budgets_at(share))
+
+    if spent(1.0) <= total:
+        return budgets_at(1.0)
+    # The total only grows with the share, so bisection finds the boundary; 40 halvings resolve shares to 1e-12,
+    # far below the step between two ranks of any real spectrum.
+    low, high = 1e-12, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if spent(middle) <= total else (low, middle)
+    return budgets_at(low)
+
+
+def _reference_modes(layer: SelectionLayer) -> tuple[int, ...]:
+    # The unfoldings the reference structure truncates: the matrix itself (SVD) or the two channel modes (Tucker-2).
+    return (0,) if layer.kind == "linear" else (0, 1)
+
+
 def check_share(argument: str) -> None:
     """Raise ValueError unless ``argument`` is an energy share in (0, 1]."""
     rank_selection.parse_share(argument)
@@ -145,7 +179,8 @@ SELECTORS = (
                  takes_argument=False, budgets=_ratio_budgets),
     RankSelector("energy", "per layer, the SVD (Linear) or Tucker-2 (Conv2d) ranks keeping the share ARG of the "
                  f"spectral energy [{DEFAULT_ENERGY_SHARE}]", uses_ratio=False, takes_argument=True,
-                 budgets=_energy_budgets, default_argument=DEFAULT_ENERGY_SHARE, check_argument=check_share),
+                 budgets=_energy_budgets, default_argument=DEFAULT_ENERGY_SHARE, check_argument=check_share,
+                 at_total=_energy_at_total),
     RankSelector("vbmf", "per layer, the SVD (Linear) or Tucker-2 (Conv2d) ranks empirical VBMF keeps above the noise",
                  uses_ratio=False, takes_argument=False, budgets=_rule_budgets("vbmf")),
     RankSelector("budget", "the ratio's total budget spread over the layers to keep the most spectral energy",

@@ -76,9 +76,15 @@ def test_unknown_lr_schedule_is_one_line(capsys):
 def test_every_shipped_preset_is_a_valid_config_with_a_description(name):
     from harness.config import preset_description
 
+    from harness.config import validate_names
+    from harness.plugins import load_host
+
     assert preset_description(name)
     config = build_config(load_preset(name))
     assert len(config.seeds) >= 3  # a study without spread over seeds answers nothing
+    # Every name in it (backends, methods, mixes, rank selections) is known to the host that ships it.
+    host = load_host()
+    validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
 
 
 def test_unknown_preset_is_one_line(capsys):

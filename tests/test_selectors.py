@@ -22,6 +22,7 @@ from harness.selection import (
     SelectionInput,
     SelectionLayer,
     layer_budgets,
+    matched_budgets,
     normalize_spec,
     spec_label,
 )
@@ -138,16 +139,65 @@ def test_specs_are_normalized_and_labelled():
     assert spec_label("odd:a/b*[c]") == "r-odda_b__c_"
 
 
+def _total(budgets: list[LayerBudget]) -> int:
+    return sum(b.params for b in budgets)
+
+
+@pytest.mark.parametrize("name", ["ratio", "budget", "energy"])
+def test_matched_selectors_spend_the_reference_total(planted, name):
+    layers = list(planted.values())
+    reference = _total(_budgets("vbmf", layers))
+    budgets, total = matched_budgets(BUILTIN[name], BUILTIN["vbmf"], SelectionInput(None, None, "svd", layers), None)
+    assert total == reference
+    # Within the total, and short of it by less than one more rank step of the coarsest layer could buy.
+    assert reference - 0.2 * reference < _total(budgets) <= reference
+    if name == "ratio":  # the uniform rule at the ratio that gives vbmf's total
+        ratio = sum(layer.dense_params for layer in layers) / reference
+        assert [b.params for b in budgets] == [math.floor(layer.dense_params / ratio) for layer in layers]
+
+
+def test_energy_at_a_total_finds_the_largest_common_share(planted):
+    layers = list(planted.values())
+    for share in ("0.5", "0.8", "0.95"):
+        own = _budgets("energy", layers, argument=share)
+        # Held to the total its own share gives, the search lands on ranks spending exactly that total...
+        matched = layer_budgets(BUILTIN["energy"], SelectionInput(None, None, "svd", layers), _total(own))
+        assert _total(matched) == _total(own)
+        # ...and one parameter less forces a smaller share somewhere.
+        fewer = layer_budgets(BUILTIN["energy"], SelectionInput(None, None, "svd", layers), _total(own) - 1)
+        assert _total(fewer) < _total(own)
+    # A total no rank-1 network meets cannot be matched: the check says so in one line.
+    tiny = RankSelector("tiny", "one parameter per layer", uses_ratio=False, takes_argument=False,
+                        budgets=lambda selection: [1] * len(selection.layers))
+    with pytest.raises(SelectionError, match="spent .* over the 3 of 'tiny'"):
+        matched_budgets(BUILTIN["energy"], tiny, SelectionInput(None, None, "svd", layers), None)
+
+
+def test_matched_specs_are_checked_and_labelled():
+    assert normalize_spec("ratio@vbmf", BUILTIN) == "ratio@vbmf"
+    assert normalize_spec("energy@vbmf", BUILTIN) == "energy@vbmf"  # no default share: the match sets it
+    assert normalize_spec("budget@energy", BUILTIN) == "budget@energy:0.9"
+    for bad, message in (("vbmf@energy", "'vbmf' cannot be held to another selector's total"),
+                         ("ratio@budget", "'budget' takes its total from --ratios"),
+                         ("energy:0.8@vbmf", "takes no argument here"),
+                         ("energy@energy:0.5", "matches a selector to itself"),
+                         ("ratio@vbmf@energy", "match to one selector"),
+                         ("ratio@nope", "unknown rank selector 'nope'")):
+        with pytest.raises(ValueError, match=message):
+            normalize_spec(bad, BUILTIN)
+    assert spec_label("budget@energy:0.9") == "r-budget@energy0.9"
+
+
 def test_plan_gives_ratio_free_selectors_one_cell_and_keeps_default_ids():
     config = RunConfig(backends=["native"], methods=["svd"], targets=["linear"], ratios=[2.0, 4.0], seeds=[0],
-                       rank_selection=["ratio", "energy", "vbmf", "budget"], dense_control=False)
+                       rank_selection=["ratio", "energy", "vbmf", "budget", "budget@vbmf"], dense_control=False)
     info = harness.BackendInfo(name="native", library="torch", library_version=None, methods={"linear": ("svd",)})
     validate_names(config, {"native": info}, {"lenet5": None}, {"mnist-embedded": None}, BUILTIN)
     cells, _ = plan_cells(config, {"native": info}, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)}, BUILTIN)
     prefix = "native/lenet5/mnist-embedded/svd/linear"
     assert [c.cell_id for c in cells] == [
         f"{prefix}/x2/s0", f"{prefix}/x4/s0", f"{prefix}/x1/s0/r-energy0.9", f"{prefix}/x1/s0/r-vbmf",
-        f"{prefix}/x2/s0/r-budget", f"{prefix}/x4/s0/r-budget"]
+        f"{prefix}/x2/s0/r-budget", f"{prefix}/x4/s0/r-budget", f"{prefix}/x1/s0/r-budget@vbmf"]
     # A cell stored before selectors existed (no rank_selection key) keeps its id.
     old = {k: v for k, v in cells[0].to_dict().items() if k != "rank_selection"}
     assert Cell.from_dict(old).cell_id == f"{prefix}/x2/s0"
@@ -172,21 +222,26 @@ def broken_selector(monkeypatch) -> str:
 def test_run_sweeps_selectors_with_budgets_every_layer_keeps(tmp_path, fast_args, broken_selector):
     out = tmp_path / "run"
     code = main(["-p", "fake_backend", "-p", broken_selector, "run", "--backends", "fake", "--methods", "lowrank",
-                 "--rank-selection", "ratio,energy:0.9,vbmf,budget,broken", "--targets", "linear",
+                 "--rank-selection", "ratio,energy:0.9,vbmf,budget,broken,budget@vbmf", "--targets", "linear",
                  "--executor", "inprocess", "--out", str(out), *fast_args])
     assert code == 1  # the broken selector's cell errored; the others ran
     results = load_results(out)
     cells = results.cells.set_index("cell_id")
     prefix = "fake/lenet5/mnist-embedded/lowrank/linear"
     assert sorted(cells.index) == sorted([f"{prefix}/x4/s0", f"{prefix}/x1/s0/r-energy0.9", f"{prefix}/x1/s0/r-vbmf",
-                                          f"{prefix}/x4/s0/r-budget", f"{prefix}/x1/s0/r-broken"])
+                                          f"{prefix}/x4/s0/r-budget", f"{prefix}/x1/s0/r-broken",
+                                          f"{prefix}/x1/s0/r-budget@vbmf"])
     broken = cells.loc[f"{prefix}/x1/s0/r-broken"]
     assert broken["status"] == "error" and "\n" not in broken["error"]
     assert broken["error"].startswith("SelectionError: rank selector 'broken' failed: RuntimeError: no spectrum")
     ok = cells[cells["status"] == "ok"]
-    assert len(ok) == 4
-    assert set(ok["rank_selection"]) == {"ratio", "energy:0.9", "vbmf", "budget"}
+    assert len(ok) == 5
+    assert set(ok["rank_selection"]) == {"ratio", "energy:0.9", "vbmf", "budget", "budget@vbmf"}
     assert set(ok["rank_selector"]) == {"ratio", "energy", "vbmf", "budget"}
+    # The matched cell spends what vbmf chose on the same weights, as the knapsack sees fit.
+    matched, vbmf = cells.loc[f"{prefix}/x1/s0/r-budget@vbmf"], cells.loc[f"{prefix}/x1/s0/r-vbmf"]
+    assert matched["matched_to"] == "vbmf" and matched["matched_total"] == vbmf["budget"]
+    assert 0.8 * vbmf["budget"] < matched["budget"] <= vbmf["budget"]
 
     layers = results.layers[results.layers["cell_id"].isin(ok.index)].copy()
     layers["info"] = layers["info"].map(json.loads)
@@ -214,7 +269,7 @@ def test_run_sweeps_selectors_with_budgets_every_layer_keeps(tmp_path, fast_args
             assert row["info"]["rank"] == rank
             exact += 1
     assert exact >= 4  # vbmf and budget pick far below dense on a briefly trained lenet5
-    budget_rows = layers["rank_selection"] == "budget"
+    budget_rows = layers["rank_selection"] == "budget"  # the knapsack at ratio 4 keeps the uniform rule's total
     assert layers.loc[budget_rows, "max_params"].sum() <= uniform[budget_rows].sum()
 
 
@@ -235,4 +290,5 @@ def test_list_shows_rank_selectors(capsys):
     for line in ("ratio ", "energy:ARG", "vbmf ", "budget "):
         assert line in section
     assert "ignores --ratios" in section and "uses --ratios" in section
+    assert "SEL@REF" in section and "equal total parameters" in section
 

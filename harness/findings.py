@@ -5,7 +5,12 @@ won where (accuracy, measured speed, stability), whether decomposing conv or lin
 layers paid off, whether decomposing trained weights beat training the format from
 scratch, whether the decomposed networks train more or less steadily than the dense
 control, how close measured speedups come to the FLOP bound, and which backend
-decomposes fastest and recovers most often. Numbers are means over seeds of ok cells,
+decomposes fastest and recovers most often. Where the run holds the studies, also: which
+rank selection was most accurate at equal total parameters (a selector and those matched
+to its total with ``SEL@REF``, or ratio-based selectors at the same ratio), and how
+mixed networks (a method per layer: a mix or ``auto``, the category "mixed" beside the
+conv / linear / all targets) compare with single-method ones; a run without a study gets
+no finding about it. Numbers are means over seeds of ok cells,
 stated with their spread and count; a finding whose data the run lacks says what is
 missing instead of guessing. Nothing here is written by hand.
 
@@ -35,12 +40,26 @@ from harness.aggregate import (
     seed_summary,
     with_delta,
 )
+from harness.mixing import AUTO, DENSE, MIX_PREFIX
+from harness.plan import NO_RATIO
+from harness.selection import split_match
 from harness.stability import LAST_K, RECOVERY_TOLERANCE
 from harness.store import KEY_COLUMNS, RunResults
 
 # A comparison is fair only between cells that differ in backend alone.
 COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection", "tensorize"]
 TIE = "tie"  # the winner of a comparison in which every backend shows the same value
+MIXED = "mixed"  # the category of a cell whose method is chosen per layer (a mix or auto), beside its target
+
+
+def categories(cells: pd.DataFrame) -> pd.Series:
+    """Which layers each cell decomposes and how: its target, or :data:`MIXED` for a method chosen per layer.
+
+    A mix (``mix-...``) or ``auto`` gives different layers different methods, so it is kept apart from
+    networks with one method throughout, whatever layers it targets.
+    """
+    method = cells["method"].astype(str)
+    return cells["target"].where(~(method.str.startswith(MIX_PREFIX) | (method == AUTO)), MIXED)
 
 
 @dataclass
@@ -224,10 +243,15 @@ def best_backends(cells: pd.DataFrame) -> list[Finding]:
 
 
 def target_payoff(cells: pd.DataFrame) -> list[Finding]:
-    """Per target and ratio: mean Δ accuracy vs dense and mean measured speedup; which target paid off."""
+    """Per target and ratio: mean Δ accuracy vs dense and mean measured speedup; which target paid off.
+
+    Mixed networks (a method per layer) count as their own target, :data:`MIXED`.
+    """
     key, title = "target_payoff", "Conv vs linear (vs both) decomposition"
     kept, regime_note = _decompose_regime(cells)
     ok = with_delta(kept)
+    if not ok.empty:  # a mixed network is its own category, not one more "all" network
+        ok = ok.assign(target=categories(ok))
     targets = sorted(ok["target"].unique()) if not ok.empty else []
     if len(targets) < 2:
         return [Finding(key, title, f"Only target(s) {', '.join(targets) or 'none'} have ok cells; "
@@ -236,7 +260,7 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
                                               n=("delta", "size")).reset_index()
     common = sorted(set.intersection(*(set(g["ratio"]) for _, g in per.groupby("target"))))
     pivot = per.pivot(index="ratio", columns="target", values=["delta", "speedup"])
-    table = pd.DataFrame({"ratio": [_ratio(r) for r in pivot.index]})
+    table = pd.DataFrame({"ratio": [_ratio_or_total(r) for r in pivot.index]})
     for measure, target in pivot.columns:
         values = pivot[(measure, target)].to_numpy()
         if measure == "delta":
@@ -247,14 +271,259 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
         return [Finding(key, title, "The targets were never run at the same ratio; no comparison.", {}, table)]
     overall = per[per["ratio"].isin(common)].groupby("target")[["delta", "speedup"]].mean()
     least_loss, most_speed = overall["delta"].idxmax(), overall["speedup"].idxmax()
-    ratios = ", ".join(f"×{r:g}" for r in common)
+    ratios = ", ".join(_ratio_or_total(r) for r in common)
     text = (f"At the ratios every target ran ({ratios}), {least_loss} lost least accuracy (mean Δ vs dense "
             + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + " pp) and "
             f"{most_speed} gained most speed (mean measured speedup "
             + ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items()) + f"){regime_note}.")
+    if MIXED in overall.index:
+        text += f" {MIXED} = a method chosen per layer (a mix or auto)."
     numbers = {"least_accuracy_loss": least_loss, "most_speedup": most_speed, "ratios": common,
                "delta": overall["delta"].to_dict(), "speedup": overall["speedup"].to_dict()}
     return [Finding(key, title, text, numbers, table)]
+
+
+def _ratio_or_total(ratio: Any) -> str:
+    """A cell's ratio, or "own total" for the placeholder of a selector that chooses its own total."""
+    return "own total" if not _missing(ratio) and float(ratio) == NO_RATIO else _ratio(ratio)
+
+
+def _equal_total(selection: str, ratio: float) -> str:
+    """What a cell's total parameter budget equals, so cells with the same answer ran at equal total params.
+
+    ``SEL@REF`` spends REF's total and REF spends its own; a ratio-based selector (ratio, budget) spends
+    Σ dense/ratio, the same at the same ratio whichever way it spreads it over the layers.
+    """
+    own, reference = split_match(str(selection))
+    if reference is not None:
+        return f"{reference}'s total"
+    if float(ratio) == NO_RATIO:
+        return f"{own}'s total"
+    return f"Σ dense/×{float(ratio):g}"
+
+
+def _lead_verdict(lead: float, std_a: Any, std_b: Any) -> str:
+    """Whether a difference of means is larger than the larger of the two seed stds."""
+    spreads = [float(v) for v in (std_a, std_b) if not _missing(v)]
+    if not spreads:
+        return "one seed"
+    return "beyond one std" if abs(lead) > max(spreads) else "within one std"
+
+
+def _several(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
+    """The ``columns`` that hold more than one value (the others go without saying)."""
+    return [c for c in columns if c in frame.columns and frame[c].nunique(dropna=False) > 1]
+
+
+def _joined(networks: dict[tuple, list[str]], selections: pd.Series) -> str:
+    """``selections`` as "a = b, c": "=" joins those that built the same network (``networks``' groups)."""
+    chosen = set(selections)
+    parts = [" = ".join(name for name in names if name in chosen) for names in networks.values()]
+    return ", ".join(part for part in parts if part)
+
+
+def rank_selection_at_equal_params(cells: pd.DataFrame) -> list[Finding]:
+    """Which rank selection was most accurate where several ran at equal total parameters; none without a study."""
+    key, title = "rank_selection_at_equal_params", "Rank selections at equal total parameters"
+    ok = decomposed_ok(cells)
+    selections = sorted(ok["rank_selection"].astype(str).unique()) if not ok.empty else []
+    if len(selections) < 2:
+        return []  # the run compares no rank selections: nothing to say
+    ok = ok.assign(equal_total=[_equal_total(s, r) for s, r in zip(ok["rank_selection"], ok["ratio"])])
+    where = ["model", "dataset", "backend", "method", "target", "init", "tensorize", "equal_total"]
+    summary = seed_summary(ok, ["acc_final", "params", "speedup"], where + ["rank_selection"])
+    summary = summary.dropna(subset=["acc_final_mean"])
+    # Selections that built the very same network (same params and accuracy in every seed: with one
+    # decomposed layer a matched total leaves no choice) are one result, not several that agree.
+    same = {key_: tuple(sorted(zip(frame["seed"], pd.to_numeric(frame["params"], errors="coerce").round(6),
+                                   pd.to_numeric(frame["acc_final"], errors="coerce").round(6))))
+            for key_, frame in ok.groupby(where + ["rank_selection"], sort=True, dropna=False)}
+    rows: list[dict[str, Any]] = []
+    for group_key, group in summary.groupby(where, sort=True, dropna=False):
+        if group["rank_selection"].nunique() < 2:
+            continue
+        networks: dict[tuple, list[str]] = {}
+        for selection in group["rank_selection"]:
+            networks.setdefault(same[(*group_key, selection)], []).append(selection)
+
+        # Compared at the shown precision, as every other comparison: equal as shown is a tie.
+        shown = group["acc_final_mean"].round(2)
+        best, rest = group[shown == shown.max()], group[shown != shown.max()]
+        top = best.iloc[0]
+        row: dict[str, Any] = dict(zip(where, group_key))
+        row.update(winner=_joined(networks, best["rank_selection"]) if not rest.empty else TIE,
+                   tied=_joined(networks, best["rank_selection"]), identical=any(len(n) > 1 for n in networks.values()),
+                   per={r["rank_selection"]: r for _, r in group.iterrows()})
+        params = group["params_mean"].dropna()
+        row["params_spread"] = float((params.max() - params.min()) / params.max()) if len(params) and params.max() \
+            else math.nan
+        if not rest.empty:
+            second = rest.loc[rest["acc_final_mean"].idxmax()]
+            row.update(runner_up=second["rank_selection"], lead=top["acc_final_mean"] - second["acc_final_mean"],
+                       verdict=_lead_verdict(top["acc_final_mean"] - second["acc_final_mean"],
+                                             top["acc_final_std"], second["acc_final_std"]))
+        rows.append(row)
+    if not rows:
+        own = [s for s in selections if split_match(s)[1] is None and not ok.loc[
+            ok["rank_selection"] == s, "ratio"].ne(NO_RATIO).any()]
+        text = (f"The run used the rank selections {', '.join(selections)}, but no two ran at equal total parameters "
+                "for the same backend, method and target")
+        text += (f": {', '.join(own)} chose their own total and no selection was matched to it (SEL@REF)"
+                 if own else "") + ". The rank-selection plot compares them by achieved compression instead."
+        return [Finding(key, title, text, {"groups": 0, "selections": selections})]
+    table_rows = pd.DataFrame(rows)
+    decided = table_rows[table_rows["winner"] != TIE]
+    # Co-winners tied at the shown precision each get a win; selections that are one network share one.
+    wins = decided["winner"].str.split(", ").explode() if not decided.empty else pd.Series(dtype=str)
+    verdicts = decided["verdict"].value_counts() if not decided.empty else pd.Series(dtype=int)
+    beyond, within, single = (int(verdicts.get(v, 0)) for v in ("beyond one std", "within one std", "one seed"))
+    text = (f"{len(rows)} group(s) ran two or more rank selections at equal total parameters (a selector and those "
+            "matched to its total with SEL@REF, or ratio-based selectors at the same ratio; same backend, method, "
+            "target and seeds). Most accurate: " + (f"{_counts(wins)}." if not decided.empty else "no selection."))
+    ties = len(rows) - len(decided)
+    if ties:
+        text += f" {ties} group(s) are a tie at the shown precision (2 decimals)."
+    identical = int(table_rows["identical"].sum())
+    if identical:
+        text += (f" In {identical} group(s) some selections built the very same network (equal params and accuracy "
+                 "in every seed, as when one layer is decomposed and the matched total fixes its budget); they are "
+                 "joined by '=' and count as one.")
+    if not decided.empty:
+        text += (f" The lead over the runner-up is larger than the larger seed std in {beyond} of {len(decided)} "
+                 f"decided group(s)" + (f" and within one std in {within}" if within else "")
+                 + (f"; {single} ran one seed, so there is no spread to judge" if single else "") + ".")
+        if beyond == 0 and within:
+            text += " No selection is ahead by more than the seed noise."
+    spread = table_rows["params_spread"].max()
+    if not _missing(spread):
+        text += (f" Achieved parameters of the decomposed layers differ by at most {_share(spread)} within a group "
+                 "(a backend may fill less than its budget).")
+    numbers = {"groups": len(rows), "wins": wins.value_counts().to_dict(), "ties": ties, "identical": identical,
+               "beyond_std": beyond,
+               "within_std": within, "one_seed": single, "params_spread": None if _missing(spread) else spread,
+               "winners": {"/".join(str(r[c]) for c in where if r[c] != ""): {
+                   "selection": r["winner"], "tied": r["tied"].split(", ") if r["winner"] == TIE else [],
+                   "lead": r.get("lead"), "verdict": r.get("verdict")} for r in rows}}
+    # Matched selections after the plain ones, so a reference comes before the selectors matched to it.
+    order = sorted({s for r in rows for s in r["per"]}, key=lambda s: (split_match(s)[1] is not None, s))
+    shown = pd.DataFrame({c: table_rows[c] for c in _several(table_rows, ("model", "dataset", "init", "tensorize"))})
+    for column in ("backend", "method", "target"):
+        shown[column] = table_rows[column]
+    shown["equal total"] = table_rows["equal_total"]
+    for selection in order:
+        present = [r["per"].get(selection) for r in rows]
+        shown[f"{selection} acc %"] = ["–" if p is None else mean_std(p["acc_final_mean"], p["acc_final_std"],
+                                                                     p["n"]) for p in present]
+        shown[f"{selection} params"] = ["–" if p is None or _missing(p["params_mean"]) else f"{p['params_mean']:.0f}"
+                                        for p in present]
+        shown[f"{selection} speedup ×"] = ["–" if p is None else mean_std(p["speedup_mean"], p["speedup_std"], None)
+                                           for p in present]
+    shown["best"] = [f"tie: {r['tied']}" if r["winner"] == TIE else r["winner"] for r in rows]
+    shown["lead pp"] = [_pp(r.get("lead"), signed=True) for r in rows]
+    shown["lead vs seed std"] = [r.get("verdict") or "–" for r in rows]
+    return [Finding(key, title, text, numbers, shown)]
+
+
+def _mix_parts(method: str) -> tuple[str | None, str | None]:
+    """The conv and linear methods of a mixed cell's label (``mix-tucker2+svd``: tucker2, svd); None = left dense.
+
+    ``auto`` picks per layer on either kind, so its conv-only and linear-only counterparts are ``auto`` too.
+    """
+    if method == AUTO:
+        return AUTO, AUTO
+    parts = method.removeprefix(MIX_PREFIX).split("+")
+    conv = parts[0] if parts and parts[0] != DENSE else None
+    linear = parts[1] if len(parts) > 1 and parts[1] != DENSE else None
+    return conv, linear
+
+
+def mixed_vs_single(cells: pd.DataFrame) -> list[Finding]:
+    """Each mixed network against single-method ones of the same backend, ratio and rank selection; none without."""
+    key, title = "mixed_vs_single", "Mixed methods vs one method"
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return []
+    ok = ok.assign(category=categories(ok), model_compression=pd.to_numeric(ok["model_params_dense"], errors="coerce")
+                   / pd.to_numeric(ok["model_params"], errors="coerce"))
+    if not (ok["category"] == MIXED).any():
+        return []  # the run has no mixed networks: nothing to say
+    where = ["model", "dataset", "backend", "ratio", "rank_selection"]
+    config = where + ["method", "target", "category", "init", "tensorize"]
+    summary = seed_summary(ok, ["acc_final", "model_compression", "speedup"], config)
+    summary = summary.dropna(subset=["acc_final_mean"])
+    rows: list[dict[str, Any]] = []
+    for _, mix in summary[summary["category"] == MIXED].iterrows():
+        same = summary[(summary[where] == mix[where]).all(axis=1) & (summary["category"] != MIXED)
+                       # A method the backend does not tensorize keeps the default label whatever the mix has.
+                       & summary["tensorize"].isin([mix["tensorize"], ""])]
+        singles = same[(same["target"] == mix["target"]) & (same["init"] == mix["init"])]
+        row: dict[str, Any] = {"mix": mix}
+        if not singles.empty:
+            row["single"] = singles.loc[singles["acc_final_mean"].round(2).idxmax()]
+        if mix["target"] == "all":  # the mix's own method on one kind of layer only
+            for kind, method in zip(("conv", "linear"), _mix_parts(str(mix["method"]))):
+                part = summary[(summary[where] == mix[where]).all(axis=1) & (summary["target"] == kind)
+                               & (summary["method"] == method) & summary["tensorize"].isin([mix["tensorize"], ""])]
+                if not part.empty:  # the mix's own shapes first, else the default ones
+                    row[kind] = part.sort_values("tensorize", key=lambda t: t != mix["tensorize"]).iloc[0]
+        if len(row) > 1:
+            rows.append(row)
+    mixes = sorted(summary.loc[summary["category"] == MIXED, "method"].unique())
+    if not rows:
+        return [Finding(key, title, f"The run has mixed networks ({', '.join(mixes)}) but no single-method network "
+                                    "of the same backend, ratio and rank selection to compare them with.",
+                        {"comparisons": 0, "mixes": mixes})]
+    with_single = [r for r in rows if "single" in r]
+    outcome = {"more": 0, "tie": 0, "less": 0, "more_beyond": 0, "less_beyond": 0, "faster": 0}
+    for r in with_single:
+        mix, single = r["mix"], r["single"]
+        lead = round(mix["acc_final_mean"], 2) - round(single["acc_final_mean"], 2)
+        beyond = _lead_verdict(lead, mix["acc_final_std"], single["acc_final_std"]) == "beyond one std"
+        side = "more" if lead > 0 else "less" if lead < 0 else "tie"
+        outcome[side] += 1
+        if side != "tie" and beyond:
+            outcome[f"{side}_beyond"] += 1
+        outcome["faster"] += int(round(mix["speedup_mean"], 2) > round(single["speedup_mean"], 2))
+    text = (f"{len(rows)} mixed configuration(s) ({', '.join(mixes)}) compared with single-method networks of the "
+            "same backend, ratio and rank selection.")
+    if with_single:
+        def beyond(side: str) -> str:
+            count = outcome[f"{side}_beyond"]
+            return f" ({count} by more than the larger seed std)" if outcome[side] else ""
+
+        text += (f" Against the most accurate single method on the same layers, the mix was more accurate in "
+                 f"{outcome['more']} of {len(with_single)}{beyond('more')}, tied at the shown precision in "
+                 f"{outcome['tie']} and less accurate in {outcome['less']}{beyond('less')}; its measured speedup "
+                 f"was higher in {outcome['faster']}.")
+    means = {name: float(pd.Series([r[name]["model_compression_mean"] for r in rows if name in r]).mean())
+             for name in ("mix", "single", "conv", "linear") if any(name in r for r in rows)}
+    labels = {"mix": "mixed", "single": "best single method", "conv": "conv only", "linear": "linear only"}
+    text += (" Mean whole-model compression: " + ", ".join(f"{labels[n]} ×{v:.2f}" for n, v in means.items())
+             + "; the comparison is at the same ratio, not the same whole-model compression (the target comparison "
+               "plot compares at equal compression). Conv only and linear only use the mix's own method for those "
+               "layers.")
+    numbers = {"comparisons": len(rows), "with_single": len(with_single), **outcome, "model_compression": means,
+               "mixes": mixes}
+    frame = pd.DataFrame([r["mix"] for r in rows])
+    shown = pd.DataFrame({c: frame[c].to_numpy() for c in _several(frame, ("model", "dataset"))})
+    shown["backend"] = frame["backend"].to_numpy()
+    shown["ratio"] = frame["ratio"].map(_ratio_or_total).to_numpy()
+    if frame["rank_selection"].nunique() > 1:
+        shown["rank selection"] = frame["rank_selection"].to_numpy()
+    shown["mix"] = frame["method"].to_numpy()
+    for name, label in labels.items():
+        if not any(name in r for r in rows):
+            continue
+        if name == "single":
+            shown["best single method"] = [r["single"]["method"] if "single" in r else "–" for r in rows]
+        prefix = {"mix": "mix", "single": "single"}.get(name, label)
+        sides = [r.get(name) for r in rows]
+        shown[f"{prefix} acc %"] = ["–" if x is None else mean_std(x["acc_final_mean"], x["acc_final_std"], x["n"])
+                                    for x in sides]
+        shown[f"{prefix} whole-model ×"] = ["–" if x is None else _pp(x["model_compression_mean"]) for x in sides]
+        shown[f"{prefix} speedup ×"] = ["–" if x is None else mean_std(x["speedup_mean"], x["speedup_std"], None)
+                                        for x in sides]
+    return [Finding(key, title, text, numbers, shown)]
 
 
 def regime(cells: pd.DataFrame) -> list[Finding]:
@@ -455,6 +724,8 @@ def recovery(cells: pd.DataFrame) -> list[Finding]:
 FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame], list[Finding]]] = [
     lambda cells, epochs: best_backends(cells),
     lambda cells, epochs: target_payoff(cells),
+    lambda cells, epochs: mixed_vs_single(cells),
+    lambda cells, epochs: rank_selection_at_equal_params(cells),
     lambda cells, epochs: regime(cells),
     control_stability,
     lambda cells, epochs: speedup_vs_flops(cells),

@@ -1,4 +1,4 @@
-"""Plots of a run: matplotlib figures built from the cells and epochs frames, no global state.
+"""Plots of a run: matplotlib figures built from the cells, epochs and layers frames, no global state.
 
 Each function takes the frames of a run and returns a :class:`matplotlib.figure.Figure`
 (created directly, never through pyplot, so plotting is thread-safe and backend-free);
@@ -10,12 +10,23 @@ seed std as error bar or band. Compression axes are log 2 with ticks only at the
 nominal ratios and powers of two (:func:`_ratio_axis`), so nearby achieved
 compressions do not print their labels on top of each other. Missing data (one seed, no
 control rows, no "all" target, no ok cells) never raises: a plot draws what exists and
-says in a note what is not there. :data:`PLOTS` lists every plot with its caption.
+says in a note what is not there.
+
+Besides the plots every run gets, three belong to studies a run may or may not hold: the
+rank-selection study (accuracy and speedup against compression per rank selection, so
+selectors matched to the same total line up vertically), the tensorized-shapes sweep
+(accuracy, parameters and speedup against the number of modes d) and accuracy against
+each layer's rank (from the layers frame). Conv-only, linear-only, both and mixed
+networks (a mix or ``auto``: a method chosen per layer) are compared at equal
+whole-model compression. A plot with nothing to draw for a run returns a small note
+figure that :func:`nothing_to_show` recognises, so a report can fold it away instead of
+showing empty panels. :data:`PLOTS` lists every plot with its caption.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import textwrap
 from collections.abc import Callable, Iterable
@@ -35,15 +46,22 @@ from matplotlib.ticker import (
 )
 
 from harness.aggregate import CONTROL_BACKEND, control_ok, decomposed_ok, seed_summary
-from harness.store import RunResults
+from harness.findings import MIXED, categories
+from harness.plan import NO_RATIO
+from harness.store import KEY_COLUMNS, RunResults
+from harness.tensorize import EXPLICIT, Tensorization
 
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px at DPI
 MAX_PANELS = 16
 ACCURACY_WINDOW = 15.0  # percentage points shown below the dense baseline; lower points are marked at the edge
-TARGET_MARKERS = {"conv": "o", "linear": "s", "all": "^"}
-TARGET_COLOURS = {"conv": "#1b9e77", "linear": "#d95f02", "all": "#7570b3"}
+TARGET_MARKERS = {"conv": "o", "linear": "s", "all": "^", MIXED: "D"}
+TARGET_COLOURS = {"conv": "#1b9e77", "linear": "#d95f02", "all": "#7570b3", MIXED: "#e7298a"}
 MARKERS = "osD^vP*X<>"
+RATIO_STYLES = ["-", "--", ":", "-."]
+DODGE = 0.012  # log2 units between neighbouring rank selections drawn at the same compression
+# The attribute by which a note figure (nothing to plot for this run) is told apart from a plot.
+NOTHING_TO_SHOW = "harness_nothing_to_show"
 
 
 def backend_colours(backends: Iterable[str]) -> dict[str, str]:
@@ -78,7 +96,24 @@ def _empty(title: str, note: str) -> Figure:
     axis = figure.add_subplot()
     axis.axis("off")
     axis.text(0.5, 0.5, note, ha="center", va="center", fontsize=11, color="dimgray", wrap=True)
+    # Marked so a report can fold the note away (a study the run did not hold is not worth a full figure).
+    setattr(figure, NOTHING_TO_SHOW, note)
     return figure
+
+
+def nothing_to_show(figure: Figure) -> str | None:
+    """The note of a figure that has nothing to plot for its run (it only says why), else None."""
+    return getattr(figure, NOTHING_TO_SHOW, None)
+
+
+def _colours(names: Iterable[str], palette: str = "Dark2") -> dict[str, str]:
+    """One colour per name (sorted), from a palette other than the backends' so the two are not confused."""
+    colours = colormaps[palette].colors
+    return {name: to_hex(colours[i % len(colours)]) for i, name in enumerate(sorted({str(n) for n in names}))}
+
+
+def _markers(names: Iterable[str]) -> dict[str, str]:
+    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(sorted({str(n) for n in names}))}
 
 
 def _note(figure: Figure, notes: list[str]) -> None:
@@ -86,16 +121,17 @@ def _note(figure: Figure, notes: list[str]) -> None:
         figure.supxlabel(textwrap.fill("Note: " + " ".join(notes), 150), fontsize=9, color="dimgray")
 
 
-def _panels(frame: pd.DataFrame, by: list[str]) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
-    """Groups of ``frame`` by ``by`` (model/dataset added when the run has several), capped at MAX_PANELS."""
+def _panels(frame: pd.DataFrame, by: list[str], limit: int = MAX_PANELS
+            ) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
+    """Groups of ``frame`` by ``by`` (model/dataset added when the run has several), capped at ``limit``."""
     several = frame[["model", "dataset"]].drop_duplicates().shape[0] > 1
     keys = (["model", "dataset"] if several else []) + by
     if not keys:
         return [("", frame)], []
     groups = [(" / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))), group)
               for key, group in frame.groupby(keys, sort=True)]
-    notes = [f"{len(groups) - MAX_PANELS} more panels left out."] if len(groups) > MAX_PANELS else []
-    return groups[:MAX_PANELS], notes
+    notes = [f"{len(groups) - limit} more panels left out."] if len(groups) > limit else []
+    return groups[:limit], notes
 
 
 def _ratio_axis(axis, label: str, values: pd.Series, nominal: Iterable[float] = ()) -> None:
@@ -377,30 +413,37 @@ def decomposition_time(cells: pd.DataFrame) -> Figure:
 
 
 def target_comparison(cells: pd.DataFrame) -> Figure:
-    """Conv-only vs linear-only vs both, compared at equal whole-model compression."""
-    title = "Which layers to decompose: conv vs linear vs both, at equal whole-model compression"
+    """Conv-only vs linear-only vs both (vs mixed methods), compared at equal whole-model compression.
+
+    A mixed cell (a mix, or ``auto`` choosing the method per layer) is its own category beside the
+    targets, so a network with one method everywhere and one with a method per layer stay apart.
+    """
     ok = decomposed_ok(cells)
+    mixed = not ok.empty and (categories(ok) == MIXED).any()
+    # With mixed networks the longer list needs a shorter phrasing, or the title runs under the legend.
+    title = ("Conv vs linear vs both vs mixed networks at equal whole-model compression" if mixed else
+             "Which layers to decompose: conv vs linear vs both, at equal whole-model compression")
     if ok.empty:
         return _empty(title, "No ok decomposed cells to plot.")
     ok = ok.assign(model_compression=pd.to_numeric(ok["model_params_dense"], errors="coerce")
-                   / pd.to_numeric(ok["model_params"], errors="coerce"))
-    groups, notes = _panels(ok, [])
-    groups = groups[: MAX_PANELS // 2]
+                   / pd.to_numeric(ok["model_params"], errors="coerce"), category=categories(ok))
+    groups, notes = _panels(ok, [], limit=MAX_PANELS // 2)
     figure, axes = _figure(2 * len(groups), 2, 3.4)
     measures = [("acc_final", "final test accuracy %", "best final accuracy"),
                 ("speedup", "speedup × (dense / decomposed latency)", "best measured speedup")]
     for index, (name, frame) in enumerate(groups):
         summary = seed_summary(frame, ["model_compression", "acc_final", "speedup"],
-                               ["target", "backend", "method", "init", "ratio", "rank_selection", "tensorize"])
+                               ["category", "target", "backend", "method", "init", "ratio", "rank_selection",
+                                "tensorize"])
         for (metric, label, what), axis in zip(measures, axes[2 * index: 2 * index + 2]):
             baseline = _dense_lines(axis, cells, frame) if metric == "acc_final" else None
             if metric == "speedup":
                 axis.axhline(1.0, color="black", linewidth=0.8)
             clipped = _clip_accuracy(axis, summary[f"{metric}_mean"], baseline)[0] if baseline else 0
-            for target, points in summary.groupby("target"):
-                colour = TARGET_COLOURS.get(target, "gray")
+            for category, points in summary.groupby("category"):
+                colour = TARGET_COLOURS.get(category, "gray")
                 axis.scatter(points["model_compression_mean"], points[f"{metric}_mean"], color=colour, alpha=0.35,
-                             s=14, marker=TARGET_MARKERS.get(target, "D"))
+                             s=14, marker=TARGET_MARKERS.get(category, "D"))
                 front = _pareto(points, "model_compression_mean", f"{metric}_mean")
                 axis.step(front["model_compression_mean"], front[f"{metric}_mean"], where="pre", color=colour,
                           linewidth=1.8)
@@ -411,14 +454,261 @@ def target_comparison(cells: pd.DataFrame) -> Figure:
             axis.set_ylabel(label)
             axis.set_title(f"{name + ': ' if name else ''}{what} at ≥ this compression", fontsize=10)
             axis.grid(alpha=0.3)
-    targets = sorted(ok["target"].unique())
-    if "all" not in targets:
-        notes.append("No cells decompose conv and linear layers together (target 'all').")
+    shown = sorted(ok["category"].unique(), key=lambda c: (c == MIXED, c))  # mixed last, beside the targets
+    if "all" not in shown:
+        notes.append("No cells decompose conv and linear layers together with one method (target 'all').")
     notes.append("Equal compression = the same share of the whole network's parameters removed, not the same ratio.")
-    handles = [Line2D([], [], color=TARGET_COLOURS.get(t, "gray"), marker=TARGET_MARKERS.get(t, "D"), label=f"{t}")
-               for t in targets] + _dense_legend(cells)
-    figure.legend(handles=handles, loc="outside right upper", fontsize=8, title="target")
+    handles = [Line2D([], [], color=TARGET_COLOURS.get(c, "gray"), marker=TARGET_MARKERS.get(c, "D"),
+                      label="mixed (a method per layer)" if c == MIXED else c) for c in shown] + _dense_legend(cells)
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8, title="layers decomposed")
     figure.suptitle(title + "\n(dots: backend × method × ratio, mean over seeds; line: best at ≥ compression)",
+                    fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+def _info(text: object) -> dict:
+    """A layer row's ``info`` JSON as a dict; anything unreadable is an empty dict (the row is then skipped)."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _rank_scalar(rank: object) -> float:
+    """A layer's rank as one number: an int as is, a list (Tucker-2's two ranks, a TT chain) by its largest entry.
+
+    NaN for anything else (a missing or non-numeric rank), so such a layer is left out rather than guessed.
+    """
+    if isinstance(rank, bool):
+        return math.nan
+    if isinstance(rank, int | float):
+        return float(rank) if math.isfinite(rank) and rank > 0 else math.nan
+    if isinstance(rank, list | tuple):
+        entries = [_rank_scalar(entry) for entry in rank]
+        entries = [entry for entry in entries if not math.isnan(entry)]
+        return max(entries) if entries else math.nan
+    return math.nan
+
+
+def _accuracy_points(axis, x, points: pd.DataFrame, floor: float, **style) -> None:
+    """Mean accuracy with its seed std; a point more than the window below the baseline is a ▼ at the edge."""
+    low = points["acc_final_mean"] < floor
+    axis.errorbar(x.where(~low), points["acc_final_mean"].where(~low), yerr=points["acc_final_std"].where(~low),
+                  capsize=2, **style)
+    if low.any():
+        axis.plot(x[low], [floor] * int(low.sum()), "v", color=style.get("color"), linestyle="none")
+
+
+def rank_selection_study(cells: pd.DataFrame) -> Figure:
+    """Final accuracy and measured speedup against compression, one colour per rank selection, per (method, target).
+
+    Matched selections (``SEL@REF``) spend exactly the total REF chose, so they sit at REF's compression and
+    compare vertically; ratio-based ones (ratio, budget) spend Σ dense/ratio and line up per ratio.
+    """
+    title = "Rank selections compared at their achieved compression (mean ± std over seeds)"
+    ok = decomposed_ok(cells)
+    selections = sorted(ok["rank_selection"].unique()) if not ok.empty else []
+    if len(selections) < 2:
+        used = f"only the rank selection {selections[0]!r}" if selections else "no rank selection with ok cells"
+        return _empty(title, f"This run has {used}; comparing rank selections needs two or more.")
+    several = ok.groupby(["method", "target"])["rank_selection"].transform("nunique") > 1
+    notes = []
+    if not several.all():
+        left = ok.loc[~several, ["method", "target"]].drop_duplicates().shape[0]
+        notes.append(f"{left} (method, target) pair(s) ran under one rank selection only and are left out.")
+    ok = ok[several]
+    if ok.empty:
+        return _empty(title, "No (method, target) ran under two or more rank selections.")
+    colours = _colours(selections)
+    markers = _markers(ok["backend"].unique())
+    groups, more = _panels(ok, ["method", "target"], limit=MAX_PANELS // 2)
+    notes += more
+    figure, axes = _figure(2 * len(groups), 2, 3.2)
+    clipped = 0
+    for index, (name, frame) in enumerate(groups):
+        summary = seed_summary(frame, ["compression", "acc_final", "speedup"],
+                               ["backend", "rank_selection", "init", "tensorize", "ratio"])
+        summary = summary.sort_values("compression_mean")
+        accuracy, speed = axes[2 * index: 2 * index + 2]
+        baseline = _dense_lines(accuracy, cells, frame)
+        cut, floor = _clip_accuracy(accuracy, summary["acc_final_mean"], baseline)
+        clipped += cut
+        speed.axhline(1.0, color="black", linewidth=0.8)
+        for (backend, selection, init, _), points in summary.groupby(["backend", "rank_selection", "init",
+                                                                       "tensorize"]):
+            # A line joins one selection's points across ratios; a selector with its own total is one point.
+            style = dict(fmt=markers[backend] + "-", color=colours[selection], linewidth=0.8, markersize=5,
+                         markerfacecolor="none" if init == "scratch" else colours[selection])
+            # Selections at equal params (often the very same network) would hide each other: dodged sideways.
+            x = points["compression_mean"] * 2 ** (DODGE * (selections.index(selection) - (len(selections) - 1) / 2))
+            _accuracy_points(accuracy, x, points, floor, **style)
+            speed.errorbar(x, points["speedup_mean"], yerr=points["speedup_std"], capsize=2, **style)
+        nominal = [r for r in summary["ratio"] if r != NO_RATIO]
+        for axis, what in ((accuracy, "final accuracy"), (speed, "measured speedup")):
+            _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"], nominal)
+            axis.set_title(f"{name}: {what}", fontsize=10)
+            axis.grid(alpha=0.3)
+        accuracy.set_ylabel("final test accuracy %")
+        speed.set_ylabel("speedup × (dense / decomposed latency)")
+    if clipped:
+        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
+                     "as ▼ at the lower edge.")
+    if summary_single_seed(ok):
+        notes.append("One seed: no error bars.")
+    notes.append("SEL@REF spends exactly the total parameters REF chose on the same layers, so it sits at REF's "
+                 "compression; vbmf and energy choose their own total (no ratio). Points of different selections "
+                 "are nudged sideways a little so equal ones stay visible.")
+    handles = [Line2D([], [], color=colours[s], marker="o", linestyle="-", label=s) for s in selections
+               if s in set(ok["rank_selection"])]
+    if len(markers) > 1:
+        handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=b) for b, m in markers.items()]
+    if (ok["init"] == "scratch").any():
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="none",
+                              label="from scratch"))
+    figure.legend(handles=handles + _dense_legend(cells), loc="outside right upper", fontsize=8,
+                  title="rank selection")
+    figure.suptitle(title, fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+def accuracy_vs_rank(cells: pd.DataFrame, layers: pd.DataFrame) -> Figure:
+    """Final accuracy against the rank each decomposed layer got, one panel per layer path.
+
+    x is the layer's rank as one number, the largest entry when the backend records a list (Tucker-2's
+    output and input ranks, a TT chain). A rank counts different parameters in different formats, so
+    the colour is the layer's own method (in a mix or ``auto`` cell, the method that layer got) and a
+    line joins one configuration's points across ratios: read along a colour, not across colours.
+    """
+    title = "Final accuracy against each decomposed layer's rank\n(mean ± std over seeds; one panel per layer)"
+    ok = decomposed_ok(cells)
+    needed = {"cell_id", "layer", "info"}
+    if ok.empty or layers is None or layers.empty or not needed <= set(layers.columns):
+        return _empty(title, "No ok decomposed cells with per-layer records to plot.")
+    keys = [c for c in KEY_COLUMNS if c in ok.columns]
+    # The cell's keys come from the cells frame, so a layers frame without them still joins.
+    rows = layers[["cell_id", "layer", "info"]].merge(ok[["cell_id", *keys, "acc_final"]], on="cell_id")
+    infos = [_info(text) for text in rows["info"]]
+    rows = rows.assign(rank_x=[_rank_scalar(info.get("rank")) for info in infos],
+                       layer_method=[str(info.get("method") or method) for info, method in zip(infos, rows["method"])])
+    rows = rows.dropna(subset=["rank_x"])
+    if rows.empty:
+        return _empty(title, "No decomposed layer of an ok cell records its rank.")
+    colours = _colours(rows["layer_method"].unique())
+    markers = _markers(rows["backend"].unique())
+    panels, notes = _panels(rows, ["layer"])
+    figure, axes = _figure(len(panels), 3, 3.0)
+    clipped = 0
+    series = ["backend", "layer_method", "method", "target", "init", "rank_selection", "tensorize"]
+    for axis, (name, panel) in zip(axes, panels):
+        summary = seed_summary(panel, ["rank_x", "acc_final"], series + ["ratio"]).sort_values("rank_x_mean")
+        baseline = _dense_lines(axis, cells, panel)
+        cut, floor = _clip_accuracy(axis, summary["acc_final_mean"], baseline)
+        clipped += cut
+        for (backend, method, *_), points in summary.groupby(series):
+            _accuracy_points(axis, points["rank_x_mean"], points, floor, fmt=markers[backend] + "-",
+                             color=colours[method], linewidth=0.8, markersize=5, alpha=0.85)
+        axis.set_title(name if " / " in name else f"layer {name}", fontsize=10)  # a bare path can read as a number
+        _ratio_axis(axis, "layer rank (largest entry of a list)", summary["rank_x_mean"])
+        axis.set_ylabel("final test accuracy %")
+        axis.grid(alpha=0.3)
+    if clipped:
+        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
+                     "as ▼ at the lower edge.")
+    notes.append("A rank means different sizes in different formats: compare points of one colour.")
+    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="-", label=m) for m in colours]
+    if len(markers) > 1:
+        handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=b) for b, m in markers.items()]
+    figure.legend(handles=handles + _dense_legend(cells), loc="outside right upper", fontsize=8,
+                  title="layer method")
+    figure.suptitle(title, fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
+def _modes(label: object) -> tuple[float, bool]:
+    """(number of modes d, padded) of a ``tensorize`` label; d is NaN for explicit shapes (d per layer) or junk."""
+    try:
+        setting = Tensorization.parse(label if isinstance(label, str) else "")
+    except ValueError:
+        return math.nan, False
+    return (math.nan if setting.explicit else float(setting.d)), setting.pad
+
+
+def tensorize_sweep(cells: pd.DataFrame) -> Figure:
+    """Final accuracy, decomposed-layer parameters and measured speedup against the number of modes d.
+
+    Only (backend, method) pairs that ran at two or more d are drawn: one line per (backend, method)
+    and configuration, linestyle per ratio, hollow markers for padded shapes (``-pad``).
+    """
+    title = "Tensorized Linear layers against their number of modes d"
+    ok = decomposed_ok(cells)
+    notes = []
+    if not ok.empty:
+        shapes = [_modes(label) for label in ok["tensorize"]]
+        ok = ok.assign(d=[d for d, _ in shapes], pad=[pad for _, pad in shapes])
+        if ok["tensorize"].astype(str).str.startswith(EXPLICIT).any():
+            notes.append("Cells with explicit per-layer shapes have no single d and are left out.")
+        ok = ok.dropna(subset=["d"])
+        # A method a backend does not tensorize runs once (d does not apply to it), so it is not a sweep.
+        where = ["backend", "method", "model", "dataset", "target"]
+        ok = ok[ok.groupby(where)["d"].transform("nunique") > 1] if not ok.empty else ok
+    if ok.empty:
+        return _empty(title, "No (backend, method) ran at two or more numbers of modes d (--tt-d).")
+    colours = backend_colours(cells["backend"].unique())
+    markers = _markers(ok["method"].unique())
+    ratios = sorted(ok["ratio"].unique())
+    styles = {r: RATIO_STYLES[i % len(RATIO_STYLES)] for i, r in enumerate(ratios)}
+    groups, more = _panels(ok, ["target"], limit=MAX_PANELS // 3)
+    notes += more
+    figure, axes = _figure(3 * len(groups), 3, 3.0)
+    clipped = 0
+    measures = [("acc_final", "final test accuracy %"), ("params", "params of the decomposed layers"),
+                ("speedup", "speedup × (dense / decomposed latency)")]
+    series = ["backend", "method", "init", "rank_selection", "ratio", "pad"]
+    for index, (name, frame) in enumerate(groups):
+        summary = seed_summary(frame, [m for m, _ in measures], series + ["d"]).sort_values("d")
+        row = axes[3 * index: 3 * index + 3]
+        baseline = _dense_lines(row[0], cells, frame)
+        cut, floor = _clip_accuracy(row[0], summary["acc_final_mean"], baseline)
+        clipped += cut
+        row[2].axhline(1.0, color="black", linewidth=0.8)
+        for (backend, method, init, _, ratio, pad), points in summary.groupby(series):
+            style = dict(fmt=markers[method] + styles[ratio], color=colours[backend], linewidth=1.0, markersize=5,
+                         markerfacecolor="none" if pad or init == "scratch" else colours[backend])
+            _accuracy_points(row[0], points["d"], points, floor, **style)
+            for axis, metric in zip(row[1:], ("params", "speedup")):
+                axis.errorbar(points["d"], points[f"{metric}_mean"], yerr=points[f"{metric}_std"], capsize=2,
+                              **style)
+        for axis, (metric, label) in zip(row, measures):
+            if metric == "params":  # parameters fall roughly geometrically with d; speedup stays linear near 1
+                _log_y(axis)
+            axis.set_xticks(sorted(summary["d"].unique()))
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_xlabel("modes d of the tensorized Linear layers", fontsize=9)
+            axis.set_ylabel(label, fontsize=9)
+            axis.set_title(f"{name + ': ' if name else ''}{label.split(' (')[0]}", fontsize=10)
+            axis.grid(alpha=0.3)
+    if clipped:
+        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
+                     "as ▼ at the lower edge.")
+    if summary_single_seed(ok):
+        notes.append("One seed: no error bars.")
+    handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b)
+               for b in sorted(ok["backend"].unique())]
+    handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=f"method {n}")
+                for n, m in markers.items()]
+    handles += [Line2D([], [], color="gray", linestyle=styles[r],
+                       label="selector's own total" if r == NO_RATIO else f"ratio ×{r:g}") for r in ratios]
+    if ok["pad"].any():
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="none",
+                              label="padded shapes (or from scratch)"))
+    figure.legend(handles=handles + _dense_legend(cells), loc="outside right upper", fontsize=8)
+    figure.suptitle(title + "\n(mean ± std over seeds; only (backend, method) pairs run at ≥ 2 values of d)",
                     fontsize=11)
     _note(figure, notes)
     return figure
@@ -437,6 +727,21 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
     "decomposition_time": (lambda r: decomposition_time(r.cells),
                            "Seconds per cell spent decomposing, per backend and method (log scale)."),
     "target_comparison": (lambda r: target_comparison(r.cells),
-                          ("Conv-only, linear-only and both at equal whole-model compression: best final accuracy "
-                          "and best measured speedup reachable at or above each compression.")),
+                          ("Conv-only, linear-only and both (and mixed networks, a method per layer, where the run "
+                           "has them) at equal whole-model compression: best final accuracy and best measured speedup "
+                           "reachable at or above each compression.")),
+    "rank_selection_study": (lambda r: rank_selection_study(r.cells),
+                             ("Rank selections compared: final accuracy and measured speedup against the achieved "
+                              "compression of the decomposed layers, one row per method and target, one colour per "
+                              "selection; a selection matched to another's total (SEL@REF) sits at the same "
+                              "compression, so the two compare vertically.")),
+    "accuracy_vs_rank": (lambda r: accuracy_vs_rank(r.cells, r.layers),
+                         ("Final accuracy against the rank each decomposed layer got (the largest entry when the rank "
+                          "is a list, as for Tucker-2 or a TT chain), one panel per layer, colour = the layer's "
+                          "method. The same rank costs different parameters in different formats, so read along one "
+                          "colour; the per-layer table gives each layer's size.")),
+    "tensorize_sweep": (lambda r: tensorize_sweep(r.cells),
+                        ("Tensorized Linear layers: final accuracy, parameters of the decomposed layers and measured "
+                         "speedup against the number of modes d, one line per backend and method, linestyle per "
+                         "ratio; only pairs that ran at two or more d.")),
 }

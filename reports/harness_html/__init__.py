@@ -4,7 +4,8 @@ Writes ``report.html`` (inline CSS, plots embedded as base64 PNG, no scripts and
 external resources, so it can be mailed or archived as one file) and each plot as
 ``plots/<name>.png`` into the run directory, rebuilt from the store. The page holds the
 run's metadata (command, versions, hardware, seeds, FLOP convention), the computed
-findings of :mod:`harness.findings`, the plots of :mod:`harness.plots` and the tables
+findings of :mod:`harness.findings`, the plots of :mod:`harness.plots` (those with nothing to show for
+the run, such as a study it did not hold, folded into one collapsed note) and the tables
 of :mod:`harness_tables` (dense baselines, dense control, mean ± std over seeds per
 configuration, budget deviations per configuration, cells not ok: failed cells one by
 one, unsupported cells grouped in a collapsed ``<details>``). A key column holding one
@@ -142,12 +143,17 @@ def _finding_html(finding: Finding) -> str:
 
 
 def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
-    """Each plot rendered once: written to ``folder`` and embedded; a failing plot becomes a note."""
-    parts, written = [], []
+    """Each plot rendered once: written to ``folder`` and embedded; a failing plot becomes a note.
+
+    A plot with nothing to show for this run (a study it did not hold, no ok cells) is folded into one
+    collapsed ``<details>`` after the others, its reason in text, so it neither clutters the page nor vanishes.
+    """
+    parts, empty, written = [], [], []
     folder.mkdir(exist_ok=True)
     for name, (draw, caption) in plots.PLOTS.items():
         try:
-            png = plots.to_png(draw(results))
+            figure = draw(results)
+            png = plots.to_png(figure)
         except Exception as exc:  # noqa: BLE001 - one broken plot must not take the report down
             parts.append(f'<figure id="plot-{name}"><p class="note">This plot could not be drawn: '
                          f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
@@ -157,8 +163,14 @@ def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
         path.write_bytes(png)
         written.append(str(path))
         data = base64.b64encode(png).decode("ascii")
-        parts.append(f'<figure id="plot-{name}"><img alt="{html.escape(caption)}" '
-                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+        note = plots.nothing_to_show(figure)
+        reason = f'<p class="muted">Nothing to show: {html.escape(note)}</p>' if note else ""
+        (empty if note else parts).append(
+            f'<figure id="plot-{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"{reason}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if empty:
+        parts.append(f'<details id="plots-nothing-to-show"><summary>{len(empty)} plot(s) with nothing to show '
+                     "for this run</summary>" + "\n".join(empty) + "</details>")
     return "\n".join(parts), written
 
 

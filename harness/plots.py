@@ -577,14 +577,17 @@ def rank_selection_study(cells: pd.DataFrame) -> Figure:
 
 
 def accuracy_vs_rank(cells: pd.DataFrame, layers: pd.DataFrame) -> Figure:
-    """Final accuracy against the rank each decomposed layer got, one panel per layer path.
+    """Final accuracy against the rank each decomposed layer got, one panel per layer and target, a line per method.
 
     x is the layer's rank as one number, the largest entry when the backend records a list (Tucker-2's
-    output and input ranks, a TT chain). A rank counts different parameters in different formats, so
-    the colour is the layer's own method (in a mix or ``auto`` cell, the method that layer got) and a
-    line joins one configuration's points across ratios: read along a colour, not across colours.
+    output and input ranks, a TT chain). The colour is the layer's own method (in a mix or ``auto`` cell,
+    the method that layer got). A point pools every cell in which that layer got that rank with that method
+    (backends, rank selections, ratios and seeds alike), because the rank a budget buys is the same whichever
+    backend fills it; panels keep the targets (and mixed cells) apart, since the other decomposed layers of
+    a cell move its accuracy too. A rank counts different parameters in different formats: read along a
+    colour, not across colours.
     """
-    title = "Final accuracy against each decomposed layer's rank\n(mean ± std over seeds; one panel per layer)"
+    title = "Final accuracy against each decomposed layer's rank\n(mean ± std over the cells at that rank)"
     ok = decomposed_ok(cells)
     needed = {"cell_id", "layer", "info"}
     if ok.empty or layers is None or layers.empty or not needed <= set(layers.columns):
@@ -598,31 +601,30 @@ def accuracy_vs_rank(cells: pd.DataFrame, layers: pd.DataFrame) -> Figure:
     rows = rows.dropna(subset=["rank_x"])
     if rows.empty:
         return _empty(title, "No decomposed layer of an ok cell records its rank.")
+    rows = rows.assign(cells_of=categories(rows))
     colours = _colours(rows["layer_method"].unique())
-    markers = _markers(rows["backend"].unique())
-    panels, notes = _panels(rows, ["layer"])
+    panels, notes = _panels(rows, ["layer", "cells_of"])
     figure, axes = _figure(len(panels), 3, 3.0)
     clipped = 0
-    series = ["backend", "layer_method", "method", "target", "init", "rank_selection", "tensorize"]
     for axis, (name, panel) in zip(axes, panels):
-        summary = seed_summary(panel, ["rank_x", "acc_final"], series + ["ratio"]).sort_values("rank_x_mean")
+        summary = seed_summary(panel, ["acc_final"], ["layer_method", "rank_x"]).sort_values("rank_x")
         baseline = _dense_lines(axis, cells, panel)
         cut, floor = _clip_accuracy(axis, summary["acc_final_mean"], baseline)
         clipped += cut
-        for (backend, method, *_), points in summary.groupby(series):
-            _accuracy_points(axis, points["rank_x_mean"], points, floor, fmt=markers[backend] + "-",
-                             color=colours[method], linewidth=0.8, markersize=5, alpha=0.85)
-        axis.set_title(name if " / " in name else f"layer {name}", fontsize=10)  # a bare path can read as a number
-        _ratio_axis(axis, "layer rank (largest entry of a list)", summary["rank_x_mean"])
+        for method, points in summary.groupby("layer_method"):
+            _accuracy_points(axis, points["rank_x"], points, floor, fmt="o-", color=colours[method],
+                             linewidth=1.0, markersize=4, alpha=0.85)
+        layer, _, target = name.rpartition(" / ")
+        axis.set_title(f"layer {layer} in {target} cells", fontsize=10)  # a bare path can read as a number
+        _ratio_axis(axis, "layer rank (largest entry of a list)", summary["rank_x"])
         axis.set_ylabel("final test accuracy %")
         axis.grid(alpha=0.3)
     if clipped:
         notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
                      "as ▼ at the lower edge.")
-    notes.append("A rank means different sizes in different formats: compare points of one colour.")
+    notes.append("Each point pools backends, rank selections, ratios and seeds at that rank; a rank means "
+                 "different sizes in different formats: compare points of one colour.")
     handles = [Line2D([], [], color=colours[m], marker="o", linestyle="-", label=m) for m in colours]
-    if len(markers) > 1:
-        handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=b) for b, m in markers.items()]
     figure.legend(handles=handles + _dense_legend(cells), loc="outside right upper", fontsize=8,
                   title="layer method")
     figure.suptitle(title, fontsize=11)
@@ -737,8 +739,9 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
                               "compression, so the two compare vertically.")),
     "accuracy_vs_rank": (lambda r: accuracy_vs_rank(r.cells, r.layers),
                          ("Final accuracy against the rank each decomposed layer got (the largest entry when the rank "
-                          "is a list, as for Tucker-2 or a TT chain), one panel per layer, colour = the layer's "
-                          "method. The same rank costs different parameters in different formats, so read along one "
+                          "is a list, as for Tucker-2 or a TT chain), one panel per layer and target, one line per "
+                          "layer method, each point pooling the backends, rank selections, ratios and seeds that gave "
+                          "the layer that rank. The same rank costs different parameters in different formats, so read along one "
                           "colour; the per-layer table gives each layer's size.")),
     "tensorize_sweep": (lambda r: tensorize_sweep(r.cells),
                         ("Tensorized Linear layers: final accuracy, parameters of the decomposed layers and measured "

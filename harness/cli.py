@@ -204,8 +204,10 @@ def cmd_list(host: Host) -> int:
     for name in host.report_plugins:
         _echo(f"  {name}")
     _echo("presets (harness run --preset NAME):")
-    for name in preset_names():
-        _echo(f"  {name:<14} {preset_description(name)}")
+    names = preset_names()
+    width = max([14, *(len(name) for name in names)])
+    for name in names:
+        _echo(f"  {name:<{width}} {preset_description(name)}")
     return cmd_plugins(host)
 
 

@@ -65,9 +65,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--ratios", help="target compression of the decomposed layers' parameters [2,4,8]")
     sweep.add_argument("--rank-selection", metavar="NAME[:ARG]",
                        help="how each layer's parameter budget is chosen, the same for every backend: ratio "
-                            "(dense/ratio), energy[:SHARE], vbmf, budget or a plugin's (see 'harness list'); "
-                            "a comma list compares them; SEL@REF (e.g. budget@vbmf) holds SEL to the total REF "
-                            "chooses, for a comparison at equal parameters [ratio]")
+                            "(dense/ratio), energy[:SHARE], vbmf, budget, sensitivity or a plugin's (see "
+                            "'harness list'); a comma list compares them; SEL@REF (e.g. budget@vbmf) holds SEL "
+                            "to the total REF chooses, for a comparison at equal parameters [ratio]")
     sweep.add_argument("--tt-d", metavar="D,...",
                        help="numbers of tensor modes to sweep for the Linear layers of tensorized methods ('harness "
                             "list' marks them), one cell each, e.g. 2,3,4; other methods run once "

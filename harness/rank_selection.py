@@ -1,10 +1,11 @@
 """Rank selection from a trained layer's weight: how many ranks a decomposition should keep, chosen from the spectrum
-of the weight rather than from a uniform compression ratio. Three tools live here, all pure functions of dense tensors
+of the weight rather than from a uniform compression ratio. Four tools live here, all pure functions of dense tensors
 that know nothing about backends or modules: the energy rule (the fewest leading singular values that hold a given
 share of the squared Frobenius norm), the analytic empirical variational Bayesian matrix factorisation (EVBMF) of
 Nakajima, Sugiyama, Babacan & Tomioka (JMLR 2013), which Kim et al. (ICLR 2016) apply to the mode-0 and mode-1
 unfoldings of a conv kernel to pick Tucker-2 ranks, and a multiple-choice knapsack that spreads one parameter budget
-over many layers so as to maximise a per-layer value (e.g. retained energy). Conventions follow
+over many layers so as to maximise a per-layer value (e.g. retained energy or, with :func:`truncation`'s
+reconstructions, the training loss a layer keeps at each rank). Conventions follow
 :mod:`harness.structures`: an ``nn.Linear`` weight is ``(out, in)`` and truncated SVD factors it whole (a conv kernel
 ``(C_out, C_in, kh, kw)`` flattened to ``(C_out, C_in kh kw)``), Tucker-2 factors a conv kernel on its two channel
 modes and its ranks are the pair ``(R_out, R_in)``. Everything is computed in float64; scipy's bounded scalar
@@ -324,6 +325,36 @@ def energy_options(
         share = float(block[rank_out - 1, rank_in - 1]) / total if total > 0 else 1.0
         options.append((int(param_of_rank(pair)), min(share, 1.0)))
     return options
+
+
+def truncation(weight: Tensor, kind: str, method: str) -> Callable[[int | tuple[int, int]], Tensor]:
+    """The reference structure's reconstruction of ``weight`` at a rank, as a function of the rank.
+
+    ``"svd"``: the rank-``r`` truncated SVD of the weight as a matrix (a conv kernel flattened), reshaped back;
+    ``"tucker2"`` (conv only): the truncated HOSVD that projects the output- and input-channel modes on their
+    leading ``(R_out, R_in)`` left singular vectors. The factorisation is computed once, so pricing many ranks of
+    one layer (as a sensitivity probe does) costs one matrix product each. Float64, on the weight's device.
+    """
+    _check_weight(weight, kind, method)
+    w = weight.detach().to(torch.float64)
+    if method == "svd":
+        matrix = unfolding(w, 0)
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+
+        def svd_at(rank: int | tuple[int, int]) -> Tensor:
+            r = int(rank)
+            return ((u[:, :r] * s[:r]) @ vh[:r]).reshape(w.shape)
+
+        return svd_at
+    u_out, u_in = _left_singular_basis(unfolding(w, 0)), _left_singular_basis(unfolding(w, 1))
+
+    def tucker2_at(ranks: int | tuple[int, int]) -> Tensor:
+        rank_out, rank_in = ranks  # type: ignore[misc]
+        p_out, p_in = u_out[:, :rank_out], u_in[:, :rank_in]
+        core = torch.einsum("pa,pjkl,jb->abkl", p_out, w, p_in)
+        return torch.einsum("oa,abkl,ib->oikl", p_out, core, p_in)
+
+    return tucker2_at
 
 
 # ----------------------------------------------------------------------------- budget allocation

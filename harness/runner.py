@@ -63,6 +63,10 @@ from harness.tensorize import (
 )
 from harness.training import EpochRecord, evaluate, synchronize, train
 
+# Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
+# every cell, so budgets do not depend on the backend; enough to rank layers, few enough to probe many ranks.
+SELECTION_BATCH = 512
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -131,7 +135,24 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
     return result
 
 
-def _select(cell: Cell, ctx: CellContext, layers: list[tuple[str, nn.Module]],
+def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: DataSplits
+                ) -> Callable[[int, torch.Tensor], float]:
+    """``loss_with(i, weight)``: the model's loss on the selection batch with layer ``i``'s weight swapped in."""
+    x, y = data.train_x[:SELECTION_BATCH], data.train_y[:SELECTION_BATCH]
+
+    def loss_with(index: int, weight: torch.Tensor) -> float:
+        layer = layers[index][1]
+        original = layer.weight.data
+        try:
+            layer.weight.data = weight.to(original.device, original.dtype).reshape(original.shape)
+            return evaluate(model, x, y)[0]
+        finally:  # the dense weight goes back whatever happened: the backends decompose it next
+            layer.weight.data = original
+
+    return loss_with
+
+
+def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]],
             metrics: dict[str, Any]) -> list[LayerBudget]:
     """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced."""
     own, reference = split_match(cell.rank_selection)
@@ -141,7 +162,8 @@ def _select(cell: Cell, ctx: CellContext, layers: list[tuple[str, nn.Module]],
         argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
         method=cell.method,
         layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
-                               getattr(layer, "bias", None) is not None) for path, layer in layers])
+                               getattr(layer, "bias", None) is not None) for path, layer in layers],
+        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)))
     start = time.perf_counter()
     if reference is None:
         budgets = layer_budgets(selector, selection)
@@ -239,7 +261,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
     """Replace each targeted layer of ``model`` by the backend's answer, recording one row per layer."""
     config, device, metrics = ctx.config, ctx.device, result["metrics"]
     assigned = layer_methods(model, cell.target, cell.method, cell.mix, config.keep_edges_dense)
-    budgets = _select(cell, ctx, [(path, layer) for path, layer, _ in assigned], metrics)
+    budgets = _select(cell, ctx, model, [(path, layer) for path, layer, _ in assigned], metrics)
     backend_info = ctx.host.backends.get(cell.backend)
     setting = Tensorization.parse(cell.tensorize) if cell.tensorize else None
     error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0

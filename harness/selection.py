@@ -46,13 +46,16 @@ class SelectionInput:
     ``argument`` is the text after ``NAME:`` (the selector's default when the user gave none, or None);
     ``ratio`` the cell's nominal compression ratio (None for selectors that do not use it); ``method`` the cell's
     method, for information only (budgets must not depend on the backend); ``layers`` the targeted layers in module
-    order.
+    order. ``loss_with(i, weight)``, when the runner has data at hand, is the dense network's mean cross-entropy on a
+    fixed batch of *training* images with layer ``i``'s weight replaced by ``weight`` (the other layers dense): what a
+    data-driven selector measures sensitivity with (never test data, which only the reports may see).
     """
 
     argument: str | None
     ratio: float | None
     method: str
     layers: list[SelectionLayer]
+    loss_with: Callable[[int, Tensor], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The built-in rank selectors, registered as a plugin like the built-in models: ``ratio``, ``energy``, ``vbmf``, ``budget``.
+"""The built-in rank selectors (ratio, energy, vbmf, budget, sensitivity), registered as a plugin like the models.
 
 Each turns a cell's trained weights into per-layer parameter budgets that every backend then fills with its own
 method, so they are priced in one *reference structure* per layer kind, independent of the cell's method: a Linear
@@ -8,7 +8,9 @@ layer is judged by the truncated SVD of its weight, a Conv2d by Tucker-2 on its 
 ranks holding SHARE of the spectral energy and ``vbmf`` the ranks empirical VBMF finds above the noise
 (:mod:`harness.rank_selection`); either's reference parameter count, capped at the dense count, is the budget.
 ``budget`` spends the uniform rule's total over the layers with a knapsack that maximises the summed retained energy,
-so a layer whose spectrum decays fast gives parameters to one whose spectrum does not. Held to another selector's
+so a layer whose spectrum decays fast gives parameters to one whose spectrum does not. ``sensitivity`` solves the
+same knapsack on measured loss instead of energy: per layer and candidate rank, the training loss of the dense network
+with only that layer truncated to the reference structure (the runner's ``loss_with``). Held to another selector's
 total (``ratio@vbmf``, ``budget@vbmf``), ratio and budget run at the ratio that gives that total, and ``energy@vbmf``
 searches the largest energy share, the same for every layer, whose budgets fit it.
 """
@@ -30,6 +32,8 @@ DEFAULT_ENERGY_SHARE = "0.9"
 # Candidate (R_out, R_in) pairs per conv layer for the knapsack; beyond this the rank grid is thinned, because
 # pricing every pair of a 512-channel conv (262k) would cost seconds for options the knapsack barely tells apart.
 MAX_TUCKER2_CANDIDATES = 8192
+# Ranks per layer whose loss the sensitivity selector measures: each costs one forward pass of the selection batch.
+MAX_PROBES = 48
 
 
 # ----------------------------------------------------------------------------- reference structures
@@ -171,6 +175,48 @@ def _global_budgets(selection: SelectionInput) -> list[LayerBudget]:
     return [LayerBudget(options[j][0], ranks[j]) for options, ranks, j in zip(all_options, all_ranks, picked)]
 
 
+# ----------------------------------------------------------------------------- measured sensitivity
+
+
+def _probe_ranks(layer: SelectionLayer, cap: int) -> list[Any]:
+    """At most about :data:`MAX_PROBES` candidate reference ranks of ``layer`` within ``cap``, evenly spread."""
+    candidates = _candidate_ranks(layer, cap)
+    if len(candidates) <= MAX_PROBES:
+        return candidates
+    if layer.kind == "linear":
+        step = math.ceil(len(candidates) / MAX_PROBES)
+        return sorted({*candidates[::step], candidates[-1]})
+    outs, ins = sorted({r for r, _ in candidates}), sorted({r for _, r in candidates})
+    step = max(1, math.ceil(math.sqrt(len(outs) * len(ins) / MAX_PROBES)))
+    keep_out, keep_in = {*outs[::step], outs[-1]}, {*ins[::step], ins[-1]}
+    grid = [pair for pair in candidates if pair[0] in keep_out and pair[1] in keep_in]
+    # The grid misses the pairs on the edge of the cap, the richest options a layer has; keep, per kept R_out, the
+    # largest R_in that fits.
+    edge: dict[int, int] = {}
+    for rank_out, rank_in in candidates:
+        if rank_out in keep_out:
+            edge[rank_out] = max(edge.get(rank_out, 0), rank_in)
+    return sorted({(1, 1), *grid, *edge.items()})
+
+
+def _sensitivity_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    if selection.loss_with is None:
+        raise ValueError("sensitivity measures the training loss, and no training batch was given")
+    total = sum(math.floor(layer.dense_params / selection.ratio) for layer in selection.layers)
+    all_options, all_ranks = [], []
+    for index, layer in enumerate(selection.layers):
+        ranks = _probe_ranks(layer, min(layer.dense_params, total))
+        reconstruct = rank_selection.truncation(_weight(layer), layer.kind, _reference_method(layer))
+        # The knapsack maximises a sum, so each option's value is minus the loss with this layer alone truncated:
+        # the loss increases of the layers are taken as adding up, the usual first-order assumption.
+        options = [(reference_params(layer, r), -selection.loss_with(index, reconstruct(r))) for r in ranks]
+        options, ranks = _pareto(options, ranks)
+        all_options.append(options)
+        all_ranks.append(ranks)
+    picked = rank_selection.allocate_budget(all_options, total)
+    return [LayerBudget(options[j][0], ranks[j]) for options, ranks, j in zip(all_options, all_ranks, picked)]
+
+
 # ----------------------------------------------------------------------------- registration
 
 
@@ -185,6 +231,9 @@ SELECTORS = (
                  uses_ratio=False, takes_argument=False, budgets=_rule_budgets("vbmf")),
     RankSelector("budget", "the ratio's total budget spread over the layers to keep the most spectral energy",
                  uses_ratio=True, takes_argument=False, budgets=_global_budgets),
+    RankSelector("sensitivity", "the ratio's total budget spread over the layers to keep the training loss lowest, "
+                 "measured per layer and rank on a batch of training images", uses_ratio=True, takes_argument=False,
+                 budgets=_sensitivity_budgets),
 )
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import harness
+from harness import rank_selection
 from harness.cli import main
 from harness.config import RunConfig, validate_names
 from harness.models import lenet5
@@ -130,7 +131,7 @@ def test_specs_are_normalized_and_labelled():
     assert normalize_spec("energy", BUILTIN) == "energy:0.9"
     assert normalize_spec(" energy:0.5 ", BUILTIN) == "energy:0.5"
     assert normalize_spec("vbmf", BUILTIN) == "vbmf"
-    for bad, message in (("nope", "unknown rank selector 'nope' .known: budget, energy, ratio, vbmf"),
+    for bad, message in (("nope", "unknown rank selector 'nope' .known: budget, energy, ratio, sensitivity, vbmf"),
                          ("energy:1.5", r"must be in \(0, 1\]"), ("energy:x", "not a number"),
                          ("energy:0", r"must be in \(0, 1\]"), ("vbmf:3", "takes no argument")):
         with pytest.raises(ValueError, match=message):
@@ -274,7 +275,7 @@ def test_run_sweeps_selectors_with_budgets_every_layer_keeps(tmp_path, fast_args
 
 
 def test_unknown_or_bad_selection_is_one_line_usage_error(tmp_path, fast_args, capsys):
-    for spec, message in (("nope", "unknown rank selector 'nope' (known: budget, energy, ratio, vbmf)"),
+    for spec, message in (("nope", "unknown rank selector 'nope' (known: budget, energy, ratio, sensitivity, vbmf)"),
                           ("energy:1.5", "rank selection 'energy:1.5': energy share 1.5 must be in (0, 1]")):
         code = main(["run", "--backends", "native", "--rank-selection", spec, "--out", str(tmp_path / spec),
                      *fast_args])
@@ -292,3 +293,96 @@ def test_list_shows_rank_selectors(capsys):
     assert "ignores --ratios" in section and "uses --ratios" in section
     assert "SEL@REF" in section and "equal total parameters" in section
 
+
+
+# ----------------------------------------------------------------------------- measured sensitivity
+
+
+def test_truncation_reconstructs_the_reference_structure(planted):
+    low_rank, conv = planted["low_rank"].weight, planted["conv"].weight
+    at = rank_selection.truncation(low_rank, "linear", "svd")
+    assert torch.linalg.matrix_rank(at(3)) == 3
+    # The planted rank 5 holds all but the 1e-3 noise; the full rank gives the weight back.
+    assert (at(5) - low_rank).norm() / low_rank.norm() < 0.01
+    assert torch.allclose(at(40), low_rank, atol=1e-10)
+    tucker = rank_selection.truncation(conv, "conv2d", "tucker2")
+    assert (tucker((3, 2)) - conv).norm() / conv.norm() < 0.01  # the planted Tucker ranks
+    assert (tucker((1, 1)) - conv).norm() > (tucker((3, 1)) - conv).norm() > (tucker((3, 2)) - conv).norm()
+    assert torch.allclose(tucker((16, 8)), conv, atol=1e-10)
+
+
+def test_sensitivity_spends_the_budget_where_the_loss_says(planted):
+    layers = [planted["low_rank"], planted["flat"]]
+    weights = [layer.weight for layer in layers]
+    # A loss that cares a hundred times more about the flat layer: the uniform split (and the energy knapsack,
+    # which sees the low-rank layer's fast spectrum) gives it far too little.
+    scale = [1.0, 100.0]
+    calls = []
+
+    def loss_with(index: int, weight: torch.Tensor) -> float:
+        calls.append(index)
+        return scale[index] * float((weight - weights[index]).pow(2).sum())
+
+    selection = SelectionInput(None, 4.0, "svd", layers, loss_with=loss_with)
+    chosen = layer_budgets(BUILTIN["sensitivity"], selection)
+    uniform = _budgets("ratio", layers, ratio=4.0)
+    assert _total(chosen) <= _total(uniform)
+    assert chosen[1].params > uniform[1].params  # the flat layer gets more than its uniform share
+
+    def loss(budgets):
+        return sum(loss_with(i, rank_selection.truncation(w, "linear", "svd")(budgets[i].ranks or 1))
+                   for i, w in enumerate(weights))
+
+    uniform_ranks = [LayerBudget(b.params, max(r for r in range(1, 41) if r * 101 <= b.params)) for b in uniform]
+    assert loss(chosen) < loss(uniform_ranks)
+    assert 2 < len(calls) <= 2 * (40 + 1)  # probes per layer are capped by the candidate ranks
+
+
+def test_sensitivity_without_data_is_a_one_line_error(planted):
+    with pytest.raises(SelectionError, match="^rank selector 'sensitivity' failed: ValueError: sensitivity "
+                                             "measures the training loss, and no training batch was given$"):
+        _budgets("sensitivity", list(planted.values()), ratio=4.0)
+
+
+def test_probe_ranks_are_capped_and_keep_both_ends():
+    from harness.selectors import MAX_PROBES, _candidate_ranks, _probe_ranks
+
+    wide = _layer("wide", torch.randn(300, 400, dtype=torch.float64), "linear")
+    ranks = _probe_ranks(wide, wide.dense_params)
+    top = _candidate_ranks(wide, wide.dense_params)[-1]  # the largest rank cheaper than dense: 171
+    assert ranks[0] == 1 and ranks[-1] == top == 171 and len(ranks) <= MAX_PROBES + 1
+    conv = _layer("conv", torch.randn(64, 32, 3, 3, dtype=torch.float64), "conv2d")
+    candidates = _candidate_ranks(conv, conv.dense_params)
+    pairs = _probe_ranks(conv, conv.dense_params)
+    assert len(candidates) > 4 * MAX_PROBES and set(pairs) <= set(candidates)
+    assert (1, 1) in pairs and max(pairs) == max(candidates) and len(pairs) <= 2 * MAX_PROBES
+
+
+def test_loss_probe_swaps_one_weight_and_puts_it_back():
+    from harness.data import DataSplits
+    from harness.runner import _loss_probe
+    from harness.training import evaluate
+
+    torch.manual_seed(0)
+    model = lenet5((1, 28, 28), 10)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    before = [module.weight.detach().clone() for _, module in layers]
+    loss_with = _loss_probe(model, layers, DataSplits(x, y, x[:0], y[:0], num_classes=10))
+    dense = evaluate(model, x, y)[0]
+    assert loss_with(0, before[0]) == pytest.approx(dense)
+    assert loss_with(1, torch.zeros_like(before[1])) != pytest.approx(dense)
+    assert all(torch.equal(module.weight, weight) for (_, module), weight in zip(layers, before))
+
+
+def test_run_with_sensitivity_and_its_match(tmp_path, fast_args):
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+                 "--rank-selection", "ratio,sensitivity,sensitivity@vbmf", "--executor", "inprocess",
+                 "--out", str(out), *fast_args])
+    assert code == 0
+    cells = load_results(out).cells.set_index("rank_selection")
+    assert (cells["status"] == "ok").all()
+    assert cells.loc["sensitivity", "budget"] <= cells.loc["ratio", "budget"]
+    assert cells.loc["sensitivity@vbmf", "budget"] <= cells.loc["sensitivity@vbmf", "matched_total"]
+    assert cells.loc["sensitivity", "selection_s"] > cells.loc["ratio", "selection_s"]  # it measured something

@@ -222,6 +222,30 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+# Settings that change how a run executes, not what it measures: the only ones --resume takes from the command line.
+RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor")
+
+
+def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, Any], host: Host,
+                           plugin_keys: Any) -> None:
+    """Raise ConfigError when the command asks ``--resume`` for settings other than the run's own.
+
+    Resuming takes the stored settings; silently dropping, say, a preset's new rank selection would leave the user
+    believing it ran. Settings are compared after the same normalisation (``all`` expanded, canonical specs).
+    """
+    given = {k: v for k, v in values.items() if k not in RESUME_MAY_CHANGE and k != "out"}
+    if not given:
+        return
+    requested = build_config(given, plugin_keys=plugin_keys)
+    validate_names(requested, host.backends, host.models, host.datasets, host.rank_selectors)
+    missing = object()
+    differ = sorted(key for key in given if hasattr(config, key)
+                    and getattr(requested, key, missing) != getattr(config, key, missing))
+    if differ:
+        raise ConfigError(f"cannot resume {str(run_dir)!r} with other settings ({', '.join(differ)}): --resume runs "
+                          "the missing cells of the run as it was set up; start a new run with --out for new settings")
+
+
 def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: dict[str, list[str]]) -> int:
     from harness import session
     from harness.store import Store
@@ -238,10 +262,11 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
             raise ConfigError(f"cannot resume {str(run_dir)!r}: its store has no configuration")
         config = RunConfig.from_dict(stored)
         # Only settings that do not change results may differ on resume.
-        for key in ("jobs", "cell_timeout", "executor"):
+        for key in RESUME_MAY_CHANGE:
             if key in values:
                 setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
         validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
+        _refuse_other_settings(run_dir, config, values, host, args._plugin_keys)
         resume = True
     else:
         config = build_config(values, plugin_keys=args._plugin_keys)

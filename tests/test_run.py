@@ -161,3 +161,18 @@ def test_default_native_run_is_all_ok(tmp_path, cache_dir):
     cells = pd.read_csv(out / "cells.csv")
     assert len(cells) == 15 and (cells["status"] == "ok").all()
     assert (cells["params"] <= cells["params_dense"] / cells["ratio"]).all()
+
+
+def test_resume_refuses_other_settings_and_takes_the_same_ones(tmp_path, fast_args, capsys):
+    out = tmp_path / "run"
+    common = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+              "--executor", "inprocess"]
+    assert main([*common, "--out", str(out), *fast_args]) == 0
+    capsys.readouterr()
+    # The same settings given again (as a preset or config would) resume; nothing is left to run.
+    assert main([*common, "--resume", str(out), *fast_args]) == 0
+    assert "1 cells, 1 already done, 0 to run" in capsys.readouterr().out
+    # A setting that changes what is measured is refused in one line, not silently dropped.
+    assert main([*common, "--resume", str(out), *fast_args, "--rank-selection", "vbmf", "--ratios", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "with other settings (rank_selection, ratios)" in err

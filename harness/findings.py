@@ -190,8 +190,13 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
         if math.isfinite(lead.max()):
             first = mean_std(widest["mean"], widest["std"], widest["n"], digits, unit)
             second = mean_std(widest["runner_up_mean"], widest["runner_up_std"], widest["runner_up_n"], digits, unit)
+            selection = widest.get("rank_selection", "ratio")
+            named = not (selection in (None, "ratio") or _missing(selection))
+            # A selection that chooses its own total has no ratio to show; its name says how it was sized.
+            where = (selection if named and float(widest["ratio"]) == NO_RATIO
+                     else _ratio(widest["ratio"]) + (f" {selection}" if named else ""))
             text += (f" Widest lead: {widest['winner']} on {widest['target']} {widest['method']} "
-                     f"×{widest['ratio']:g}, {first} vs {widest['runner_up']} {second}.")
+                     f"{where}, {first} vs {widest['runner_up']} {second}.")
     numbers = {"comparisons": len(table), "wins": wins.value_counts().to_dict(), "ties": int(tie.sum()),
                "winners": {_label(r): {"backend": r["winner"], "mean": r["mean"], "std": r["std"], "n": r["n"],
                                        "tied": r["tied"].split(", ") if r["winner"] == TIE else []}

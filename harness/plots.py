@@ -214,6 +214,17 @@ def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return front.sort_values(x)
 
 
+def _spread_notes(clipped: int, ok: pd.DataFrame | None = None) -> list[str]:
+    """Notes on what an accuracy plot could not show: points below the window, and error bars with one seed."""
+    notes = []
+    if clipped:
+        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
+                     "as ▼ at the lower edge.")
+    if ok is not None and summary_single_seed(ok):
+        notes.append("One seed: no error bars.")
+    return notes
+
+
 def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
     """Final accuracy vs achieved compression per method, with each backend's Pareto front."""
     title = "Final accuracy vs compression of the decomposed layers\n(mean ± std over seeds; lines: each backend's Pareto front)"
@@ -247,11 +258,7 @@ def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:
         _ratio_axis(axis, "compression × (decomposed layers)", summary["compression_mean"], summary["ratio"])
         axis.set_ylabel("final test accuracy %")
         axis.grid(alpha=0.3)
-    if clipped:
-        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
-                     "as ▼ at the lower edge.")
-    if summary_single_seed(ok):
-        notes.append("One seed: no error bars.")
+    notes += _spread_notes(clipped, ok)
     handles = [Line2D([], [], color=colours[b], marker="o", linestyle="-", label=b) for b in sorted(ok["backend"].unique())]
     handles += [Line2D([], [], color="gray", marker=TARGET_MARKERS.get(t, "D"), linestyle="none", label=f"target {t}")
                 for t in sorted(ok["target"].unique())]
@@ -554,11 +561,7 @@ def rank_selection_study(cells: pd.DataFrame) -> Figure:
             axis.grid(alpha=0.3)
         accuracy.set_ylabel("final test accuracy %")
         speed.set_ylabel("speedup × (dense / decomposed latency)")
-    if clipped:
-        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
-                     "as ▼ at the lower edge.")
-    if summary_single_seed(ok):
-        notes.append("One seed: no error bars.")
+    notes += _spread_notes(clipped, ok)
     notes.append("SEL@REF spends exactly the total parameters REF chose on the same layers, so it sits at REF's "
                  "compression; vbmf and energy choose their own total (no ratio). Points of different selections "
                  "are nudged sideways a little so equal ones stay visible.")
@@ -619,9 +622,7 @@ def accuracy_vs_rank(cells: pd.DataFrame, layers: pd.DataFrame) -> Figure:
         _ratio_axis(axis, "layer rank (largest entry of a list)", summary["rank_x"])
         axis.set_ylabel("final test accuracy %")
         axis.grid(alpha=0.3)
-    if clipped:
-        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
-                     "as ▼ at the lower edge.")
+    notes += _spread_notes(clipped)
     notes.append("Each point pools backends, rank selections, ratios and seeds at that rank; a rank means "
                  "different sizes in different formats: compare points of one colour.")
     handles = [Line2D([], [], color=colours[m], marker="o", linestyle="-", label=m) for m in colours]
@@ -695,11 +696,7 @@ def tensorize_sweep(cells: pd.DataFrame) -> Figure:
             axis.set_ylabel(label, fontsize=9)
             axis.set_title(f"{name + ': ' if name else ''}{label.split(' (')[0]}", fontsize=10)
             axis.grid(alpha=0.3)
-    if clipped:
-        notes.append(f"{clipped} point(s) more than {ACCURACY_WINDOW:g} pp below the dense baseline are drawn "
-                     "as ▼ at the lower edge.")
-    if summary_single_seed(ok):
-        notes.append("One seed: no error bars.")
+    notes += _spread_notes(clipped, ok)
     handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b)
                for b in sorted(ok["backend"].unique())]
     handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=f"method {n}")

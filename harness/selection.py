@@ -113,10 +113,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def spec_label(spec: str) -> str:
     """The cell-id tag of a selection, e.g. ``r-energy0.9``; characters special to paths and globs become ``_``."""
-    name, argument = parse_spec(spec)
     own, reference = split_match(spec)
     if reference is not None:
         return spec_label(own) + MATCH + spec_label(reference)[2:]
+    name, argument = parse_spec(spec)
     return "r-" + re.sub(r"[^A-Za-z0-9._+-]", "_", name + (argument or ""))
 
 
@@ -135,10 +135,10 @@ def _normalize_match(spec: str, own: str, reference: str, selectors: dict[str, R
     if selectors[parse_spec(reference)[0]].uses_ratio:
         raise ValueError(f"rank selection {spec!r}: {reference!r} takes its total from --ratios; match to a selector "
                          "that chooses its own total (e.g. vbmf)")
-    name = parse_spec(own)[0]
+    name, argument = parse_spec(own)
     if name in selectors and not selectors[name].matchable:
         raise ValueError(f"rank selection {spec!r}: {name!r} cannot be held to another selector's total")
-    if parse_spec(own)[1] is not None:
+    if argument is not None:
         raise ValueError(f"rank selection {spec!r}: the match sets {name!r}'s total, so it takes no argument here")
     # The default argument is not filled in either: a matched selector's knob is what the match sets.
     own = _normalize_one(own, selectors, fill_default=False)

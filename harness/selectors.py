@@ -161,18 +161,29 @@ def _pareto(options: list[tuple[int, float]], ranks: list[Any]) -> tuple[list[tu
     return [options[i] for i in kept], [ranks[i] for i in kept]
 
 
-def _global_budgets(selection: SelectionInput) -> list[LayerBudget]:
+def _knapsack_budgets(selection: SelectionInput,
+                      options_of: Callable[[int, SelectionLayer, int], tuple[list[tuple[int, float]], list[Any]]]
+                      ) -> list[LayerBudget]:
+    """The ratio's total spread over the layers by the knapsack, on the ``(params, value)`` options and their ranks
+    that ``options_of(index, layer, cap)`` gives per layer (ranks costing at most ``cap``)."""
     total = sum(math.floor(layer.dense_params / selection.ratio) for layer in selection.layers)
     all_options, all_ranks = [], []
-    for layer in selection.layers:
-        ranks = _candidate_ranks(layer, min(layer.dense_params, total))
-        options = rank_selection.energy_options(_weight(layer), layer.kind, _reference_method(layer),
-                                                lambda r, layer=layer: reference_params(layer, r), ranks)
-        options, ranks = _pareto(options, ranks)
+    for index, layer in enumerate(selection.layers):
+        options, ranks = _pareto(*options_of(index, layer, min(layer.dense_params, total)))
         all_options.append(options)
         all_ranks.append(ranks)
     picked = rank_selection.allocate_budget(all_options, total)
     return [LayerBudget(options[j][0], ranks[j]) for options, ranks, j in zip(all_options, all_ranks, picked)]
+
+
+def _energy_options(index: int, layer: SelectionLayer, cap: int) -> tuple[list[tuple[int, float]], list[Any]]:
+    ranks = _candidate_ranks(layer, cap)
+    return rank_selection.energy_options(_weight(layer), layer.kind, _reference_method(layer),
+                                         lambda r: reference_params(layer, r), ranks), ranks
+
+
+def _global_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    return _knapsack_budgets(selection, _energy_options)
 
 
 # ----------------------------------------------------------------------------- measured sensitivity
@@ -200,21 +211,18 @@ def _probe_ranks(layer: SelectionLayer, cap: int) -> list[Any]:
 
 
 def _sensitivity_budgets(selection: SelectionInput) -> list[LayerBudget]:
-    if selection.loss_with is None:
+    loss_with = selection.loss_with
+    if loss_with is None:
         raise ValueError("sensitivity measures the training loss, and no training batch was given")
-    total = sum(math.floor(layer.dense_params / selection.ratio) for layer in selection.layers)
-    all_options, all_ranks = [], []
-    for index, layer in enumerate(selection.layers):
-        ranks = _probe_ranks(layer, min(layer.dense_params, total))
+
+    def loss_options(index: int, layer: SelectionLayer, cap: int) -> tuple[list[tuple[int, float]], list[Any]]:
+        ranks = _probe_ranks(layer, cap)
         reconstruct = rank_selection.truncation(_weight(layer), layer.kind, _reference_method(layer))
         # The knapsack maximises a sum, so each option's value is minus the loss with this layer alone truncated:
         # the loss increases of the layers are taken as adding up, the usual first-order assumption.
-        options = [(reference_params(layer, r), -selection.loss_with(index, reconstruct(r))) for r in ranks]
-        options, ranks = _pareto(options, ranks)
-        all_options.append(options)
-        all_ranks.append(ranks)
-    picked = rank_selection.allocate_budget(all_options, total)
-    return [LayerBudget(options[j][0], ranks[j]) for options, ranks, j in zip(all_options, all_ranks, picked)]
+        return [(reference_params(layer, r), -loss_with(index, reconstruct(r))) for r in ranks], ranks
+
+    return _knapsack_budgets(selection, loss_options)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -40,7 +40,7 @@ from harness.aggregate import (
     seed_summary,
     with_delta,
 )
-from harness.mixing import AUTO, DENSE, MIX_PREFIX
+from harness.mixing import AUTO, MIX_PREFIX, label_kinds
 from harness.plan import NO_RATIO
 from harness.selection import split_match
 from harness.stability import LAST_K, RECOVERY_TOLERANCE
@@ -434,12 +434,7 @@ def _mix_parts(method: str) -> tuple[str | None, str | None]:
 
     ``auto`` picks per layer on either kind, so its conv-only and linear-only counterparts are ``auto`` too.
     """
-    if method == AUTO:
-        return AUTO, AUTO
-    parts = method.removeprefix(MIX_PREFIX).split("+")
-    conv = parts[0] if parts and parts[0] != DENSE else None
-    linear = parts[1] if len(parts) > 1 and parts[1] != DENSE else None
-    return conv, linear
+    return (AUTO, AUTO) if method == AUTO else label_kinds(method)
 
 
 def mixed_vs_single(cells: pd.DataFrame) -> list[Finding]:

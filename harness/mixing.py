@@ -90,6 +90,17 @@ class Mix:
         return dict(self.kinds).get(kind)
 
 
+def label_kinds(label: str) -> tuple[str | None, str | None]:
+    """The conv and linear methods a mix's cell label names (``mix-tucker2+svd``: tucker2, svd); None = left dense.
+
+    The inverse of :attr:`Mix.label` for its two kind slots, which it always writes first.
+    """
+    parts = label.removeprefix(MIX_PREFIX).split("+")
+    conv = parts[0] if parts and parts[0] != DENSE else None
+    linear = parts[1] if len(parts) > 1 and parts[1] != DENSE else None
+    return conv, linear
+
+
 def check_labels(mixes: list[Mix]) -> None:
     """Refuse two different mixes whose labels coincide (their cells would share ids)."""
     seen: dict[str, str] = {}

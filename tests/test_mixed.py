@@ -189,3 +189,11 @@ def test_auto_skips_unsupported_candidates_and_is_unsupported_when_all_are():
     assert seconds >= 0 and torch.equal(replacement.weight, layer.weight)
     with pytest.raises(Unsupported, match=r"auto: no method of b decomposes fc \(nah: no nah here\)"):
         _auto(ctx, layer, request, BackendInfo("b", "lib", "1", {"linear": ("nah",)}))
+
+
+def test_label_kinds_inverts_the_kind_slots_of_a_label():
+    from harness.mixing import label_kinds
+
+    assert label_kinds(Mix.parse("conv=tucker2,linear=svd").label) == ("tucker2", "svd")
+    assert label_kinds(Mix.parse("linear=tt,fc1=svd").label) == (None, "tt")
+    assert label_kinds(Mix.parse("conv=cp").label) == ("cp", None)

@@ -7,7 +7,8 @@ as such. Numbers are shown with a fixed precision per quantity: accuracies and p
 decimals, stability metrics (last-k std, best−last drop, spread across seeds) with 3
 (:data:`STABILITY_DIGITS`), seconds with 3 significant digits. The dense control rows
 (the dense network fine-tuned like the decomposed ones) are told apart here once, so
-that no report counts them as a backend.
+that no report counts them as a backend, and so are mixed networks (:func:`categories`),
+so that no report counts them as one more target.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 
 import pandas as pd
 
+from harness.mixing import AUTO, MIX_PREFIX
 from harness.plan import CONTROL_BACKEND, CONTROL_INIT
 
 STABILITY_DIGITS = 3  # last-k std and best−last drop are ~0.01 pp after a long cosine schedule
@@ -24,8 +26,10 @@ SECONDS_FORMAT = ".3g"  # seconds: 3 significant digits (0.0131 s, 8.31 s)
 __all__ = [
     "CONTROL_BACKEND",
     "CONTROL_INIT",
+    "MIXED",
     "SECONDS_FORMAT",
     "STABILITY_DIGITS",
+    "categories",
     "control_ok",
     "decomposed_ok",
     "format_summary",
@@ -34,6 +38,18 @@ __all__ = [
     "seed_summary",
     "with_delta",
 ]
+
+MIXED = "mixed"  # the category of a cell whose method is chosen per layer (a mix or auto), beside its target
+
+
+def categories(cells: pd.DataFrame) -> pd.Series:
+    """Which layers each cell decomposes and how: its target, or :data:`MIXED` for a method chosen per layer.
+
+    A mix (``mix-...``) or ``auto`` gives different layers different methods, so it is kept apart from
+    networks with one method throughout, whatever layers it targets.
+    """
+    method = cells["method"].astype(str)
+    return cells["target"].where(~(method.str.startswith(MIX_PREFIX) | (method == AUTO)), MIXED)
 
 
 def is_control(cells: pd.DataFrame) -> pd.Series:

@@ -32,15 +32,17 @@ from typing import Any
 import pandas as pd
 
 from harness.aggregate import (
+    MIXED,
     SECONDS_FORMAT,
     STABILITY_DIGITS,
+    categories,
     control_ok,
     decomposed_ok,
     mean_std,
     seed_summary,
     with_delta,
 )
-from harness.mixing import AUTO, MIX_PREFIX, label_kinds
+from harness.mixing import AUTO, label_kinds
 from harness.plan import NO_RATIO
 from harness.selection import split_match
 from harness.stability import LAST_K, RECOVERY_TOLERANCE
@@ -49,19 +51,6 @@ from harness.store import KEY_COLUMNS, RunResults
 # A comparison is fair only between cells that differ in backend alone.
 COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection", "tensorize"]
 TIE = "tie"  # the winner of a comparison in which every backend shows the same value
-MIXED = "mixed"  # the category of a cell whose method is chosen per layer (a mix or auto), beside its target
-
-
-def categories(cells: pd.DataFrame) -> pd.Series:
-    """Which layers each cell decomposes and how: its target, or :data:`MIXED` for a method chosen per layer.
-
-    A mix (``mix-...``) or ``auto`` gives different layers different methods, so it is kept apart from
-    networks with one method throughout, whatever layers it targets.
-    """
-    method = cells["method"].astype(str)
-    return cells["target"].where(~(method.str.startswith(MIX_PREFIX) | (method == AUTO)), MIXED)
-
-
 @dataclass
 class Finding:
     """One answer: a title, a sentence or two with the numbers, the numbers, and an optional small table."""

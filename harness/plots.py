@@ -45,8 +45,7 @@ from matplotlib.ticker import (
     NullLocator,
 )
 
-from harness.aggregate import CONTROL_BACKEND, control_ok, decomposed_ok, seed_summary
-from harness.findings import MIXED, categories
+from harness.aggregate import CONTROL_BACKEND, MIXED, categories, control_ok, decomposed_ok, seed_summary
 from harness.plan import NO_RATIO
 from harness.store import KEY_COLUMNS, RunResults
 from harness.tensorize import EXPLICIT, Tensorization

@@ -65,9 +65,7 @@ NOTHING_TO_SHOW = "harness_nothing_to_show"
 
 def backend_colours(backends: Iterable[str]) -> dict[str, str]:
     """One tab10 colour per backend (sorted by name), the dense control black."""
-    palette = colormaps["tab10"].colors
-    names = sorted({str(b) for b in backends if b != CONTROL_BACKEND})
-    colours = {name: to_hex(palette[i % len(palette)]) for i, name in enumerate(names)}
+    colours = _colours([b for b in backends if b != CONTROL_BACKEND], palette="tab10")
     colours[CONTROL_BACKEND] = "#000000"
     return colours
 
@@ -106,7 +104,7 @@ def nothing_to_show(figure: Figure) -> str | None:
 
 
 def _colours(names: Iterable[str], palette: str = "Dark2") -> dict[str, str]:
-    """One colour per name (sorted), from a palette other than the backends' so the two are not confused."""
+    """One colour per name (sorted); the default palette is not the backends' (tab10), so the two are not confused."""
     colours = colormaps[palette].colors
     return {name: to_hex(colours[i % len(colours)]) for i, name in enumerate(sorted({str(n) for n in names}))}
 
@@ -283,7 +281,7 @@ def speedup_vs_compression(cells: pd.DataFrame) -> Figure:
     if ok.empty or pd.to_numeric(ok["speedup"], errors="coerce").notna().sum() == 0:
         return _empty(title, "No ok decomposed cells with a measured speedup.")
     colours = backend_colours(cells["backend"].unique())
-    methods = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(sorted(ok["method"].unique()))}
+    methods = _markers(ok["method"].unique())
     panels, notes = _panels(ok, ["target"])
     figure, axes = _figure(len(panels), 3, 3.6)
     for axis, (name, panel) in zip(axes, panels):
@@ -737,8 +735,8 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
                          ("Final accuracy against the rank each decomposed layer got (the largest entry when the rank "
                           "is a list, as for Tucker-2 or a TT chain), one panel per layer and target, one line per "
                           "layer method, each point pooling the backends, rank selections, ratios and seeds that gave "
-                          "the layer that rank. The same rank costs different parameters in different formats, so read along one "
-                          "colour; the per-layer table gives each layer's size.")),
+                          "the layer that rank. The same rank costs different parameters in different formats, so "
+                          "read along one colour; the per-layer table gives each layer's size.")),
     "tensorize_sweep": (lambda r: tensorize_sweep(r.cells),
                         ("Tensorized Linear layers: final accuracy, parameters of the decomposed layers and measured "
                          "speedup against the number of modes d, one line per backend and method, linestyle per "

@@ -1,4 +1,4 @@
-"""Seed aggregation shared by every report: mean, spread and count over seeds of ok cells.
+"""Seed aggregation shared by every report: mean, spread and count over seeds of comparable cells.
 
 A configuration (backend, method, target, ratio, ...) is run once per seed; every
 report states its numbers as a mean with the sample standard deviation across seeds
@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.mixing import AUTO, MIX_PREFIX
 from harness.plan import CONTROL_BACKEND, CONTROL_INIT
+from harness.store import comparable_cells
 
 STABILITY_DIGITS = 3  # last-k std and best−last drop are ~0.01 pp after a long cosine schedule
 SECONDS_FORMAT = ".3g"  # seconds: 3 significant digits (0.0131 s, 8.31 s)
@@ -58,17 +59,19 @@ def is_control(cells: pd.DataFrame) -> pd.Series:
 
 
 def decomposed_ok(cells: pd.DataFrame) -> pd.DataFrame:
-    """Ok cells of decomposed networks (dense control rows left out)."""
-    if cells.empty:
-        return cells
-    return cells[(cells["status"] == "ok") & ~is_control(cells)]
+    """Comparable cells (ok and within budget, :func:`harness.store.comparable_cells`) of decomposed networks."""
+    comparable = comparable_cells(cells)
+    if comparable.empty:
+        return comparable
+    return comparable[~is_control(comparable)]
 
 
 def control_ok(cells: pd.DataFrame) -> pd.DataFrame:
-    """Ok dense control rows."""
-    if cells.empty:
-        return cells
-    return cells[(cells["status"] == "ok") & is_control(cells)]
+    """Comparable dense control rows."""
+    comparable = comparable_cells(cells)
+    if comparable.empty:
+        return comparable
+    return comparable[is_control(comparable)]
 
 
 def with_delta(cells: pd.DataFrame) -> pd.DataFrame:
@@ -82,7 +85,7 @@ def with_delta(cells: pd.DataFrame) -> pd.DataFrame:
 def seed_summary(cells: pd.DataFrame, metrics: list[str], group: list[str]) -> pd.DataFrame:
     """Per group of ok cells: ``<metric>_mean``, ``<metric>_std`` (ddof=1, NaN for one seed) and ``n``."""
     columns = group + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n"]
-    ok = cells[cells["status"] == "ok"] if "status" in cells.columns else cells
+    ok = comparable_cells(cells)
     if ok.empty:
         return pd.DataFrame(columns=columns)
     # Metrics stored as None (e.g. a recovery that never happened) arrive as objects; numbers are needed.

@@ -2,17 +2,21 @@
 
 A backend plugin describes itself with a :class:`BackendInfo` (which library it wraps,
 which methods it offers per layer kind, which conv features it cannot handle) and is
-asked to decompose one layer at a time with a :class:`DecomposeRequest`. Declared
-gaps become ``unsupported`` cells before any backend code runs; a backend that
-finds a gap only at decomposition time raises :class:`Unsupported`. The budget
-helper :func:`largest_fitting` is shared by every backend so that "the largest rank
-whose replacement fits dense/ratio parameters" means the same thing everywhere.
+asked to decompose one layer at a time with a :class:`DecomposeRequest`. A backend may
+declare one callable per (layer kind, method) in ``BackendInfo.methods`` and let the host
+dispatch to it, or answer the ``harness_decompose_layer`` hook itself. Declared gaps
+become ``unsupported`` cells before any backend code runs; a backend that finds a gap
+only at decomposition time raises :class:`Unsupported`. The budget helpers
+(:meth:`DecomposeRequest.pick_rank`, :func:`largest_fitting`) are shared by every
+backend so that "the largest rank whose replacement fits dense/ratio parameters" means
+the same thing everywhere, and :func:`check_budget` is how the host holds every
+replacement to that promise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +36,27 @@ class Unsupported(Exception):
     """Raised by a backend when it cannot decompose a layer as requested; the cell becomes `unsupported`."""
 
 
+class OverBudget(Exception):
+    """Raised by the host when a replacement has more parameters than its request allowed; the cell becomes
+    ``over_budget`` and never enters a ranking."""
+
+
+# The status of a cell whose backend broke its parameter budget.
+OVER_BUDGET = "over_budget"
+
+# A backend's callable for one (layer kind, method): the layer and the request in, the replacement out.
+Decompose = Callable[["nn.Module", "DecomposeRequest"], nn.Module]
+
+
 @dataclass(frozen=True)
 class BackendInfo:
     """A backend's self-description, given to the host by ``harness_register_backends``.
 
     ``methods`` maps a layer kind (``"linear"`` or ``"conv2d"``) to the method names the
-    backend offers for it. ``conv_unsupported`` names entries of :data:`CONV_FEATURES` the
+    backend offers for it, either as a tuple (the plugin then answers
+    ``harness_decompose_layer``) or as a dict from method name to a ``decompose(layer,
+    request)`` callable that the host calls directly (no hook needed; the callables end up
+    in ``implementations``). ``conv_unsupported`` names entries of :data:`CONV_FEATURES` the
     backend cannot handle. ``init`` is ``"decompose"`` when the backend starts from the
     trained weights and ``"scratch"`` when it builds the factorised layer from random
     init; ``init_per_method`` overrides it per method, keyed ``"method"`` or
@@ -60,6 +79,22 @@ class BackendInfo:
     install_hint: str = ""
     description: str = ""
     tensorized_methods: frozenset[str] = frozenset()
+    implementations: dict[tuple[str, str], Decompose] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # methods={"linear": {"svd": decompose_svd}} declares the names and the callables at once.
+        names: dict[str, tuple[str, ...]] = {}
+        implementations = dict(self.implementations)
+        for kind, offered in self.methods.items():
+            if isinstance(offered, Mapping):
+                implementations.update({(kind, method): function for method, function in offered.items()})
+            names[kind] = tuple(offered)
+        object.__setattr__(self, "methods", names)
+        object.__setattr__(self, "implementations", implementations)
+
+    def implementation(self, kind: str, method: str) -> Decompose | None:
+        """The callable declared for ``method`` on ``kind`` layers, or None when the plugin answers the hook."""
+        return self.implementations.get((kind, method))
 
     def methods_for(self, kind: str) -> tuple[str, ...]:
         return tuple(self.methods.get(kind, ()))
@@ -105,6 +140,27 @@ class DecomposeRequest:
     options: dict[str, Any] = field(default_factory=dict)
     dense_params: int = 0
     budget: int | None = None
+
+    def pick_rank(self, param_count: Callable[[int], int], full: int | None) -> int:
+        """The rank of a one-rank format this request asks for, given the replacement's ``param_count(rank)``.
+
+        An explicit ``rank`` (capped at ``full``); ``"full"``, i.e. ``full`` (:class:`Unsupported` when
+        ``full`` is None: the format has no finite full rank, like CP); otherwise the largest rank whose
+        replacement fits :attr:`max_params` (:class:`Unsupported` when not even rank 1 fits).
+        """
+        if self.rank == FULL_RANK:
+            if full is None:
+                raise Unsupported(f"{self.method} has no finite full rank")
+            return full
+        if self.rank is not None:
+            return int(self.rank) if full is None else min(int(self.rank), full)
+        budget = param_budget(self)
+        return largest_fitting(param_count, budget, upper=full if full is not None else max(1, budget))
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded with the cell's seed, for randomized methods: the same seed gives the same
+        factors on any device, whatever else has drawn from the global RNG."""
+        return torch_generator(self.seed)
 
     @property
     def max_params(self) -> int | None:
@@ -187,6 +243,16 @@ def fill_ranks(caps: list[int], param_count: Callable[[list[int]], int], budget:
         if not candidates:
             return ranks
         ranks = candidates[0]
+
+
+def check_budget(replacement: nn.Module, request: DecomposeRequest) -> int:
+    """The replacement's parameter count; :class:`OverBudget` when it exceeds the request's budget."""
+    params = count_params(replacement)
+    budget = request.max_params
+    if budget is not None and params > budget:
+        raise OverBudget(f"{request.backend}/{request.method} replaced {request.layer_path} with {params} parameters, "
+                         f"over its budget of {budget} (dense {request.dense_params})")
+    return params
 
 
 def param_budget(request: DecomposeRequest) -> int:

@@ -25,7 +25,7 @@ from harness.config import (
     preset_names,
     validate_names,
 )
-from harness.plugins import Host, load_host
+from harness.plugins import BUILTIN, COMMAND_LINE, Host, is_plugin_file, load_host
 from harness.store import StoreError
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE = 0, 1, 2
@@ -45,8 +45,19 @@ class Parser(argparse.ArgumentParser):
 def _plugin_args(values: list[str] | None) -> dict[str, list[str]]:
     blocked, extra = [], []
     for value in values or []:
-        (blocked if value.startswith("no:") else extra).append(value.removeprefix("no:"))
+        if value.startswith("no:"):
+            blocked.append(value.removeprefix("no:"))
+        else:
+            # A file path is made absolute so that worker processes find the same file.
+            extra.append(os.path.abspath(value) if is_plugin_file(value) else value)
     return {"blocked": blocked, "extra_modules": extra}
+
+
+def _require_command_line_plugins(host: Host) -> None:
+    """A plugin the user named with ``-p`` must load: a typo would otherwise run without it."""
+    for record in host.plugins:
+        if record.origin == COMMAND_LINE and record.error:
+            raise UsageError(f"harness: error: cannot load plugin {record.module!r} given with -p: {record.error}")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +124,8 @@ def build_parser(host: Host) -> Parser:
     parser = Parser(prog="harness", description="Compare tensor-decomposition backends for compressing neural networks.")
     parser.add_argument("--version", action="version", version=f"harness {harness.__version__}")
     parser.add_argument("-p", dest="plugins", action="append", metavar="NAME",
-                        help="'-p no:NAME' blocks a plugin; '-p module.path' loads a module as a plugin")
+                        help="'-p no:NAME' blocks a plugin; '-p module.path' (the current folder included) or "
+                             "'-p path/to/file.py' loads a module as a plugin")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     # -p is read ahead of parsing (plugins must load first); it is declared on every parser so it may stand anywhere.
     plugin_flag = argparse.ArgumentParser(add_help=False)
@@ -158,8 +170,16 @@ def _echo(line: str) -> None:
 def cmd_plugins(host: Host) -> int:
     _echo("plugins:")
     for record in host.plugins:
-        origin = f"{record.distribution} {record.version}" if record.distribution else "built into harness"
-        status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
+        if record.origin == BUILTIN:
+            origin = BUILTIN
+        elif record.origin == COMMAND_LINE:
+            origin = "loaded with -p"
+        else:
+            origin = "entry point" + (f" of {record.distribution} {record.version}" if record.distribution else "")
+        if record.blocked:
+            status = "blocked (-p no:NAME)"
+        else:
+            status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
         _echo(f"  {record.name:<18} {record.module} ({origin}): {status}")
     for problem in host.registration_errors:
         _echo(f"warning: {problem}")
@@ -331,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         early, _ = pre.parse_known_args(argv)
         plugin_args = _plugin_args(early.plugins)
         host = load_host(**plugin_args)
+        _require_command_line_plugins(host)
         parser = build_parser(host)
         args = parser.parse_args(argv)
         if args.command is None:

@@ -728,7 +728,7 @@ def all_findings(results: RunResults) -> list[Finding]:
     found: list[Finding] = []
     for index, finder in enumerate(FINDERS):
         try:
-            found += finder(results.cells, results.epochs)
+            found += finder(results.comparable, results.epochs)
         except Exception as exc:  # noqa: BLE001 - a report must survive one odd table
             found.append(Finding(f"failed_{index}", "A finding could not be computed",
                                  f"{type(exc).__name__}: {exc}"))

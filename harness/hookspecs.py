@@ -51,9 +51,12 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
 
     Called once when the plugin manager starts. Call ``register(BackendInfo(...))`` once
     per backend: its name, wrapped library and version, methods per layer kind, the
-    conv features it cannot handle and whether it starts from trained weights. A backend
-    whose library is missing still registers, with ``available=False`` and an install
-    hint. Returns nothing.
+    conv features it cannot handle and whether it starts from trained weights. Methods
+    given as a dict ``{"svd": decompose}`` name the callable ``decompose(layer, request)
+    -> nn.Module`` the host calls for them (then :func:`harness_decompose_layer` is not
+    needed); given as a tuple of names, the plugin answers that hook. A backend whose
+    library is missing still registers, with ``available=False`` and an install hint.
+    Returns nothing.
     """
 
 
@@ -61,12 +64,16 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
 def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.Module | None:
     """Return a drop-in replacement for ``layer`` (an ``nn.Linear`` or ``nn.Conv2d``).
 
-    Called once per targeted layer of a cell, inside the worker that runs the cell.
-    Only the plugin that owns ``request.backend`` answers; every other plugin returns
-    None (``firstresult``: the first non-None module wins). The replacement takes the
+    Called once per targeted layer of a cell, inside the worker that runs the cell, for
+    backends that declared method names without callables (a declared callable is called
+    instead, with the same arguments and contract). The host calls it only for a method
+    the backend declares for the layer's kind, never for a conv feature it declared it
+    cannot handle. Only the plugin that owns ``request.backend`` answers; every other
+    plugin returns None (``firstresult``: the first non-None module wins). The replacement takes the
     same input and gives an output of the same shape; with ``request.ratio`` (or
     ``request.budget``) set its parameter count (bias included) must not exceed
-    ``request.max_params``; with
+    ``request.max_params`` (the host counts it after the call: over budget, the cell is
+    ``over_budget`` and never ranked); with
     ``request.rank`` set it uses that rank (``"full"``: the largest the format allows,
     at which SVD, Tucker and TT formats reproduce the layer). It may carry
     a ``decomposition_info`` dict attribute (e.g. ``{"rank": ..., "n_iter": ...,

@@ -2,17 +2,21 @@
 
 A cell is one (backend, model, dataset, method, target, ratio, seed, rank selection); a
 rank selector whose budgets ignore the ratio gets one cell per combination instead of
-one per ratio, with the placeholder ratio 1. For each (model,
-dataset, seed) one more cell, the dense control, fine-tunes the undecomposed baseline
-with the same recipe so stability has a reference. Planning builds
-each model once (untrained) to see which layers a target selects, so declared gaps —
-a method the backend lacks for a layer kind, a conv feature it cannot handle — become
-``unsupported`` cells with their reason before any backend code runs. Combinations
-that make no sense for any backend (a Linear-only method on a conv target, a target
-with no layers in the model) are not planned at all. A mix (see :mod:`harness.mixing`) is
+one per ratio, with the placeholder ratio 1. For each (model, dataset, seed) one more
+cell, the dense control, fine-tunes the undecomposed baseline with the same recipe so
+stability has a reference. Planning builds each model once (untrained) to see which
+layers a target selects. A backend gets cells only for methods it declares for every
+layer kind the cell decomposes: one method on target ``all`` means that method on every
+targeted conv *and* Linear layer, so a backend that declares it for one kind only is not
+planned there (a mix gives each kind its own method). Every combination left out this
+way is recorded (:class:`NotPlanned`) and summed up in one line; ``unsupported`` cells
+are reserved for a declared method that a layer's features (groups, dilation, ...) rule
+out, found here before any backend code runs, or that the library refuses at run time.
+Combinations that make no sense for any backend (a Linear-only method on a conv target, a
+target with no layers in the model) are not planned at all. A mix (see :mod:`harness.mixing`) is
 planned like one more method, labelled ``mix-...``, on target ``all`` when the run has it
 (else on each run target it maps a layer of), with its layer-to-method map checked layer
-by layer; the method ``auto`` is checked for having a decompose-init candidate per kind. A cell whose
+by layer; the method ``auto`` needs a decompose-init candidate per kind. A cell whose
 Linear layers get a method the backend declares tensorized is planned once per tensorization of the run
 (``--tt-d``, ``tensor_shapes``, ``--tt-pad``; see :mod:`harness.tensorize`), every other cell once; explicit
 shapes are checked against the built model here.
@@ -20,7 +24,8 @@ shapes are checked against the built model here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -118,12 +123,19 @@ def _applicable(method: str, kinds: tuple[str, ...], backends: dict[str, Backend
     return any(all(_offered(info, method, kind) for kind in kinds) for info in backends.values())
 
 
+def undeclared_kind(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> tuple[str, str] | None:
+    """The first (method, layer kind) of ``assigned`` that the backend does not declare (for ``auto``: has no
+    decompose-init candidate for), or None when it declares every one: such a cell is not planned."""
+    for method in dict.fromkeys(m for _, _, m in assigned):
+        for kind in sorted({layer_kind(layer) for _, layer, m in assigned if m == method}):
+            if not _offered(info, method, kind):
+                return method, kind
+    return None
+
+
 def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, nn.Module]]) -> str | None:
-    for kind in sorted({layer_kind(m) for _, m in layers}):
-        if not _offered(info, method, kind):
-            if method == AUTO:
-                return f"{info.name} offers no decompose-init method for {KIND_NAMES[kind]} layers for auto to try"
-            return f"{info.name} offers no {method} for {KIND_NAMES[kind]} layers"
+    """Why the backend cannot run its declared ``method`` on ``layers``: a conv feature it declared it cannot
+    handle (None when there is none)."""
     for path, module in layers:
         if isinstance(module, nn.Conv2d):
             gaps = conv_features(module) & set(info.conv_unsupported)
@@ -140,7 +152,8 @@ def _layer_init(info: BackendInfo, method: str, kind: str) -> str:
 def cell_plan(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> tuple[str, str | None]:
     """The init of a cell decomposing ``assigned`` (path, layer, method) with backend ``info`` (``"mixed"`` when
     its layers differ) and why the backend cannot run it (None when it can): the first layer group, in module
-    order, whose method the backend lacks for that kind or whose conv features it cannot handle."""
+    order, whose conv features the backend cannot handle. Undeclared methods are the caller's to leave out
+    (:func:`undeclared_kind`)."""
     inits = {_layer_init(info, method, layer_kind(layer)) for _, layer, method in assigned}
     init = inits.pop() if len(inits) == 1 else "mixed"
     for method in dict.fromkeys(m for _, _, m in assigned):
@@ -183,13 +196,66 @@ def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | No
     return planned
 
 
+@dataclass(frozen=True)
+class NotPlanned:
+    """A (backend, model, method, target) the planner left out: the backend does not declare ``lacks`` (the
+    method itself, or one a mix maps) for ``kind`` layers, which the target holds."""
+
+    backend: str
+    model: str
+    method: str
+    target: str
+    kind: str
+    lacks: str
+
+    @property
+    def reason(self) -> str:
+        if self.lacks == AUTO:
+            return f"{self.backend} has no decompose-init method for {KIND_NAMES[self.kind]} layers for auto"
+        return f"{self.backend} declares no {self.lacks} for {KIND_NAMES[self.kind]} layers"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def not_planned_summary(records: list[dict[str, str]] | list[NotPlanned]) -> str:
+    """One line: how many (backend, model, method, target) combinations were not planned, and why.
+
+    E.g. "12 combinations not planned, the backend does not declare the method for a targeted layer kind:
+    native: cp, tucker2 (Linear); tltorch: svd (Linear)"; "" when there are none.
+    """
+    rows = [r if isinstance(r, NotPlanned) else NotPlanned(**r) for r in records]
+    if not rows:
+        return ""
+    by_backend: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        methods = by_backend[row.backend][KIND_NAMES.get(row.kind, row.kind)]
+        if row.lacks not in methods:
+            methods.append(row.lacks)
+    parts = ["{}: {}".format(backend, "; ".join(f"{', '.join(sorted(methods))} ({kind})"
+                                                for kind, methods in sorted(kinds.items())))
+             for backend, kinds in sorted(by_backend.items())]
+    count = len(rows)
+    return (f"{count} combination{'s' if count != 1 else ''} not planned, the backend does not declare the method "
+            f"for a targeted layer kind: {' | '.join(parts)}")
+
+
+@dataclass
+class Plan:
+    """The planner's answer: the cells to run, notes for the user, and the combinations left out and why."""
+
+    cells: list[Cell]
+    notes: list[str] = field(default_factory=list)
+    not_planned: list[NotPlanned] = field(default_factory=list)
+
+
 def plan_cells(
     config: RunConfig,
     backends: dict[str, BackendInfo],
     models: dict[str, nn.Module],
     selectors: dict[str, RankSelector] | None = None,
-) -> tuple[list[Cell], list[str]]:
-    """All cells of the run, and notes on combinations that were not planned.
+) -> Plan:
+    """All cells of the run, notes for the user and the combinations not planned.
 
     ``models`` maps ``(model, dataset)`` names joined by ``"@"`` to an untrained
     instance built for that dataset's input shape. ``selectors`` (the host's rank
@@ -200,9 +266,16 @@ def plan_cells(
     selections = _selection_ratios(config, selectors)
     cells: list[Cell] = []
     notes: list[str] = []
+    not_planned: list[NotPlanned] = []
 
     def add(backend: str, model_name: str, dataset: str, method: str, target: str,
             assigned: list[tuple[str, nn.Module, str]], mix: str | None = None) -> None:
+        missing = undeclared_kind(run_backends[backend], assigned)
+        if missing is not None:
+            record = NotPlanned(backend, model_name, method, target, kind=missing[1], lacks=missing[0])
+            if record not in not_planned:  # a model planned on several datasets would repeat it
+                not_planned.append(record)
+            return
         init, reason = cell_plan(run_backends[backend], assigned)
         for tensorize in tensorize_labels(config, run_backends[backend], assigned):
             for selection, ratios in selections:
@@ -250,7 +323,7 @@ def plan_cells(
     kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]
     if len(kept) < len(cells):
         notes.append(f"{len(cells) - len(kept)} cells left out by skip patterns {', '.join(config.skip)}")
-    return kept, notes
+    return Plan(kept, notes, not_planned)
 
 
 def control_cell(model: str, dataset: str, seed: int) -> Cell:

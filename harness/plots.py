@@ -711,33 +711,33 @@ def tensorize_sweep(cells: pd.DataFrame) -> Figure:
 
 
 PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
-    "accuracy_vs_compression": (lambda r: accuracy_vs_compression(r.cells),
+    "accuracy_vs_compression": (lambda r: accuracy_vs_compression(r.comparable),
                                 ("Final accuracy against the achieved compression of the decomposed layers, one "
                                 "panel per method; lines are each backend's Pareto front.")),
-    "speedup_vs_compression": (lambda r: speedup_vs_compression(r.cells),
+    "speedup_vs_compression": (lambda r: speedup_vs_compression(r.comparable),
                                ("Measured whole-network latency speedup against compression, one panel per target; "
                                "the grey dashed line is the speedup the FLOP reduction alone would give.")),
-    "epoch_curves": (lambda r: epoch_curves(r.cells, r.epochs),
+    "epoch_curves": (lambda r: epoch_curves(r.comparable, r.epochs),
                      ("Test accuracy per fine-tuning epoch at the median ratio, decomposed backends against the "
                      "dense control (black dashed); bands are ± one std over seeds.")),
-    "decomposition_time": (lambda r: decomposition_time(r.cells),
+    "decomposition_time": (lambda r: decomposition_time(r.comparable),
                            "Seconds per cell spent decomposing, per backend and method (log scale)."),
-    "target_comparison": (lambda r: target_comparison(r.cells),
+    "target_comparison": (lambda r: target_comparison(r.comparable),
                           ("Conv-only, linear-only and both (and mixed networks, a method per layer, where the run "
                            "has them) at equal whole-model compression: best final accuracy and best measured speedup "
                            "reachable at or above each compression.")),
-    "rank_selection_study": (lambda r: rank_selection_study(r.cells),
+    "rank_selection_study": (lambda r: rank_selection_study(r.comparable),
                              ("Rank selections compared: final accuracy and measured speedup against the achieved "
                               "compression of the decomposed layers, one row per method and target, one colour per "
                               "selection; a selection matched to another's total (SEL@REF) sits at the same "
                               "compression, so the two compare vertically.")),
-    "accuracy_vs_rank": (lambda r: accuracy_vs_rank(r.cells, r.layers),
+    "accuracy_vs_rank": (lambda r: accuracy_vs_rank(r.comparable, r.layers),
                          ("Final accuracy against the rank each decomposed layer got (the largest entry when the rank "
                           "is a list, as for Tucker-2 or a TT chain), one panel per layer and target, one line per "
                           "layer method, each point pooling the backends, rank selections, ratios and seeds that gave "
                           "the layer that rank. The same rank costs different parameters in different formats, so "
                           "read along one colour; the per-layer table gives each layer's size.")),
-    "tensorize_sweep": (lambda r: tensorize_sweep(r.cells),
+    "tensorize_sweep": (lambda r: tensorize_sweep(r.comparable),
                         ("Tensorized Linear layers: final accuracy, parameters of the decomposed layers and measured "
                          "speedup against the number of modes d, one line per backend and method, linestyle per "
                          "ratio; only pairs that ran at two or more d.")),

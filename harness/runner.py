@@ -12,7 +12,9 @@ measures the decomposed network, fine-tunes it with the shared training settings
 measures it again. The dense control cell skips the decomposition and fine-tunes the
 baseline itself with the same recipe. The dense and decomposed networks are measured in
 the same process so their latencies compare. The result is plain data; only the driver writes the store.
-An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
+The host holds every replacement to its request: one with more parameters than its budget
+stops the cell as ``over_budget`` (the offending layer recorded), so it never reaches a
+ranking. An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
 makes it ``error`` with a one-line message (and the traceback kept beside it).
 """
 
@@ -28,7 +30,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.backends import BackendInfo, DecomposeRequest, Unsupported, layer_kind
+from harness.backends import (
+    OVER_BUDGET,
+    BackendInfo,
+    DecomposeRequest,
+    OverBudget,
+    Unsupported,
+    check_budget,
+    layer_kind,
+)
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import DataSplits
@@ -128,6 +138,8 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
         _run(cell, ctx, result, progress)
     except Unsupported as exc:
         result["status"], result["error"] = "unsupported", str(exc).splitlines()[0] if str(exc) else "unsupported"
+    except OverBudget as exc:
+        result["status"], result["error"] = OVER_BUDGET, str(exc)
     except Exception as exc:
         result["status"] = "error"
         result["error"], result["traceback"] = format_exception(exc)
@@ -189,11 +201,9 @@ def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest)
     synchronize(ctx.device)
     start = time.perf_counter()
     with contextlib.redirect_stdout(captured):
-        replacement = ctx.host.hook.harness_decompose_layer(layer=layer, request=request)
+        replacement = ctx.host.decompose(layer, request)
     synchronize(ctx.device)
     seconds = time.perf_counter() - start
-    if replacement is None:
-        raise RuntimeError(f"no plugin answered harness_decompose_layer for backend {request.backend!r}")
     return replacement.to(ctx.device), seconds, captured.getvalue()
 
 
@@ -314,6 +324,8 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
             "info": info,
             "stdout": printed[-2000:] or None,
         })
+        # The host's check, whatever the backend promised: the row above keeps the offending layer on record.
+        check_budget(replacement, request)
         _replace(model, layer_path, replacement)
 
     params_dense = sum(row["params_dense"] for row in result["layers"])

@@ -25,12 +25,14 @@ from harness.config import ConfigError, RunConfig
 from harness.data import DataSplits, DataUnavailable
 from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
 from harness.metrics import FLOP_CONVENTION
-from harness.plan import Cell, plan_cells
+from harness.backends import OVER_BUDGET
+from harness.plan import Cell, not_planned_summary, plan_cells
 from harness.plugins import Host, format_exception
 from harness.runner import resolve_device
 from harness.store import STORE_NAME, Store, load_results
 
-FAILED_STATUSES = ("error", "timeout")
+# Statuses that make `harness run` exit 1: the cell failed, or its backend broke the budget it promised.
+FAILED_STATUSES = ("error", "timeout", OVER_BUDGET)
 
 
 def git_commit() -> str | None:
@@ -103,16 +105,20 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     data = load_data(config, host, device)
     planning_models = {f"{m}@{d}": host.models[m].build(data[d].input_shape, data[d].num_classes)
                        for m in config.models for d in config.datasets}
-    cells, notes = plan_cells(config, host.backends, planning_models, host.rank_selectors)
-    for note in notes:
+    plan = plan_cells(config, host.backends, planning_models, host.rank_selectors)
+    cells = plan.cells
+    for note in plan.notes:
         write(f"note: {note}")
+    if plan.not_planned:
+        write(f"note: {not_planned_summary(plan.not_planned)}")
     if not cells:
         raise ConfigError("nothing to run: no method applies to the chosen targets and models")
 
     store = Store(run_dir)
     try:
         if not resume:
-            store.set_meta(run_metadata(config, host, argv, device))
+            store.set_meta({**run_metadata(config, host, argv, device),
+                            "not_planned": [record.to_dict() for record in plan.not_planned]})
         else:
             store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
         done = store.finished_ids()

@@ -114,15 +114,52 @@ class Store:
                  for r in result["layers"]])
 
 
+# The only status whose cells may be compared, ranked or summarised.
+COMPARABLE_STATUS = "ok"
+
+
+def comparable_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells a report may compare: status ``ok`` and, where the store says so, within their parameter budget.
+
+    A cell whose backend broke its budget is stored ``over_budget`` by runs since that status exists; an older
+    store's ``ok`` cell with ``budget_ok`` false is left out here all the same.
+    """
+    if cells.empty or "status" not in cells.columns:
+        return cells
+    keep = cells["status"] == COMPARABLE_STATUS
+    if "budget_ok" in cells.columns:
+        keep &= cells["budget_ok"].map(lambda value: value is not False and value != 0)
+    return cells[keep]
+
+
 @dataclass
 class RunResults:
-    """A run as the reports see it: metadata and tidy tables read from the store."""
+    """A run as the reports see it, read from ``results.sqlite`` alone: what a report plugin may use.
+
+    - ``run_dir``: the run directory (write report files here).
+    - ``meta``: the run's metadata: ``config`` (every setting, as a dict), ``command``, ``started_at``,
+      ``harness_version``, ``git_commit``, ``python``, ``platform``, ``torch``, ``libraries`` (backend ->
+      library and version), ``plugins``, ``device``, ``device_name``, ``threads``, ``cpu_count``, ``seeds``,
+      ``flop_convention`` and ``not_planned`` (combinations the planner left out and why).
+    - ``cells``: one row per finished cell: the key columns (:data:`KEY_COLUMNS`), ``cell_id``, ``status``
+      (``ok``, ``unsupported``, ``error``, ``timeout``, ``diverged``, ``over_budget``), ``error`` and every
+      metric the runner measured (``params``, ``compression``, ``acc_final``, ``speedup``, ...).
+    - ``epochs``: one row per cell and fine-tuning epoch; ``layers``: one row per decomposed layer; both
+      carry the key columns of their cell.
+    - :attr:`comparable`: the cells that may be ranked, compared or summarised (ok, within budget, the dense
+      control included: tell it apart with ``harness.aggregate.is_control``). Rank only these.
+    """
 
     run_dir: Path
     meta: dict[str, Any]
     cells: pd.DataFrame
     epochs: pd.DataFrame
     layers: pd.DataFrame
+
+    @property
+    def comparable(self) -> pd.DataFrame:
+        """The cells a report may rank: see :func:`comparable_cells`."""
+        return comparable_cells(self.cells)
 
 
 def load_results(run_dir: str | Path) -> RunResults:

@@ -11,6 +11,7 @@ same way. Nothing here depends on a decomposition library, and grouped convs are
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.backends import fill_ranks, largest_fitting
+from harness.backends import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
 
 __all__ = [
     "TTMatrixLinear",
@@ -26,6 +27,7 @@ __all__ = [
     "cp_conv_module",
     "cp_params",
     "full_geometry",
+    "stock_method",
     "ranks_arg",
     "split_geometry",
     "svd_budget_rank",
@@ -49,6 +51,26 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def stock_method(decompose: Any) -> Any:
+    """A backend's callable from ``decompose(layer, request) -> (module, info)`` that fills a structure here.
+
+    ``"full"`` becomes a rank far above any format's maximum, which every builder here lowers to the maximum
+    (CP, with no finite full rank, is refused), and the info becomes the module's ``decomposition_info``.
+    """
+
+    def run(layer: nn.Module, request: DecomposeRequest) -> nn.Module:
+        if request.rank == FULL_RANK:
+            if request.method == "cp":
+                raise Unsupported("CP has no finite full rank")
+            request = dataclasses.replace(request, rank=10**9)
+        module, info = decompose(layer, request)
+        module.decomposition_info = info
+        return module
+
+    return run
+
 
 
 def tt_max_ranks(shape: Sequence[int]) -> list[int]:

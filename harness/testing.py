@@ -10,11 +10,14 @@ A plugin author writes::
 
 and pytest runs every check below once per (layer kind, method) the backend declares:
 full-rank exactness (``rank="full"``) and planted-rank CP recovery for methods that start
-from trained weights, the parameter budget, output shapes under stride, padding,
-dilation and odd kernels, the bias, a ``state_dict`` round trip, determinism under a
-seed, backward, and that declared conv gaps raise :class:`harness.Unsupported`.
-Methods that train from scratch skip the exactness checks; an unavailable backend
-skips everything, with its install hint as the reason.
+from trained weights, the parameter budget (never over it, and never more than
+:data:`UNUSED_BUDGET` of it left unused while the next rank up would still fit), output
+shapes under stride, padding, dilation and odd kernels, the bias, a ``state_dict`` round
+trip, determinism under a seed, backward, and that declared conv gaps raise
+:class:`harness.Unsupported`. Requests go through :meth:`harness.plugins.Host.decompose`,
+exactly as in a run. Methods that train from scratch skip the exactness checks; an
+unavailable backend skips everything, with its install hint as the reason.
+:func:`decompose` is the same path for a backend's own tests.
 """
 
 from __future__ import annotations
@@ -27,10 +30,19 @@ import pytest
 import torch
 from torch import nn
 
-from harness.backends import DecomposeRequest, Unsupported, conv_features, count_params, layer_kind
+from harness.backends import (
+    DecomposeRequest,
+    Unsupported,
+    check_budget,
+    conv_features,
+    count_params,
+    layer_kind,
+)
 from harness.metrics import relative_error
 
 RATIOS = (2.0, 4.0, 8.0)
+# A replacement may leave at most this share of its budget unused when the next rank up would still fit.
+UNUSED_BUDGET = 0.25
 # Small layers keep the kit fast; shapes chosen so every format has room at ratio 8.
 LINEAR_SHAPE = (64, 48)
 CONV_SHAPE = (16, 24, 3)
@@ -51,10 +63,35 @@ GAP_EXAMPLES = {
 }
 
 
+_HOSTS: dict[str | None, Any] = {}
+
+
 def _host(plugin_module: str | None):
+    """The plugin host (every installed plugin, plus ``plugin_module``), loaded once per module."""
     from harness.plugins import load_host
 
-    return load_host(extra_modules=[plugin_module] if plugin_module else [])
+    if plugin_module not in _HOSTS:
+        _HOSTS[plugin_module] = load_host(extra_modules=[plugin_module] if plugin_module else [])
+    return _HOSTS[plugin_module]
+
+
+def decompose(layer: nn.Module, request: DecomposeRequest, plugin_module: str | None = None) -> nn.Module:
+    """``layer``'s replacement as a run gets it: through the host, which refuses undeclared methods and declared
+    conv gaps, then checked against the request's budget (:class:`harness.backends.OverBudget`)."""
+    replacement = _host(plugin_module).decompose(layer, request)
+    check_budget(replacement, request)
+    return replacement
+
+
+def _next_ranks(rank: Any) -> list[Any]:
+    """The ranks one step up from ``rank`` (an int, or one int per bond: each bond bumped on its own)."""
+    if isinstance(rank, bool):
+        return []
+    if isinstance(rank, int):
+        return [rank + 1]
+    if isinstance(rank, (list, tuple)) and rank and all(isinstance(r, int) and not isinstance(r, bool) for r in rank):
+        return [[*rank[:i], r + 1, *rank[i + 1:]] for i, r in enumerate(rank)]
+    return []
 
 
 def _seeded(build, seed: int = 0):
@@ -132,9 +169,8 @@ class BackendConformance:
                   seed: int = 0) -> nn.Module:
         request = DecomposeRequest(backend=self.backend, method=method, layer_path="layer", kind=layer_kind(layer),
                                    ratio=ratio, rank=rank, seed=seed, dense_params=count_params(layer))
-        replacement = host.hook.harness_decompose_layer(layer=layer, request=request)
-        assert replacement is not None, f"no plugin answered for backend {self.backend!r}"
-        return replacement
+        # The host's path, without its budget check: test_budget_is_respected reports that one itself.
+        return host.decompose(layer, request)
 
     def _skip_if_gap(self, info, layer: nn.Module) -> None:
         if isinstance(layer, nn.Conv2d):
@@ -154,6 +190,8 @@ class BackendConformance:
 
     def test_other_backends_requests_are_ignored(self, host, info, case):
         kind, method = case
+        if info.implementation(kind, method) is not None:
+            pytest.skip("a declared callable: the host dispatches, no request of another backend reaches it")
         plugin = host.pm.get_plugin(host.backend_plugin[self.backend])
         layer = make_layer(kind)
         request = DecomposeRequest(backend=self.backend + "-not-me", method=method, layer_path="layer", kind=kind,
@@ -192,16 +230,42 @@ class BackendConformance:
         with torch.no_grad():
             assert relative_error(layer(x), replacement(x)) < self.planted_tolerance
 
-    @pytest.mark.parametrize("ratio", RATIOS)
-    def test_budget_is_respected(self, host, info, case, ratio):
-        kind, method = case
+    def _at_ratio(self, host, kind: str, method: str, ratio: float) -> tuple[nn.Module, nn.Module, int]:
+        """The layer, its replacement at ``ratio`` and the budget; skips when the backend reports it unreachable."""
         layer = make_layer(kind)
         try:
             replacement = self.decompose(host, layer, method, ratio=ratio)
         except Unsupported as exc:
             pytest.skip(f"budget not reachable, reported as unsupported: {exc}")
-        budget = int(count_params(layer) // ratio)
+        return layer, replacement, int(count_params(layer) // ratio)
+
+    @pytest.mark.parametrize("ratio", RATIOS)
+    def test_budget_is_respected(self, host, info, case, ratio):
+        _, replacement, budget = self._at_ratio(host, *case, ratio)
         assert count_params(replacement) <= budget, f"{count_params(replacement)} params over the budget {budget}"
+
+    @pytest.mark.parametrize("ratio", RATIOS)
+    def test_budget_is_filled(self, host, info, case, ratio):
+        """A replacement uses at least 1 - UNUSED_BUDGET of its budget, unless the next rank up would not fit."""
+        kind, method = case
+        layer, replacement, budget = self._at_ratio(host, kind, method, ratio)
+        params = count_params(replacement)
+        if params >= (1 - UNUSED_BUDGET) * budget:
+            return
+        rank = (getattr(replacement, "decomposition_info", None) or {}).get("rank")
+        bigger = _next_ranks(rank)
+        assert bigger, (f"{params} params use {params / budget:.0%} of the budget {budget}, and the replacement "
+                        "reports no decomposition_info['rank'] (an int or a list of ints) for the kit to check "
+                        "that the next rank up would not fit")
+        for larger in bigger:
+            try:
+                candidate = self.decompose(host, layer, method, rank=larger)
+            except Exception:  # a rank the format cannot take does not fit either
+                continue
+            assert count_params(candidate) > budget, (
+                f"rank {rank} uses {params} of {budget} budgeted parameters ({params / budget:.0%}), but rank "
+                f"{larger} would fit with {count_params(candidate)}: pick the largest rank that fits "
+                "(DecomposeRequest.pick_rank)")
 
     @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
     def test_conv_output_shape(self, host, info, case, geometry):

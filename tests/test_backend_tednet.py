@@ -20,6 +20,8 @@ from torch import nn
 import harness_tednet
 from harness import DecomposeRequest, Unsupported
 from harness.backends import count_params
+from harness.plugins import load_host
+from harness.testing import decompose as host_decompose
 from harness_tednet.library import TedNetLayer, build_quietly, tednet_class
 from harness.metrics import relative_error
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_svd
@@ -68,7 +70,7 @@ def decompose(layer: nn.Module, method: str, seed: int = 0, options: dict | None
     kind = "linear" if isinstance(layer, nn.Linear) else "conv2d"
     request = DecomposeRequest(backend="tednet", method=method, layer_path="x", kind=kind, seed=seed,
                                dense_params=count_params(layer), options=options or {}, **kwargs)
-    replacement = harness_tednet.harness_decompose_layer(layer=layer, request=request)
+    replacement = host_decompose(layer, request)
     assert replacement is not None
     return replacement
 
@@ -110,26 +112,20 @@ def test_registers_unavailable_without_tednet(monkeypatch):
     (info,) = infos
     assert not info.available and info.library_version is None
     assert info.install_hint == 'pip install -e ".[tednet]"'
-    with pytest.raises(Unsupported, match="cannot be imported"):
-        decompose(make_layer("linear"), "tt", ratio=4.0)
-
-
-def test_other_backends_requests_are_ignored():
-    layer = make_layer("conv2d")
-    request = DecomposeRequest(backend="native", method="cp", layer_path="x", kind="conv2d", ratio=2.0,
+    layer = make_layer("linear")
+    request = DecomposeRequest(backend="tednet", method="tt", layer_path="x", kind="linear", ratio=4.0,
                                dense_params=count_params(layer))
-    assert harness_tednet.harness_decompose_layer(layer=layer, request=request) is None
+    with pytest.raises(Unsupported, match="unavailable"):
+        load_host().decompose(layer, request)
 
 
 def test_the_host_routes_requests_here():
-    from harness.plugins import load_host
-
     host = load_host()
     assert host.backends["tednet"].available
     layer = make_layer("linear")
     request = DecomposeRequest(backend="tednet", method="tt", layer_path="x", kind="linear", ratio=4.0,
                                dense_params=count_params(layer))
-    assert isinstance(host.hook.harness_decompose_layer(layer=layer, request=request), TedNetLayer)
+    assert isinstance(host.decompose(layer, request), TedNetLayer)
 
 
 # ----------------------------------------------------------------------------- fills reproduce the dense layer
@@ -292,7 +288,7 @@ def test_a_budget_below_rank_one_is_unsupported_with_the_numbers():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("feature", [{"groups": 2}, {"dilation": 2, "padding": 2}, {"padding_mode": "reflect"}])
 def test_declared_gaps_raise_unsupported(method, feature):
-    with pytest.raises(Unsupported, match="cannot carry"):
+    with pytest.raises(Unsupported, match="cannot handle conv"):
         decompose(make_layer("conv2d", **feature), method, ratio=2.0)
 
 

@@ -28,6 +28,8 @@ from harness import DecomposeRequest, Unsupported
 from harness.backends import count_params
 from harness.shapes import tensorized_shapes
 from harness.testing import LINEAR_SHAPE, BackendConformance, make_layer, sample_input
+from harness.testing import decompose as host_decompose
+from harness.plugins import load_host
 from harness_tltorch import library
 
 # Tiny layers: on a busy 2-core machine extra OpenMP threads only spin.
@@ -67,7 +69,7 @@ def make_request(layer: nn.Module, method: str, backend: str = "tltorch", **kwar
 
 
 def decompose(layer: nn.Module, method: str, backend: str = "tltorch", **kwargs) -> nn.Module:
-    replacement = harness_tltorch.harness_decompose_layer(layer, make_request(layer, method, backend, **kwargs))
+    replacement = host_decompose(layer, make_request(layer, method, backend, **kwargs))
     assert replacement is not None
     return replacement
 
@@ -282,7 +284,7 @@ BUDGET_LAYERS = {
 def test_budget_is_met_and_filled(name, method, ratio):
     layer = seeded(BUDGET_LAYERS[name])
     request = make_request(layer, method, ratio=ratio)
-    replacement = harness_tltorch.harness_decompose_layer(layer, request)
+    replacement = host_decompose(layer, request)
     params, budget = count_params(replacement), request.max_params
     assert params <= budget
     # What tltorch allocated is what the format's formula says for the rank it reports.
@@ -425,12 +427,6 @@ def test_seed_decides_the_random_init_and_nothing_else_is_touched():
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
 
 
-def test_other_backends_requests_get_none():
-    layer = nn.Linear(8, 4)
-    request = DecomposeRequest(backend="native", method="cp", layer_path="x", kind="linear", ratio=2.0,
-                               dense_params=count_params(layer))
-    assert harness_tltorch.harness_decompose_layer(layer, request) is None
-
 
 @needs_tltorch
 def test_info_is_json_and_names_the_forward():
@@ -534,7 +530,7 @@ def test_missing_tltorch_or_opt_einsum_makes_both_unavailable(monkeypatch):
     assert all(not i.available and i.library_version is None for i in infos)
     layer = nn.Linear(8, 4)
     with pytest.raises(Unsupported, match="unavailable"):
-        decompose(layer, "tucker", ratio=2.0)
+        load_host().decompose(layer, make_request(layer, "tucker", ratio=2.0))
 
 
 @needs_tltorch

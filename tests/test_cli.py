@@ -81,21 +81,60 @@ def test_list_shows_backends_models_datasets_reports_and_plugins(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     for needle in ("native", "svd", "tucker2", "lenet5", "vgg-small", "mlp", "mnist-embedded", "cifar10",
-                   "tables", "harness_decompose_layer"):
+                   "tables", "harness_register_backends", "harness_report"):
         assert needle in out
 
 
-def test_list_records_a_plugin_that_fails_to_import(capsys):
-    code, out, _ = run_cli(capsys, "-p", "no_such_plugin_module", "list")
+def test_a_misspelled_p_plugin_is_one_line_and_exit_2(capsys):
+    code, out, err = run_cli(capsys, "-p", "no_such_plugin_module", "list")
+    assert code == 2 and out == ""
+    assert err == ("harness: error: cannot load plugin 'no_such_plugin_module' given with -p: "
+                   "ModuleNotFoundError: No module named 'no_such_plugin_module'\n")
+    code, _, err = run_cli(capsys, "-p", "no/such/file.py", "list")
+    assert code == 2 and len(err.splitlines()) == 1 and "no such file" in err
+
+
+def test_an_installed_plugin_that_fails_to_import_is_listed_not_fatal(capsys, monkeypatch):
+    import importlib.metadata
+
+    from harness import plugins
+
+    broken = importlib.metadata.EntryPoint("broken", "no_such_installed_module", plugins.ENTRY_POINT_GROUP)
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real(group=group), broken])
+    code, out, _ = run_cli(capsys, "plugins")
     assert code == 0
-    assert "no_such_plugin_module" in out and "FAILED: ModuleNotFoundError" in out
+    assert "no_such_installed_module (entry point): FAILED: ModuleNotFoundError" in out
     assert "native" in out  # the others still load
 
 
-def test_blocking_a_plugin(capsys):
-    code, out, _ = run_cli(capsys, "-p", "no:native", "list")
+def test_blocking_a_plugin_lists_it_as_blocked(capsys):
+    code, out, _ = run_cli(capsys, "-p", "no:native", "plugins")
     assert code == 0
-    assert "harness_native" not in out
+    assert "  native             harness_native (entry point of tensor-harness" in out
+    assert out.splitlines()[[i for i, line in enumerate(out.splitlines()) if "harness_native" in line][0]].endswith(
+        "blocked (-p no:NAME)")
+    code, out, _ = run_cli(capsys, "-p", "no:native", "list")
+    assert "  native " not in out.split("rank selectors")[0]  # no backend of a blocked plugin
+
+
+def test_p_loads_a_module_from_the_current_folder_or_a_file(capsys, tmp_path, monkeypatch):
+    (tmp_path / "my_local_plugin.py").write_text(
+        "import harness\n"
+        "from harness.models import ModelSpec, lenet5\n\n"
+        "@harness.hookimpl\n"
+        "def harness_register_models(register):\n"
+        "    register(ModelSpec('local-lenet', lenet5, 'LeNet-5 from a plugin in the current folder'))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    code, out, _ = run_cli(capsys, "-p", "my_local_plugin", "list")
+    assert code == 0 and "local-lenet" in out
+    assert "my_local_plugin    my_local_plugin (loaded with -p): harness_register_models" in out
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "file_plugin.py").write_text(
+        (tmp_path / "my_local_plugin.py").read_text().replace("local-lenet", "file-lenet"))
+    code, out, _ = run_cli(capsys, "-p", "sub/file_plugin.py", "list")
+    assert code == 0 and "file-lenet" in out and "(loaded with -p)" in out
 
 
 def test_unavailable_backend_is_listed_with_hint_and_skipped_by_all(capsys):

@@ -28,8 +28,8 @@ BACKENDS = {
 def _plan(**values):
     config = build_config({"ratios": "4", "dense_control": False, **values})
     validate_names(config, BACKENDS, {"lenet5": None}, {"mnist-embedded": None})
-    cells, notes = plan_cells(config, BACKENDS, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)})
-    return config, {c.cell_id: c for c in cells}, notes
+    plan = plan_cells(config, BACKENDS, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)})
+    return config, {c.cell_id: c for c in plan.cells}, plan.notes + [r.reason for r in plan.not_planned]
 
 
 def test_mix_parsing_labels_and_precedence():
@@ -53,25 +53,20 @@ def test_pick_best_prefers_within_budget_then_lowest_error_then_declared_order()
     assert pick_best([("a", float("nan"), True), ("b", 0.9, True)]) == "b"
 
 
-def test_planning_a_mix_gives_one_cell_per_backend_on_target_all():
+def test_planning_a_mix_gives_one_cell_per_backend_that_declares_its_methods():
     config, cells, notes = _plan(backends="wide,narrow", mix="conv=tucker2,linear=svd;conv=cp,linear=svd,4=cp")
     assert config.methods == []  # a mix alone runs only its own cells
-    assert sorted(cells) == ["narrow/lenet5/mnist-embedded/mix-cp+svd+4=cp/all/x4/s0",
-                             "narrow/lenet5/mnist-embedded/mix-tucker2+svd/all/x4/s0",
-                             "wide/lenet5/mnist-embedded/mix-cp+svd+4=cp/all/x4/s0",
+    # narrow lacks tucker2 for conv and cp for Linear: not planned (never an unsupported cell), and said why.
+    assert sorted(cells) == ["wide/lenet5/mnist-embedded/mix-cp+svd+4=cp/all/x4/s0",
                              "wide/lenet5/mnist-embedded/mix-tucker2+svd/all/x4/s0"]
     wide = cells["wide/lenet5/mnist-embedded/mix-tucker2+svd/all/x4/s0"]
     assert wide.unsupported is None and wide.init == "decompose" and wide.mix == "conv=tucker2,linear=svd"
-    assert cells["narrow/lenet5/mnist-embedded/mix-tucker2+svd/all/x4/s0"].unsupported == \
-        "narrow offers no tucker2 for Conv2d layers"
     # The pattern gives layer 4 a scratch-init method on "wide": its init is mixed.
     patterned = cells["wide/lenet5/mnist-embedded/mix-cp+svd+4=cp/all/x4/s0"]
     assert patterned.init == "mixed" and patterned.unsupported is None
-    assert cells["narrow/lenet5/mnist-embedded/mix-cp+svd+4=cp/all/x4/s0"].unsupported == \
-        "narrow offers no cp for Linear layers"
     assigned = layer_methods(lenet5((1, 28, 28), 10), "all", "", patterned.mix)
     assert [(path, method) for path, _, method in assigned] == [(CONV, "cp"), (FC1, "svd"), (FC2, "cp")]
-    assert not notes
+    assert notes == ["narrow declares no tucker2 for Conv2d layers", "narrow declares no cp for Linear layers"]
 
 
 def test_planning_mixes_on_given_targets_auto_and_all():
@@ -79,11 +74,11 @@ def test_planning_mixes_on_given_targets_auto_and_all():
     assert list(cells) == ["wide/lenet5/mnist-embedded/mix-dense+svd+fc9=tt/linear/x4/s0"]
     assert "mix conv=tucker2 maps no linear layer of lenet5; skipped" in notes
     assert any("'fc9' matches no linear layer" in note for note in notes)
-    config, cells, _ = _plan(backends="wide,scratchy", methods="all,auto", targets="linear")
+    config, cells, notes = _plan(backends="wide,scratchy", methods="all,auto", targets="linear")
     assert config.methods == ["cp", "svd", "tt", "tucker2", "auto"]  # all: the declared methods, auto only by name
     assert cells["wide/lenet5/mnist-embedded/auto/linear/x4/s0"].init == "decompose"
-    assert cells["scratchy/lenet5/mnist-embedded/auto/linear/x4/s0"].unsupported == \
-        "scratchy offers no decompose-init method for Linear layers for auto to try"
+    assert "scratchy/lenet5/mnist-embedded/auto/linear/x4/s0" not in cells
+    assert "scratchy has no decompose-init method for Linear layers for auto" in notes
 
 
 def test_mix_in_toml_table_form(tmp_path):
@@ -115,8 +110,9 @@ def test_mixed_cells_run_each_layer_with_its_method(tmp_path, fast_args):
         f"fake/{prefix}/mix-lowrank2+lowrank+4=lowrank2/all/x4/s0": ("ok", ""),
         f"plain/{prefix}/mix-lowrank2+lowrank+4=lowrank2/all/x4/s0": ("ok", ""),
         f"fake/{prefix}/mix-lowrank+nope/all/x4/s0": ("unsupported", "this layer is not for me"),
-        f"plain/{prefix}/mix-lowrank+nope/all/x4/s0": ("unsupported", "plain offers no nope for Linear layers"),
-    }
+    }  # plain declares no "nope": that mix is not planned for it
+    assert results.meta["not_planned"] == [{"backend": "plain", "model": "lenet5", "method": "mix-lowrank+nope",
+                                            "target": "all", "kind": "linear", "lacks": "nope"}]
     for backend in ("fake", "plain"):
         rows = results.layers[(results.layers["backend"] == backend)
                               & (results.layers["method"] == "mix-lowrank2+lowrank+4=lowrank2")]
@@ -178,8 +174,7 @@ def test_auto_skips_unsupported_candidates_and_is_unsupported_when_all_are():
         twin.load_state_dict(layer.state_dict())
         return twin
 
-    ctx = SimpleNamespace(device=torch.device("cpu"),
-                          host=SimpleNamespace(hook=SimpleNamespace(harness_decompose_layer=decompose_layer)))
+    ctx = SimpleNamespace(device=torch.device("cpu"), host=SimpleNamespace(decompose=decompose_layer))
     layer = nn.Linear(6, 4)
     request = DecomposeRequest("b", "auto", "fc", "linear", ratio=2.0, dense_params=28)
     info = BackendInfo("b", "lib", "1", {"linear": ("nah", "copy")})

@@ -12,6 +12,7 @@ from torch import nn
 import harness
 import harness.hookspecs
 import harness_native
+from harness.testing import decompose as host_decompose
 from harness import BackendInfo, DecomposeRequest, Unsupported, structures
 from harness.backends import count_params
 from harness.shapes import balanced_factors
@@ -38,7 +39,7 @@ def make_request(layer: nn.Module, method: str, **kwargs) -> DecomposeRequest:
 
 
 def decompose(layer: nn.Module, method: str, **kwargs) -> nn.Module:
-    replacement = harness_native.harness_decompose_layer(layer, make_request(layer, method, **kwargs))
+    replacement = host_decompose(layer, make_request(layer, method, **kwargs))
     assert replacement is not None
     return replacement
 
@@ -82,7 +83,7 @@ def test_tt_linear_explicit_shapes_and_dense_weight():
     torch.manual_seed(0)
     layer = nn.Linear(24, 30)
     request = make_request(layer, "tt", rank=[10, 30], options={"in_shape": [2, 3, 4], "out_shape": [5, 3, 2]})
-    replacement = harness_native.harness_decompose_layer(layer, request)
+    replacement = host_decompose(layer, request)
     assert isinstance(replacement, structures.TTMatrixLinear)
     assert [tuple(c.shape) for c in replacement.cores] == [(1, 5, 2, 10), (10, 3, 3, 8), (8, 2, 4, 1)]
     assert replacement.decomposition_info["rank"] == [10, 8]  # 30 is capped by the last pair, 2*4
@@ -90,7 +91,7 @@ def test_tt_linear_explicit_shapes_and_dense_weight():
         assert rel_err(layer.weight, replacement.to_dense()) < 1e-5
     bad = make_request(layer, "tt", rank=2, options={"in_shape": [5, 5], "out_shape": [5, 6]})
     with pytest.raises(ValueError, match="tensorize"):
-        harness_native.harness_decompose_layer(layer, bad)
+        host_decompose(layer, bad)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +239,7 @@ def test_budget_is_never_exceeded_and_filled(layer_name, method):
     layer = BUDGET_LAYERS[layer_name][0]()
     for ratio in RATIOS:
         request = make_request(layer, method, ratio=ratio, options=FAST_CP)
-        replacement = harness_native.harness_decompose_layer(layer, request)
+        replacement = host_decompose(layer, request)
         params, budget = count_params(replacement), request.max_params
         assert params <= budget, (ratio, params, budget)
         maximal, step = achieved_is_maximal(layer, method, replacement.decomposition_info, budget)
@@ -288,11 +289,6 @@ def test_cp_is_deterministic_per_seed_and_leaves_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), expected)
 
 
-def test_other_backends_request_returns_none():
-    layer = nn.Linear(8, 4)
-    request = DecomposeRequest(backend="tensorly", method="svd", layer_path="x", kind="linear", rank=2)
-    assert harness_native.harness_decompose_layer(layer, request) is None
-
 
 def test_registration_and_hook_through_pluggy():
     pm = pluggy.PluginManager("harness")
@@ -305,7 +301,9 @@ def test_registration_and_hook_through_pluggy():
     assert info.methods == {"linear": ("svd", "tt"), "conv2d": ("cp", "tucker2", "tt")}
     assert info.conv_unsupported == frozenset({"groups"})
 
+    assert info.implementation("linear", "svd") is not None  # the host dispatches; no hook to answer
+
     layer = nn.Linear(8, 4)
-    replacement = pm.hook.harness_decompose_layer(layer=layer, request=make_request(layer, "svd", ratio=2))
+    replacement = info.implementation("linear", "svd")(layer, make_request(layer, "svd", ratio=2))
     assert isinstance(replacement, nn.Sequential)
     assert replacement.decomposition_info["rank"] == 1  # 1*(8+4)+4 = 16 <= floor(36/2) < 2*(8+4)+4

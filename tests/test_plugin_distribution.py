@@ -1,15 +1,20 @@
-"""The plugin author's path, for real: build and pip-install the example plugin, then use it.
+"""The plugin author's path, for real: the guide's example backend, run as the guide says.
 
-The example in plugins/example_plugin is built and installed with pip into a private
-target folder (so the test environment is left as it was); with that folder on the path,
-entry-point discovery finds it, ``harness list`` shows it, ``harness run`` uses it, and
-its own conformance test passes.
+The module in plugins/example_plugin is the one plugins/README.md prints, whole, in at
+most 25 lines of code. Uninstalled, ``harness -p harness_lowrank`` from its folder lists
+and runs it and the conformance kit passes with ``plugin_module``. Then it is built and
+installed with pip into a private target folder (so the test environment is left as it
+was); with that folder on the path, entry-point discovery finds it, ``harness list``
+shows it, ``harness run`` uses it, and its own conformance test passes.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
+import tokenize
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +23,60 @@ import pandas as pd
 import pytest
 
 EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_plugin"
+GUIDE = Path(__file__).parent.parent / "plugins" / "README.md"
+
+
+def code_lines(source: str) -> int:
+    """Lines holding code: not blank, not only a comment, not part of a docstring."""
+    lines: set[int] = set()
+    previous = tokenize.NEWLINE
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                          tokenize.ENDMARKER):
+            previous = token.type if token.type != tokenize.COMMENT else previous
+            continue
+        docstring = token.type == tokenize.STRING and previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        previous = token.type
+        if not docstring:
+            lines.update(range(token.start[0], token.end[0] + 1))
+    return len(lines)
+
+
+def test_the_guide_prints_the_whole_example_and_it_is_short():
+    source = (EXAMPLE / "harness_lowrank.py").read_text()
+    section = GUIDE.read_text().split("## The smallest complete backend", 1)[1]
+    printed = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    body = source.split('"""', 2)[2].lstrip("\n")  # the module without its docstring
+    assert printed == body
+    assert code_lines(source) <= 25
+    assert code_lines("x = 1\n# note\n\ndef f():\n    \"\"\"Doc.\"\"\"\n    return 2\n") == 3
+
+
+def test_the_example_runs_from_its_folder_with_p(tmp_path, cache_dir):
+    folder = tmp_path / "example"
+    shutil.copytree(EXAMPLE, folder)
+    (folder / "tests" / "test_uninstalled.py").write_text(
+        "from harness.testing import BackendConformance\n\n\n"
+        "class TestLowrankUninstalled(BackendConformance):\n"
+        "    backend = 'lowrank'\n    plugin_module = 'harness_lowrank'\n")
+    env = dict(os.environ)
+    listed = subprocess.run([sys.executable, "-m", "harness.cli", "-p", "harness_lowrank", "list"], cwd=folder,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert listed.returncode == 0, listed.stderr
+    assert "harness_lowrank    harness_lowrank (loaded with -p): harness_register_backends" in listed.stdout
+    out = tmp_path / "run"
+    ran = subprocess.run([sys.executable, "-m", "harness.cli", "-p", "harness_lowrank", "run", "--backends",
+                          "lowrank", "--targets", "linear", "--ratios", "4", "--epochs", "1", "--baseline-epochs",
+                          "1", "--no-dense-control", "--cache-dir", str(cache_dir), "--out", str(out)],
+                         cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    cells = pd.read_csv(out / "cells.csv")
+    assert cells["status"].tolist() == ["ok"] and cells["compression"].iloc[0] >= 4
+    kit = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(folder / "tests" / "test_uninstalled.py")], cwd=folder, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert kit.returncode == 0, kit.stdout[-3000:]
+    assert re.search(r"\b1[0-9] passed", kit.stdout), kit.stdout[-500:]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +101,9 @@ def test_installed_plugin_is_discovered_and_listed(installed):
     result = harness(installed["env"], "list")
     assert result.returncode == 0
     assert "lowrank" in result.stdout and "harness-lowrank 0.1.0" in result.stdout
-    blocked = harness(installed["env"], "-p", "no:lowrank", "list")
-    assert "harness_lowrank" not in blocked.stdout
+    blocked = harness(installed["env"], "-p", "no:lowrank", "plugins")
+    line = next(line for line in blocked.stdout.splitlines() if "harness_lowrank" in line)
+    assert "entry point of harness-lowrank 0.1.0" in line and line.endswith("blocked (-p no:NAME)")
 
 
 def test_installed_plugin_runs(installed, tmp_path, cache_dir):

@@ -194,7 +194,7 @@ def test_plan_gives_ratio_free_selectors_one_cell_and_keeps_default_ids():
                        rank_selection=["ratio", "energy", "vbmf", "budget", "budget@vbmf"], dense_control=False)
     info = harness.BackendInfo(name="native", library="torch", library_version=None, methods={"linear": ("svd",)})
     validate_names(config, {"native": info}, {"lenet5": None}, {"mnist-embedded": None}, BUILTIN)
-    cells, _ = plan_cells(config, {"native": info}, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)}, BUILTIN)
+    cells = plan_cells(config, {"native": info}, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)}, BUILTIN).cells
     prefix = "native/lenet5/mnist-embedded/svd/linear"
     assert [c.cell_id for c in cells] == [
         f"{prefix}/x2/s0", f"{prefix}/x4/s0", f"{prefix}/x1/s0/r-energy0.9", f"{prefix}/x1/s0/r-vbmf",

@@ -34,8 +34,8 @@ BACKENDS = {
 def _plan(**values) -> tuple[dict[str, Cell], list[str]]:
     config = build_config({"ratios": "4", "dense_control": False, "targets": "linear", **values})
     validate_names(config, BACKENDS, {"lenet5": None}, {"mnist-embedded": None})
-    cells, notes = plan_cells(config, BACKENDS, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)})
-    return {c.cell_id: c for c in cells}, notes
+    plan = plan_cells(config, BACKENDS, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)})
+    return {c.cell_id: c for c in plan.cells}, plan.notes
 
 
 @pytest.mark.parametrize(("n", "d", "expected"), [(400, 3, (10, 8, 5)), (400, 2, (20, 20)), (120, 3, (6, 5, 4)),

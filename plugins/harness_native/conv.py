@@ -56,7 +56,7 @@ def cp_conv(
     return module, info
 
 
-def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
+def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """CP at ``request.rank``, else at the largest rank within the budget.
 
     ``request.options`` may set ``n_iter_max``, ``tol`` and ``n_restarts`` for CP-ALS.
@@ -69,7 +69,7 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest, generator: torch.G
     return cp_conv(
         layer,
         rank,
-        generator=generator,
+        generator=request.generator(),
         n_iter_max=int(options.get("n_iter_max", 300)),
         tol=float(options.get("tol", 1e-8)),
         n_restarts=int(options.get("n_restarts", 2)),
@@ -92,9 +92,7 @@ def tucker2_conv(layer: nn.Conv2d, rank_out: int, rank_in: int, *, n_iter_max: i
     return module, info
 
 
-def decompose_tucker2(
-    layer: nn.Conv2d, request: DecomposeRequest, generator: torch.Generator
-) -> tuple[nn.Module, dict]:
+def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """Tucker-2 at ``request.rank`` (int, or ``[R_out, R_in]``), else within the budget.
 
     ``request.options["n_iter_max"]`` sets the number of HOOI sweeps (default 10).
@@ -120,7 +118,7 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int]) -> tuple[nn.Sequential, dict
     return module, info
 
 
-def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
+def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget."""
     if request.rank is not None:
         return tt_conv(layer, structures.ranks_arg(request.rank, 3))

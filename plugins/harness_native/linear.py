@@ -41,7 +41,7 @@ def svd_linear(layer: nn.Linear, rank: int) -> tuple[nn.Sequential, dict]:
     return structures.svd_linear_module(layer, first_w, second_w), info
 
 
-def decompose_svd(layer: nn.Linear, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
+def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """Truncated SVD at ``request.rank``, else at the largest rank within the request's budget."""
     if request.rank is not None:
         return svd_linear(layer, int(request.rank))
@@ -78,7 +78,7 @@ def tt_linear(
     return module, info
 
 
-def decompose_tt(layer: nn.Linear, request: DecomposeRequest, generator: torch.Generator) -> tuple[nn.Module, dict]:
+def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """TT-matrix at ``request.rank`` (int or one per bond), else the ranks that fill the budget."""
     in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     if request.rank is not None:

@@ -4,8 +4,8 @@ TedNet (``tednet.tnn``) has ``*Linear`` and ``*Conv2D`` layers in five formats b
 to start them from trained weights. Every format but CP Linear stores the factors of a
 decomposition of the weight, so this backend computes that decomposition itself and
 copies it in (``init="decompose"``); CP Linear starts from TedNet's seeded random init
-(``init="scratch"``). This file is only the plugin: it declares the backend and routes
-each request; the formats live in ``conv.py`` and ``linear.py``, rank choice in
+(``init="scratch"``). This file is only the plugin: it declares the backend with one
+callable per (layer kind, method), which the host calls; the formats live in ``conv.py`` and ``linear.py``, rank choice in
 ``formats.py``, the shared build steps in ``replace.py``, the algebra in
 ``tensor_ops.py`` and everything that touches TedNet in ``library.py``, so the plugin
 imports (and reports TedNet unavailable) without TedNet installed.
@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from harness import BackendInfo, DecomposeRequest, Unsupported, hookimpl
-from harness.backends import conv_features, layer_kind
+from harness import BackendInfo, DecomposeRequest, hookimpl
 from harness_tednet import conv, linear
 from harness_tednet.library import tednet_version
 from harness_tednet.replace import replace
@@ -45,12 +44,18 @@ METHODS: dict[tuple[str, str], tuple[Callable, str]] = {
 CONV_UNSUPPORTED = frozenset({"groups", "dilation", "padding_mode"})
 
 
+def decompose(layer: nn.Module, request: DecomposeRequest) -> nn.Module:
+    """TedNet's layer of the request's format for ``layer``, filled from the decomposition (or its own init)."""
+    factory, init = METHODS[(request.kind, request.method)]
+    return replace(layer, request, factory(layer, dict(request.options)), init)
+
+
 @hookimpl
 def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
     version = tednet_version()
-    methods: dict[str, tuple[str, ...]] = {}
+    methods: dict[str, dict[str, Callable]] = {}
     for kind, method in METHODS:
-        methods[kind] = (*methods.get(kind, ()), method)
+        methods.setdefault(kind, {})[method] = decompose
     register(
         BackendInfo(
             name=NAME,
@@ -68,23 +73,3 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             "filled from CP-ALS, HOOI, TT-SVD and TR-SVD of the weight (CP Linear: TedNet's random init).",
         )
     )
-
-
-@hookimpl
-def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.Module | None:
-    if request.backend != NAME:
-        return None  # another backend's request: let its plugin answer
-    entry = METHODS.get((request.kind, request.method))
-    if entry is None:
-        raise Unsupported(f"{NAME} has no method {request.method!r} for {request.kind} layers")
-    if layer_kind(layer) != request.kind:
-        raise Unsupported(f"{NAME}: a {request.kind} request for a {type(layer).__name__}")
-    if tednet_version() is None:
-        raise Unsupported(f"{NAME}: TedNet cannot be imported; {INSTALL_HINT}")
-    if request.kind == "conv2d":
-        # Declared gaps are caught by the planner; this guards direct calls.
-        gaps = conv_features(layer) & CONV_UNSUPPORTED
-        if gaps:
-            raise Unsupported(f"TedNet's convs cannot carry {', '.join(sorted(gaps))}")
-    factory, init = entry
-    return replace(layer, request, factory(layer, dict(request.options)), init)

@@ -5,8 +5,9 @@ Both wrap ``tltorch.FactorizedConv.from_conv`` (CP, Tucker-2, TT) and
 the forward tltorch runs: ``tltorch`` contracts the input with the factors
 (``implementation="factorized"``), ``tltorch-rec`` rebuilds the dense weight and calls
 the stock op (``"reconstructed"``). Their speeds differ, so both are measured. This file
-is only the plugin: it declares the two backends, refuses the conv features tltorch
-gets wrong, and routes each request; rank choice and decomposition live in
+is only the plugin: it declares the two backends, with the conv features tltorch gets
+wrong and one callable per (layer kind, method) that the host calls; rank choice and
+decomposition live in
 ``conv.py``, ``linear.py`` and ``ranks.py``, and every contact with tltorch and
 tensorly's global state in ``library.py``. tltorch is imported only when the backends
 are registered or a layer is built, never when this package is, so the plugin loads
@@ -15,13 +16,13 @@ are registered or a layer is built, never when this package is, so the plugin lo
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
 from torch import nn
 
-from harness import BackendInfo, DecomposeRequest, Unsupported, hookimpl
-from harness.backends import conv_features, count_params
+from harness import BackendInfo, DecomposeRequest, hookimpl
 from harness_tltorch import conv, library, linear
 
 # Backend name -> tltorch forward implementation.
@@ -48,16 +49,33 @@ GAPS = {
 CONV_UNSUPPORTED = frozenset(GAPS)
 
 
+def decompose(layer: nn.Module, request: DecomposeRequest, implementation: str) -> nn.Module:
+    """tltorch's factorized layer for ``layer`` with the given forward ``implementation``, seeded, in tensorly's
+    pytorch backend for this call only."""
+    builder = METHODS[(request.kind, request.method)]
+    with library.pytorch_backend(), library.seeded(request.seed, layer.weight.device), warnings.catch_warnings():
+        # tensorly warns on every CP whose rank exceeds a mode's size, then fills random columns
+        # as intended: dozens of lines per cell that say nothing.
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
+        replacement, info = builder.decompose(layer, request, request.method, implementation)
+    if not all(bool(param.isfinite().all()) for param in replacement.parameters()):
+        # e.g. CP-ALS without tltorch's default l2_reg diverges on an over-complete rank
+        raise RuntimeError(f"{request.backend}/{request.method}: the decomposition produced non-finite weights")
+    replacement.decomposition_info = info
+    return replacement
+
+
 @hookimpl
 def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
-    methods: dict[str, tuple[str, ...]] = {}
-    for kind, method in METHODS:
-        methods[kind] = (*methods.get(kind, ()), method)
     found = library.probe()
     for name, implementation in IMPLEMENTATIONS.items():
         description = f"tensorly-torch FactorizedConv/FactorizedLinear from trained weights, {implementation} forward."
         if not found.available:
             description += f" Unavailable: {found.problem}."
+        run = functools.partial(decompose, implementation=implementation)
+        methods: dict[str, dict[str, Callable]] = {}
+        for kind, method in METHODS:
+            methods.setdefault(kind, {})[method] = run
         register(
             BackendInfo(
                 name=name,
@@ -73,36 +91,3 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
                 description=description,
             )
         )
-
-
-@hookimpl
-def harness_decompose_layer(layer: nn.Module, request: DecomposeRequest) -> nn.Module | None:
-    implementation = IMPLEMENTATIONS.get(request.backend)
-    if implementation is None:
-        return None  # another backend's request: let its plugin answer
-    builder = METHODS.get((request.kind, request.method))
-    if builder is None:
-        raise Unsupported(f"{request.backend} has no method {request.method!r} for {request.kind} layers")
-    if isinstance(layer, nn.Conv2d):
-        # Declared gaps are filtered by the planner; this guards direct calls, which would
-        # otherwise return a layer that computes something else.
-        gaps = conv_features(layer) & CONV_UNSUPPORTED
-        if gaps:
-            raise Unsupported("tltorch: " + "; ".join(GAPS[gap] for gap in sorted(gaps)))
-    found = library.probe()
-    if not found.available:
-        raise Unsupported(f"{request.backend} is unavailable: {found.problem}; {library.INSTALL_HINT}")
-    with library.pytorch_backend(), library.seeded(request.seed, layer.weight.device), warnings.catch_warnings():
-        # tensorly warns on every CP whose rank exceeds a mode's size, then fills random columns
-        # as intended: dozens of lines per cell that say nothing.
-        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
-        replacement, info = builder.decompose(layer, request, request.method, implementation)
-    if not all(bool(param.isfinite().all()) for param in replacement.parameters()):
-        # e.g. CP-ALS without tltorch's default l2_reg diverges on an over-complete rank
-        raise RuntimeError(f"{request.backend}/{request.method}: the decomposition produced non-finite weights")
-    if request.rank is None and count_params(replacement) > request.max_params:
-        raise RuntimeError(
-            f"{request.backend}/{request.method} built {count_params(replacement)} params, over the budget"
-        )
-    replacement.decomposition_info = info
-    return replacement

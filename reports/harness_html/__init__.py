@@ -40,6 +40,7 @@ from harness_tables import (
 import harness
 from harness import plots
 from harness.findings import Finding, all_findings
+from harness.plan import not_planned_summary
 from harness.store import RunResults
 
 SUMMARY = {
@@ -127,6 +128,9 @@ def metadata_table(results: RunResults) -> pd.DataFrame:
              ("seeds", meta.get("seeds")), ("FLOP convention", meta.get("flop_convention"))]
     counts = results.cells["status"].value_counts().to_dict() if not results.cells.empty else {}
     rows.append(("cells", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"))
+    not_planned = not_planned_summary(meta.get("not_planned") or [])
+    if not_planned:
+        rows.append(("not planned", not_planned))
     return pd.DataFrame([(k, "?" if v is None else str(v)) for k, v in rows], columns=["item", "value"])
 
 
@@ -178,9 +182,11 @@ def _not_ok_html(cells: pd.DataFrame) -> str:
     """Failed cells one by one, then the unsupported ones grouped inside a collapsed ``<details>``."""
     failed = failed_table(cells) if not cells.empty else None
     gaps = unsupported_table(cells) if not cells.empty else None
-    parts = [('<h3>Cells not ok</h3><p class="muted">Cells that failed, timed out or diverged, one by one, with '
-              "the reason; below them the cells a backend does not support, grouped.</p>"),
-             _table(failed, "not-ok", drop_constant=True, empty="No cell failed, timed out or diverged.")]
+    parts = [('<h3>Cells not ok</h3><p class="muted">Cells that failed, timed out, diverged or broke their '
+              "parameter budget (over_budget: never compared or ranked), one by one, with the reason; below them the "
+              "cells a backend does not support, grouped.</p>"),
+             _table(failed, "not-ok", drop_constant=True,
+                    empty="No cell failed, timed out, diverged or broke its budget.")]
     if gaps is not None and not gaps.empty:
         parts.append(f'<details id="not-ok-unsupported"><summary>{html.escape(unsupported_summary(gaps))}'
                      "</summary>" + _table(gaps, "not-ok-unsupported-table", drop_constant=True) + "</details>")
@@ -203,8 +209,9 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
          "Mean ± sample std over seeds of the ok cells; the last column is the number of seeds.",
          summary_table(cells, SUMMARY) if not cells.empty else None),
         ("budget-deviations", "Budget deviations",
-         (f"Configurations whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio or "
-          "more than all of it; seeds = how many seeds deviate, fill = params / budget."),
+         (f"Configurations whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget (a replacement over "
+          "its budget makes its cell over_budget, listed under Cells not ok); seeds = how many seeds deviate, "
+          "fill = params / budget."),
          budget_deviations(cells) if not cells.empty else None),
     ]
     table_html = "\n".join(f'<h3>{html.escape(title)}</h3><p class="muted">{html.escape(note)}</p>'

@@ -33,6 +33,7 @@ from harness.aggregate import (
     seed_summary,
     with_delta,
 )
+from harness.plan import not_planned_summary
 from harness.store import RunResults
 
 CELL_COLUMNS = [
@@ -106,12 +107,12 @@ def _info_text(info: object, key: str) -> str:
 
 
 def layer_ranks_table(results: RunResults) -> pd.DataFrame:
-    """Per configuration and decomposed layer of the ok cells: budget, parameters, the method and rank used,
+    """Per configuration and decomposed layer of the comparable cells: budget, parameters, the method and rank used,
     the rank selector's reference ranks and the reconstruction error, over seeds ("a / b" when seeds differ)."""
     layers, cells = results.layers, results.cells
     if layers.empty or cells.empty:
         return pd.DataFrame(columns=[*LAYER_KEYS, "budget", "params", "layer method", "rank", "selected", "seeds"])
-    ok_ids = set(cells.loc[cells["status"] == "ok", "cell_id"])
+    ok_ids = set(results.comparable["cell_id"])
     rows = layers[layers["cell_id"].isin(ok_ids)].copy()
     for column in LAYER_KEYS:
         if column not in rows.columns:
@@ -214,10 +215,11 @@ def _format(table: pd.DataFrame, fmt: str) -> str:
 
 
 def budget_deviations(cells: pd.DataFrame) -> pd.DataFrame:
-    """Configurations whose decomposed layers are above the budget or below BUDGET_FILL of it.
+    """Comparable configurations whose decomposed layers use less than BUDGET_FILL of their budget.
 
     One row per backend, model, method, target, init and ratio, with the number of seeds
     that deviate and the fill (params / budget) as a percentage, a range when seeds differ.
+    A cell over its budget is not comparable (status ``over_budget``) and is listed with the failed cells.
     """
     columns = ["backend", "model", "method", "target", "init", "ratio", "seeds", "params", "budget", "fill"]
     ok = decomposed_ok(cells)
@@ -236,7 +238,8 @@ def budget_deviations(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def failed_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Cells that errored, timed out or diverged, one row each (unsupported cells are in :func:`unsupported_table`)."""
+    """Cells that errored, timed out, diverged or broke their budget, one row each (unsupported cells are in
+    :func:`unsupported_table`)."""
     rest = cells[~cells["status"].isin(["ok", "unsupported"])]
     return _ordered(rest.copy(), FAILED_COLUMNS)[FAILED_COLUMNS].assign(ratio=lambda f: f["ratio"].map(_value))
 
@@ -309,16 +312,21 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
     if not deviations.empty:
         lines += ["## Budget deviations", "",
                   (f"Configurations whose decomposed layers use less than {BUDGET_FILL:.0%} of the budget dense/ratio "
-                   "(the format's rank steps are too coarse to get closer) or more than all of it; seeds = how many "
-                   "seeds deviate, fill = params / budget:"), "",
+                   "(the format's rank steps are too coarse to get closer; a replacement over its budget makes its "
+                   "cell over_budget, listed under Cells not ok); seeds = how many seeds deviate, "
+                   "fill = params / budget:"), "",
                   *_md_table(deviations), ""]
     failed, gaps = failed_table(cells), unsupported_table(cells)
     if not failed.empty or not gaps.empty:
         lines += ["## Cells not ok", ""]
     if not failed.empty:
-        lines += ["Cells that failed, timed out or diverged, one by one:", "", *_md_table(failed), ""]
+        lines += [("Cells that failed, timed out, diverged or broke their parameter budget (over_budget: never "
+                   "compared or ranked), one by one:"), "", *_md_table(failed), ""]
     if not gaps.empty:
         lines += [unsupported_summary(gaps) + ":", "", *_md_table(gaps), ""]
+    not_planned = not_planned_summary(meta.get("not_planned") or [])
+    if not_planned:
+        lines += ["## Not planned", "", not_planned + ".", ""]
     (out / "report.md").write_text("\n".join(lines))
     written = [str(out / f"{name}.csv") for name in TABLES] + [str(out / "report.md")]
     return written + write_parquet(tables, out)
@@ -342,6 +350,10 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
         write("dense control:")
         write(_format(control, "simple"))
     counts = cells["status"].value_counts().to_dict()
+    not_planned = not_planned_summary(results.meta.get("not_planned") or [])
+    if not_planned:
+        write("")
+        write(f"not planned: {not_planned}")
     write("")
     write("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; reports in {results.run_dir}")

@@ -2,8 +2,12 @@
 
 The cache key is a hash of that spec, so a change to any training setting trains a new
 baseline while every cell and every later run with the same spec reuses the stored
-weights. Files are written to a temporary name and renamed, so a run killed while
-saving never leaves a half-written baseline behind.
+weights. A user's checkpoint (``--weights``) replaces the random init: it is loaded with
+``torch.load(weights_only=True)`` (a state dict, or a dict holding one under a usual key,
+``module.`` prefixes of ``DataParallel`` removed), every key checked, and then fine-tuned
+for ``--baseline-epochs`` (0: used as it is); the file's SHA-256 is part of the cache key.
+Files are written to a temporary name and renamed, so a run killed while saving never
+leaves a half-written baseline behind.
 """
 
 from __future__ import annotations
@@ -19,22 +23,92 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.data import DataSplits
-from harness.training import TrainSettings, evaluate, train
+from harness.data import Data
+from harness.training import TrainSettings, evaluate_test, train
 
 # Bump when the training procedure changes in a way the settings do not capture.
 BASELINE_FORMAT = 1
 
 
-def baseline_key(model: str, dataset: str, seed: int, training: dict[str, Any]) -> str:
+# Keys under which checkpoints commonly hold their state dict (training scripts, Lightning, timm, ...).
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "module")
+
+
+class WeightsError(Exception):
+    """A checkpoint that cannot be used for a model; the message is one line."""
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (read in blocks, so a large checkpoint is not held twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def baseline_key(model: str, dataset: str, seed: int, training: dict[str, Any], weights: str | None = None) -> str:
     spec = {"model": model, "dataset": dataset, "seed": seed, "training": training, "format": BASELINE_FORMAT,
             "torch": torch.__version__.split("+")[0]}
+    if weights is not None:
+        spec["weights_sha256"] = file_digest(weights)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def baseline_path(cache_dir: str | os.PathLike, model: str, dataset: str, seed: int, training: dict[str, Any]) -> Path:
-    key = baseline_key(model, dataset, seed, training)
-    return Path(cache_dir) / "baselines" / f"{model}-{dataset}-s{seed}-{key}.pt"
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-80:]
+
+
+def baseline_path(cache_dir: str | os.PathLike, model: str, dataset: str, seed: int, training: dict[str, Any],
+                  weights: str | None = None) -> Path:
+    key = baseline_key(model, dataset, seed, training, weights)
+    return Path(cache_dir) / "baselines" / f"{_file_safe(model)}-{_file_safe(dataset)}-s{seed}-{key}.pt"
+
+
+def _state_dict_of(loaded: Any) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded
+    if isinstance(loaded, dict):
+        for key in STATE_DICT_KEYS:
+            if key in loaded:
+                return _state_dict_of(loaded[key])
+    if isinstance(loaded, torch.nn.Module):
+        return loaded.state_dict()
+    raise WeightsError(f"holds no state dict (a dict of tensors, or one under {', '.join(STATE_DICT_KEYS)})")
+
+
+def _first(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load the checkpoint at ``path`` into ``model``; :class:`WeightsError` (one line) when it does not fit."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {str(path)!r} does not exist") from None
+    except Exception as exc:  # a pickle needing arbitrary code, a truncated or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"weights file {str(path)!r} cannot be loaded with torch.load(weights_only=True): "
+                           f"{first[:300]}") from None
+    try:
+        state = _state_dict_of(loaded)
+    except WeightsError as exc:
+        raise WeightsError(f"weights file {str(path)!r} {exc}") from None
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)} keys ({_first(missing)})"] if missing else []) + (
+            [f"unexpected {len(unexpected)} keys ({_first(unexpected)})"] if unexpected else [])
+        raise WeightsError(f"weights file {str(path)!r} does not fit the model: {'; '.join(parts)}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise WeightsError(f"weights file {str(path)!r} does not fit the model: shapes differ for {_first(wrong)}")
+    model.load_state_dict(state)
 
 
 def build_seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -47,21 +121,31 @@ def build_seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 def ensure_baseline(
     path: Path,
     build: Callable[[], nn.Module],
-    data: DataSplits,
+    data: Data | None,
     seed: int,
     training: dict[str, Any],
     progress: Callable[[int], None] | None = None,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Load the cached baseline at ``path`` or train and cache it; returns its metadata."""
+    """Load the cached baseline at ``path`` or make and cache it; returns its metadata.
+
+    The model starts from ``weights`` when given, else from a random init drawn from ``seed``, and is trained
+    on ``data`` for the epochs in ``training`` (none without data). Raises :class:`WeightsError` for a
+    checkpoint that does not fit.
+    """
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)["meta"]
-    model = build_seeded(build, seed).to(data.train_x.device)
+    model = build_seeded(build, seed)
+    if weights is not None:
+        load_weights(model, weights)
+    model = model.to(device)
     settings = TrainSettings(**training)
     start = time.perf_counter()
-    records = train(model, data, settings, seed=seed, progress=progress)
-    _, accuracy = evaluate(model, data.test_x, data.test_y)
+    records = train(model, data, settings, seed=seed, progress=progress) if data is not None else []
+    accuracy = evaluate_test(model, data)[1] if data is not None else None
     meta = {"acc": accuracy, "train_s": time.perf_counter() - start, "epochs": len(records),
-            "final_train_loss": records[-1].train_loss if records else None}
+            "final_train_loss": records[-1].train_loss if records else None, "weights": weights}
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

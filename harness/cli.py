@@ -63,8 +63,11 @@ def _require_command_line_plugins(host: Host) -> None:
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     sweep = parser.add_argument_group("what to compare")
     sweep.add_argument("--backends", help="'all' (the available ones) or a comma list, e.g. native,tensorly [all]")
-    sweep.add_argument("--models", help="comma list of models [lenet5]")
-    sweep.add_argument("--datasets", help="comma list of datasets [mnist-embedded]")
+    sweep.add_argument("--models", help="comma list of models: registered ones (harness list), torchvision:NAME, "
+                                        "pkg.module:callable or path/to/file.py:callable [lenet5]")
+    sweep.add_argument("--datasets", help="comma list of datasets: registered ones (harness list), folder:PATH "
+                                          "(an ImageFolder with train/ and test/ or val/) or random:CxHxW "
+                                          "[mnist-embedded]")
     sweep.add_argument("--methods", help="'all' or a comma list, e.g. svd,tucker2; 'auto' picks, per layer, the "
                                          "backend's lowest-error decompose-init method ('all' leaves it out) "
                                          "[all, none with --mix]")
@@ -93,6 +96,23 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                             "to leave out, e.g. 'tednet/*/*/btt/linear/*'")
     sweep.add_argument("--include-edges", dest="keep_edges_dense", action="store_const", const=False,
                        help="also decompose the first conv and the last Linear (kept dense by default)")
+    sweep.add_argument("--layers", metavar="GLOB,...",
+                       help="decompose only the layers whose path matches a glob (e.g. 'layer3.*,layer4.*'; paths "
+                            "as in model.named_modules()); the edge rule then does not apply")
+    models = parser.add_argument_group("models, weights and data")
+    models.add_argument("--weights", metavar="FILE | MODEL=FILE,...",
+                        help="start the dense baseline from a local checkpoint (a state dict, or a dict holding one "
+                             "under state_dict/model/...) instead of a random init; --baseline-epochs then "
+                             "fine-tunes it, 0 uses it as it is")
+    models.add_argument("--image-size", metavar="PIXELS",
+                        help="side of the square crop of folder:PATH datasets [224]")
+    models.add_argument("--subset", metavar="N", help="keep at most N images per class in each split of folder:PATH "
+                                                      "datasets, for quick studies")
+    models.add_argument("--data-workers", metavar="N", help="loader processes for folder:PATH datasets [2]")
+    models.add_argument("--no-train", action="store_const", const=True,
+                        help="a data-free speed study: no training or accuracy; random inputs of the model's native "
+                             "size (--datasets random:3x224x224 unless given): params, FLOPs, reconstruction error, "
+                             "decomposition time and latency")
     train = parser.add_argument_group("training (the same for every backend)")
     train.add_argument("--epochs", help="fine-tuning epochs after decomposition [2]")
     train.add_argument("--baseline-epochs", help="epochs to train the dense baseline [6]")

@@ -26,6 +26,8 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 TARGETS = ("conv", "linear", "all")
+# The dataset of a data-free study: random images of the model's native input size (see harness.data).
+NATIVE_INPUT = "random:3x224x224"
 # Which layer kinds each target decomposes.
 TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "linear")}
 
@@ -84,7 +86,26 @@ class RunConfig:
     cache_dir: str = field(default_factory=default_cache_dir)
     data_dir: str | None = None
     download: bool = False
+    # Checkpoints to start the dense baselines from: model name -> file ("*" for every model).
+    weights: dict[str, str] = field(default_factory=dict)
+    # Image folders (folder:PATH): side of the square crop (default 224), images kept per class, loader processes.
+    image_size: int | None = None
+    subset: int | None = None
+    data_workers: int = 2
+    # Glob patterns over layer paths: only matching layers are decomposed (empty: every targeted layer).
+    layers: list[str] = field(default_factory=list)
+    # A data-free speed study: no training anywhere, no accuracy; random inputs of the model's native size.
+    no_train: bool = False
     plugin_options: dict[str, Any] = field(default_factory=dict)
+
+    def weights_for(self, model: str) -> str | None:
+        """The checkpoint the dense baseline of ``model`` starts from, or None for a random init."""
+        return self.weights.get(model, self.weights.get("*"))
+
+    def data_options(self):
+        from harness.data import DataOptions
+
+        return DataOptions(image_size=self.image_size, subset=self.subset, workers=self.data_workers)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,6 +257,26 @@ def load_preset(name: str) -> dict[str, Any]:
     return load_toml(str(PRESETS_DIR / f"{name}.toml"))
 
 
+def _parse_weights(value: Any) -> dict[str, str]:
+    """``--weights FILE`` (every model), ``MODEL=FILE,...``, or a TOML table ``{MODEL = FILE}``."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        items = []
+        for entry in _as_list(value, "weights"):
+            model, sep, path = entry.rpartition("=")
+            items.append((model, path) if sep and model else ("*", entry))
+    weights: dict[str, str] = {}
+    for model, path in items:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"weights for {model!r}: {path!r} is not a file path")
+        resolved = Path(path).expanduser()
+        if not resolved.is_file():
+            raise ConfigError(f"weights file {path!r} does not exist")
+        weights[str(model)] = str(resolved.resolve())
+    return weights
+
+
 def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) -> RunConfig:
     """Turn raw values (from TOML and flags, flags last) into a parsed :class:`RunConfig`.
 
@@ -266,8 +307,14 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.seeds = _parse_ints(value, "seeds", minimum=0)
         elif key in ("epochs", "baseline_epochs"):
             setattr(config, key, _parse_ints(value, key, minimum=0)[0])
-        elif key in ("batch_size", "latency_batch", "jobs"):
+        elif key in ("batch_size", "latency_batch", "jobs", "image_size", "subset"):
             setattr(config, key, _parse_ints(value, key, minimum=1)[0])
+        elif key == "data_workers":
+            config.data_workers = _parse_ints(value, key, minimum=0)[0]
+        elif key == "weights":
+            config.weights = _parse_weights(value) if value not in ("", {}) else {}
+        elif key == "layers":
+            config.layers = _as_list(value, key) if value not in ("", []) else []
         elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout", "clip_grad_norm"):
             try:
                 number = float(value)
@@ -276,12 +323,17 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
                 raise ConfigError(f"{key}: {value!r} must be positive")
             setattr(config, key, number)
-        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad"):
+        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad", "no_train"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             setattr(config, key, value)
         else:
             setattr(config, key, str(value))
+    if config.no_train:
+        # Nothing is trained, so there is no accuracy to track and no control to fine-tune.
+        config.epochs, config.baseline_epochs, config.dense_control = 0, 0, False
+        if values.get("datasets") is None:
+            config.datasets = [NATIVE_INPUT]
     if config.mix and values.get("methods") is None:
         # A mix alone asks for its own cells only; --methods adds single-method cells beside it.
         config.methods = []
@@ -320,10 +372,23 @@ def validate_names(config: RunConfig, backends: dict, models: dict, datasets: di
             hint = backends[name].install_hint
             raise ConfigError(f"backend {name!r} is unavailable: its library {backends[name].library} is missing"
                               + (f" ({hint})" if hint else ""))
-    for kind, names, registry in (("model", config.models, models), ("dataset", config.datasets, datasets)):
-        for name in names:
-            if name not in registry:
-                raise ConfigError(f"unknown {kind} {name!r} (known: {', '.join(sorted(registry))})")
+    from harness.data import DataUnavailable, resolve_dataset
+    from harness.models import ModelUnavailable, resolve_model
+
+    for name in config.models:
+        try:
+            resolve_model(name, models)
+        except ModelUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+    for name in config.datasets:
+        try:
+            resolve_dataset(name, datasets, config.data_options())
+        except DataUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+    for model in config.weights:
+        if model != "*" and model not in config.models:
+            raise ConfigError(f"weights are given for {model!r}, which is not among the run's models "
+                              f"({', '.join(config.models)})")
     declared = sorted({m for n in config.backends for m in backends[n].all_methods()})
     # "all" is every declared method; auto is a strategy over them, asked for by name only.
     methods = [m for name in config.methods for m in (declared if name == "all" else [name])]

@@ -6,13 +6,11 @@ beats a kind key; among patterns the one with the most literal (non-wildcard) ch
 given. A targeted layer the mix maps to nothing stays dense. :class:`Mix` parses and canonicalises a mix and
 gives it its cell label (``mix-tucker2+svd``). The method ``auto`` (:data:`AUTO`), usable alone or inside a mix,
 lets the runner try every decompose-init method a backend offers for a layer and keep the one with the lowest
-reconstruction error; :func:`auto_candidates` and :func:`pick_best` hold that policy so the planner and runner
-agree on it. Nothing here knows about backends beyond their :class:`~harness.backends.BackendInfo`.
+reconstruction error; :func:`auto_candidates` says which methods the planner lists for the runner to try. Nothing here knows about backends beyond their :class:`~harness.backends.BackendInfo`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -115,19 +113,3 @@ def auto_candidates(info: BackendInfo, kind: str) -> tuple[str, ...]:
     """The methods ``auto`` tries on a layer of ``kind``: those of the backend that start from the trained weights,
     in its declared order (a scratch-init layer approximates nothing, so it has no error to compare)."""
     return tuple(m for m in info.methods_for(kind) if info.init_for(m, kind) == "decompose")
-
-
-def pick_best(candidates: list[tuple[str, float, bool]]) -> str:
-    """The method of the best ``(method, relative error, within budget)`` candidate, in the order tried.
-
-    A candidate within its budget beats one over it; then the lowest error wins (a NaN error counts as
-    infinite); ties go to the first tried, i.e. the backend's declared order.
-    """
-    if not candidates:
-        raise ValueError("no candidate to pick from")
-
-    def key(item: tuple[int, tuple[str, float, bool]]) -> tuple[bool, float, int]:
-        index, (_, error, within) = item
-        return (not within, error if math.isfinite(error) else math.inf, index)
-
-    return min(enumerate(candidates), key=key)[1][0]

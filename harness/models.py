@@ -1,14 +1,24 @@
-"""Model registry and the built-in models: an MLP, LeNet-5 and a small VGG-style net.
+"""Model registry, the built-in models (an MLP, LeNet-5, a small VGG-style net) and models named on the spot.
 
 Every model is built by ``build(input_shape, num_classes)`` so the same architecture
 runs on MNIST-sized and CIFAR-sized inputs. Plugins add models through
 ``harness_register_models``; this module is itself registered as a plugin by the host.
+Three kinds of names need no plugin (:func:`resolve_model`): ``torchvision:NAME``
+builds any torchvision classification architecture with random weights for the
+dataset's input channels, size and classes; ``pkg.module:callable`` and
+``path/to/file.py:callable`` call the user's own builder, as ``build(input_shape,
+num_classes)`` when it takes two arguments or ``build()`` when it takes none.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import math
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -82,6 +92,136 @@ def vgg_small(input_shape: InputShape, num_classes: int) -> nn.Module:
         nn.ReLU(),
         nn.Linear(256, num_classes),
     )
+
+
+TORCHVISION = "torchvision:"
+
+
+class ModelUnavailable(Exception):
+    """A model name that names nothing buildable; the message is one line that says why."""
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    return next(((path, m) for path, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def torchvision_builder(name: str) -> Callable[[InputShape, int], nn.Module]:
+    """``build(input_shape, num_classes)`` for torchvision's classification architecture ``name``, random weights.
+
+    The first conv is rebuilt for the input's channels when they are not 3 (MNIST), models that take an image
+    size (ViT, Swin) get the input's, and Inception-style auxiliary heads are off (one output, as elsewhere).
+    """
+    import torchvision.models
+
+    def build(input_shape: InputShape, num_classes: int) -> nn.Module:
+        channels, height, _ = input_shape
+        builder = torchvision.models.get_model_builder(name)
+        accepted = inspect.signature(builder).parameters
+        options: dict = {"weights": None, "num_classes": num_classes}
+        if "image_size" in accepted or name.startswith("vit_"):
+            options["image_size"] = height
+        if name in ("googlenet", "inception_v3"):
+            options.update(aux_logits=False, init_weights=True)
+        model = builder(**options)
+        first = _first_conv(model)
+        if first is not None and channels != first[1].in_channels:
+            path, conv = first
+            replacement = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                                    padding=conv.padding, dilation=conv.dilation, groups=1,
+                                    bias=conv.bias is not None, padding_mode=conv.padding_mode)
+            parent, _, attribute = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attribute, replacement)
+        return model
+
+    return build
+
+
+def _load_file(path: str):
+    """Import a ``.py`` file as a module (kept in ``sys.modules`` under a name derived from its path)."""
+    absolute = os.path.abspath(path)
+    if not os.path.isfile(absolute):
+        raise ModelUnavailable(f"no such file: {path}")
+    name = "harness_user_model_" + "".join(c if c.isalnum() else "_" for c in absolute)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, absolute)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def user_builder(location: str, attribute: str) -> Callable[[InputShape, int], nn.Module]:
+    """``build(input_shape, num_classes)`` around the user's callable ``attribute`` of a module or ``.py`` file.
+
+    The callable is called with ``(input_shape, num_classes)`` when it takes two or more positional arguments,
+    and with no arguments when it takes none (it then fixes its own input size and classes).
+    """
+    try:
+        if location.endswith(".py") or os.sep in location:
+            module = _load_file(location)
+        else:
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(location)
+    except ModelUnavailable:
+        raise
+    except Exception as exc:
+        raise ModelUnavailable(f"cannot import {location!r}: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ModelUnavailable(f"{location!r} has no callable {attribute!r}")
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        parameters = []
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    takes_shape = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+    required = [p for p in positional if p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+    if (not takes_shape and required) or len(required) > 2:
+        raise ModelUnavailable(f"{location}:{attribute} must take (input_shape, num_classes) or no arguments")
+
+    def build(input_shape: InputShape, num_classes: int) -> nn.Module:
+        model = function(tuple(input_shape), num_classes) if takes_shape else function()
+        if not isinstance(model, nn.Module):
+            raise ModelUnavailable(f"{location}:{attribute} returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    return build
+
+
+def resolve_model(name: str, registered: MutableMapping[str, ModelSpec]) -> ModelSpec:
+    """The model called ``name``: a registered one, or one named on the spot (``torchvision:NAME``,
+    ``pkg.module:callable``, ``path/to/file.py:callable``), which is then added to ``registered`` so later
+    lookups find it. Raises :class:`ModelUnavailable` with a one-line reason."""
+    if name in registered:
+        return registered[name]
+    if name.startswith(TORCHVISION):
+        architecture = name[len(TORCHVISION):]
+        known = _torchvision_names()
+        if architecture not in known:
+            close = [k for k in known if k.startswith(architecture[:4])][:6]
+            raise ModelUnavailable(f"torchvision has no classification model {architecture!r}"
+                                   + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        spec = ModelSpec(name, torchvision_builder(architecture), f"torchvision {architecture}, random weights")
+    elif ":" in name:
+        location, _, attribute = name.rpartition(":")
+        spec = ModelSpec(name, user_builder(location, attribute), f"the user's builder {attribute} in {location}")
+    else:
+        raise ModelUnavailable(f"unknown model {name!r} (known: {', '.join(sorted(registered))}; or "
+                               "torchvision:NAME, pkg.module:callable, path/to/file.py:callable)")
+    registered[name] = spec
+    return spec
 
 
 @harness.hookimpl

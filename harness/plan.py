@@ -5,13 +5,19 @@ rank selector whose budgets ignore the ratio gets one cell per combination inste
 one per ratio, with the placeholder ratio 1. For each (model, dataset, seed) one more
 cell, the dense control, fine-tunes the undecomposed baseline with the same recipe so
 stability has a reference. Planning builds each model once (untrained) to see which
-layers a target selects. A backend gets cells only for methods it declares for every
+layers a target selects (``--layers`` globs pick them by path) and resolves each cell's
+per-layer plan (:class:`LayerPlan`: layer path -> method, init, tensorized shape and
+padding, or left dense and why), which the cell carries to the runner; a 1x1 conv gets
+the SVD (two 1x1 convs) where the backend declares it for convs, and a conv whose
+features the backend declared it cannot handle (a depthwise conv, say) is left dense on
+its own while the rest of the cell is decomposed. A backend gets cells only for methods it declares for every
 layer kind the cell decomposes: one method on target ``all`` means that method on every
 targeted conv *and* Linear layer, so a backend that declares it for one kind only is not
 planned there (a mix gives each kind its own method). Every combination left out this
 way is recorded (:class:`NotPlanned`) and summed up in one line; ``unsupported`` cells
-are reserved for a declared method that a layer's features (groups, dilation, ...) rule
-out, found here before any backend code runs, or that the library refuses at run time.
+are reserved for a cell whose every targeted layer is ruled out by its features (groups,
+dilation, ...), found here before any backend code runs, or refused by the library at run
+time.
 Combinations that make no sense for any backend (a Linear-only method on a conv target, a
 target with no layers in the model) are not planned at all. A mix (see :mod:`harness.mixing`) is
 planned like one more method, labelled ``mix-...``, on target ``all`` when the run has it
@@ -36,7 +42,15 @@ from harness.config import TARGET_KINDS, RunConfig
 from harness.mixing import AUTO, Mix, auto_candidates
 from harness.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
 from harness.tensorize import DEFAULT as DEFAULT_TENSORIZE
-from harness.tensorize import cell_tag, check_tensor_shapes, governing_pattern, labels
+from harness.tensorize import (
+    Tensorization,
+    cell_tag,
+    check_tensor_shapes,
+    governing_pattern,
+    labels,
+    layer_options,
+    padding_for,
+)
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
 # The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
@@ -65,6 +79,8 @@ class Cell:
     mix: str | None = None
     # How the cell's tensorized Linear layers are shaped (a harness.tensorize label, e.g. "d2"); "" is the default.
     tensorize: str = DEFAULT_TENSORIZE
+    # The resolved per-layer plan the runner executes, in module order (empty for the dense control).
+    layers: tuple[LayerPlan, ...] = ()
 
     @property
     def is_control(self) -> bool:
@@ -82,18 +98,64 @@ class Cell:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
-        return cls(**data)
+        layers = tuple(LayerPlan.from_dict(layer) for layer in data.get("layers", ()))
+        return cls(**{**data, "layers": layers})
+
+    def planned(self) -> list[LayerPlan]:
+        """The layers the runner asks the backend to decompose (not those planned dense)."""
+        return [layer for layer in self.layers if layer.dense is None]
 
 
-def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True) -> list[tuple[str, nn.Module]]:
+@dataclass(frozen=True)
+class LayerPlan:
+    """What a cell does to one targeted layer, resolved by the planner so the runner only executes it.
+
+    ``method`` is the method the backend is asked for (``auto``: the runner tries ``candidates`` and keeps the
+    lowest-error one); ``init`` how it starts; ``options`` the request's options (tensorized shapes);
+    ``padding`` the (in, out) factors of a zero-padded copy to decompose instead; ``dense`` why the layer is
+    left dense instead (a conv feature the backend declared it cannot handle), None when it is decomposed; the
+    layer's budget comes from the cell's rank selection, from the trained weights, in the worker.
+    """
+
+    path: str
+    kind: str
+    method: str
+    init: str = "decompose"
+    candidates: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    padding: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    dense: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | LayerPlan) -> LayerPlan:
+        if isinstance(data, LayerPlan):
+            return data
+        padding = data.get("padding")
+        return cls(**{**data, "candidates": tuple(data.get("candidates", ())),
+                      "padding": tuple(tuple(side) for side in padding) if padding else None})
+
+
+def one_by_one(layer: nn.Module) -> bool:
+    """A 1x1 convolution: a matrix applied at every pixel."""
+    return isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
+
+
+def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True,
+                  patterns: tuple[str, ...] | list[str] = ()) -> list[tuple[str, nn.Module]]:
     """The (path, layer) pairs that ``target`` selects in ``model``, in module order.
 
     With ``keep_edges_dense`` the first conv (it sees the raw image and holds few
     parameters) and the last Linear (the classifier) stay dense, as is usual since
-    Lebedev 2015 and Kim 2016.
+    Lebedev 2015 and Kim 2016. ``patterns`` (``--layers``), when given, picks the layers
+    by path instead: only those matching a glob, edges included when they match.
     """
     layers = [(name, module) for name, module in model.named_modules() if layer_kind(module)]
-    if keep_edges_dense:
+    if patterns:
+        layers = [(name, m) for name, m in layers if any(fnmatchcase(name, pattern) for pattern in patterns)]
+    elif keep_edges_dense:
         convs = [name for name, m in layers if layer_kind(m) == "conv2d"]
         linears = [name for name, m in layers if layer_kind(m) == "linear"]
         edges = set(convs[:1]) | set(linears[-1:])
@@ -103,10 +165,11 @@ def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True) 
 
 
 def layer_methods(model: nn.Module, target: str, method: str, mix: str | None = None,
-                  keep_edges_dense: bool = True) -> list[tuple[str, nn.Module, str]]:
+                  keep_edges_dense: bool = True, patterns: tuple[str, ...] | list[str] = ()
+                  ) -> list[tuple[str, nn.Module, str]]:
     """The (path, layer, method) of each layer a cell decomposes: ``method`` on every targeted layer, or with
     ``mix`` each targeted layer's mapped method (layers the mix maps to nothing stay dense and are left out)."""
-    layers = target_layers(model, target, keep_edges_dense)
+    layers = target_layers(model, target, keep_edges_dense, patterns)
     if mix is None:
         return [(path, layer, method) for path, layer in layers]
     parsed = Mix.parse(mix)
@@ -133,34 +196,61 @@ def undeclared_kind(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]
     return None
 
 
-def unsupported_reason(info: BackendInfo, method: str, layers: list[tuple[str, nn.Module]]) -> str | None:
-    """Why the backend cannot run its declared ``method`` on ``layers``: a conv feature it declared it cannot
-    handle (None when there is none)."""
-    for path, module in layers:
-        if isinstance(module, nn.Conv2d):
-            gaps = conv_features(module) & set(info.conv_unsupported)
-            if gaps:
-                return f"{info.name} cannot handle conv {', '.join(sorted(gaps))} (layer {path})"
-    return None
-
-
 def _layer_init(info: BackendInfo, method: str, kind: str) -> str:
     # auto only ever tries methods that start from the trained weights.
     return "decompose" if method == AUTO else info.init_for(method, kind)
 
 
-def cell_plan(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> tuple[str, str | None]:
-    """The init of a cell decomposing ``assigned`` (path, layer, method) with backend ``info`` (``"mixed"`` when
-    its layers differ) and why the backend cannot run it (None when it can): the first layer group, in module
-    order, whose conv features the backend cannot handle. Undeclared methods are the caller's to leave out
-    (:func:`undeclared_kind`)."""
-    inits = {_layer_init(info, method, layer_kind(layer)) for _, layer, method in assigned}
-    init = inits.pop() if len(inits) == 1 else "mixed"
-    for method in dict.fromkeys(m for _, _, m in assigned):
-        reason = unsupported_reason(info, method, [(p, layer) for p, layer, m in assigned if m == method])
-        if reason:
-            return init, reason
-    return init, None
+# The method a 1x1 conv gets in place of a conv method whose extra factors would only cost parameters there.
+POINTWISE = "svd"
+
+
+def layer_method(info: BackendInfo, layer: nn.Module, method: str) -> str:
+    """The method ``layer`` gets when its cell asks for ``method``: a 1x1 conv is a matrix, so a conv method
+    (CP, Tucker-2, TT, ...) becomes the SVD (two 1x1 convs) where the backend declares it for convs."""
+    if (one_by_one(layer) and method not in (POINTWISE, AUTO) and POINTWISE in info.methods_for("conv2d")
+            and info.init_for(method, "conv2d") == "decompose"):
+        return POINTWISE
+    return method
+
+
+def resolve_layers(config: RunConfig, info: BackendInfo, assigned: list[tuple[str, nn.Module, str]],
+                   tensorize: str) -> tuple[LayerPlan, ...]:
+    """The per-layer plan of a cell decomposing ``assigned`` (path, layer, method) with backend ``info`` under the
+    tensorization label ``tensorize``: each layer's method (1x1 convs: :func:`layer_method`), init, ``auto``
+    candidates, request options and padding, or why it stays dense (a conv feature the backend cannot handle)."""
+    setting = Tensorization.parse(tensorize) if tensorize else None
+    plans = []
+    for path, layer, requested in assigned:
+        kind = layer_kind(layer)
+        method = layer_method(info, layer, requested)
+        gaps = conv_features(layer) & set(info.conv_unsupported) if isinstance(layer, nn.Conv2d) else set()
+        if gaps:
+            plans.append(LayerPlan(path, kind, method, dense=f"{info.name} cannot handle conv "
+                                                             f"{', '.join(sorted(gaps))}"))
+            continue
+        options: dict[str, Any] = {}
+        padding = None
+        if setting is not None and tensorized_layer(info, layer, method):
+            options = layer_options(tensorize, config.tensor_shapes, path)
+            # Explicit shapes are the user's; auto's candidates include untensorized methods that padding would skew.
+            if setting.pad and "tt_d" in options and method != AUTO:
+                padding = padding_for(layer, setting.d)
+        plans.append(LayerPlan(path, kind, method, init=_layer_init(info, method, kind),
+                               candidates=auto_candidates(info, kind) if method == AUTO else (),
+                               options=options, padding=padding))
+    return tuple(plans)
+
+
+def cell_plan(layers: tuple[LayerPlan, ...]) -> tuple[str, str | None]:
+    """The init of a cell with the per-layer plan ``layers`` (``"mixed"`` when its decomposed layers differ) and
+    why it cannot run (every targeted layer left dense: the first one's reason, with its path), else None."""
+    decomposed = [layer for layer in layers if layer.dense is None]
+    if not decomposed:
+        first = layers[0]
+        return "decompose", f"{first.dense} (layer {first.path})"
+    inits = {layer.init for layer in decomposed}
+    return (inits.pop() if len(inits) == 1 else "mixed"), None
 
 
 def tensorized_layer(info: BackendInfo, layer: nn.Module, method: str) -> bool:
@@ -276,23 +366,29 @@ def plan_cells(
             if record not in not_planned:  # a model planned on several datasets would repeat it
                 not_planned.append(record)
             return
-        init, reason = cell_plan(run_backends[backend], assigned)
         for tensorize in tensorize_labels(config, run_backends[backend], assigned):
+            layers = resolve_layers(config, run_backends[backend], assigned, tensorize)
+            init, reason = cell_plan(layers)
             for selection, ratios in selections:
                 for ratio in ratios:
                     for seed in config.seeds:
                         cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed, init=init,
                                           unsupported=reason, rank_selection=selection, mix=mix,
-                                          tensorize=tensorize))
+                                          tensorize=tensorize, layers=layers))
 
     for model_name in config.models:
         for dataset in config.datasets:
             model = models[f"{model_name}@{dataset}"]
             if config.tensor_shapes:
                 notes += check_tensor_shapes(config.tensor_shapes, model_name,
-                                             target_layers(model, "linear", config.keep_edges_dense))
+                                             target_layers(model, "linear", config.keep_edges_dense, config.layers))
+            if config.layers:
+                paths = [name for name, module in model.named_modules() if layer_kind(module)]
+                for pattern in config.layers:
+                    if not any(fnmatchcase(path, pattern) for path in paths):
+                        notes.append(f"--layers {pattern!r} matches no conv or Linear layer of {model_name}")
             for target in config.targets:
-                layers = target_layers(model, target, config.keep_edges_dense)
+                layers = target_layers(model, target, config.keep_edges_dense, config.layers)
                 if not layers:
                     notes.append(f"{model_name} has no {target} layers to decompose; skipped")
                     continue
@@ -306,8 +402,8 @@ def plan_cells(
             for spec in config.mix:
                 mix = Mix.parse(spec)
                 for target in mix_targets(config.targets):
-                    layers = target_layers(model, target, config.keep_edges_dense)
-                    assigned = layer_methods(model, target, mix.label, spec, config.keep_edges_dense)
+                    layers = target_layers(model, target, config.keep_edges_dense, config.layers)
+                    assigned = layer_methods(model, target, mix.label, spec, config.keep_edges_dense, config.layers)
                     if not assigned:
                         notes.append(f"mix {spec} maps no {target} layer of {model_name}; skipped")
                         continue

@@ -1,21 +1,23 @@
 """The runner: everything that happens to one cell, inside whichever worker runs it.
 
 It loads the cached dense baseline, measures it, asks the cell's rank selector for each
-targeted layer's parameter budget (once, from the trained weights), and asks the cell's
-backend (through the ``harness_decompose_layer`` hook) for a replacement of each targeted
-layer within its budget: each layer with its own method in a mixed cell; with ``auto``,
-every decompose-init method the backend offers, keeping the one closest to the dense
-weight. A Linear layer of a ``tensorize`` cell gets its tensorized shapes as request
-options, and one padded to a size that factors evenly is decomposed as a zero-padded copy
-within the original budget and wrapped so the network keeps its shapes. The runner then
-measures the decomposed network, fine-tunes it with the shared training settings and
-measures it again. The dense control cell skips the decomposition and fine-tunes the
+planned layer's parameter budget (once, from the trained weights), and executes the
+cell's per-layer plan (:class:`harness.plan.LayerPlan`, resolved by the planner): each
+layer is replaced through the host by the backend's answer within its budget, with its
+own method and request options; an ``auto`` layer tries its candidates and keeps the one
+closest to the dense weight; a padded Linear is decomposed as a zero-padded copy within
+the original budget and wrapped so the network keeps its shapes. A layer the plan leaves
+dense, or that the backend refuses (``Unsupported``), stays dense with its reason in its
+row, and the cell goes on with the rest; a cell in which no layer could be decomposed is
+``unsupported``. The runner then measures the decomposed network, fine-tunes it with the
+shared training settings and measures it again (a ``--no-train`` study measures no
+accuracy at all). The dense control cell skips the decomposition and fine-tunes the
 baseline itself with the same recipe. The dense and decomposed networks are measured in
-the same process so their latencies compare. The result is plain data; only the driver writes the store.
-The host holds every replacement to its request: one with more parameters than its budget
-stops the cell as ``over_budget`` (the offending layer recorded), so it never reaches a
-ranking. An ``Unsupported`` from a backend makes the cell ``unsupported``; any other exception
-makes it ``error`` with a one-line message (and the traceback kept beside it).
+the same process so their latencies compare. The result is plain data; only the driver
+writes the store. The host holds every replacement to its request: one with more
+parameters than its budget stops the cell as ``over_budget`` (the offending layer
+recorded), so it never reaches a ranking. Any other exception makes the cell ``error``
+with a one-line message (and the traceback kept beside it).
 """
 
 from __future__ import annotations
@@ -30,18 +32,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.backends import (
-    OVER_BUDGET,
-    BackendInfo,
-    DecomposeRequest,
-    OverBudget,
-    Unsupported,
-    check_budget,
-    layer_kind,
-)
+from harness.backends import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
-from harness.data import DataSplits
+from harness.data import Data, resolve_dataset
 from harness.metrics import (
     compare_latency,
     count_flops,
@@ -49,8 +43,8 @@ from harness.metrics import (
     effective_weight,
     relative_error,
 )
-from harness.mixing import AUTO, auto_candidates, pick_best
-from harness.plan import Cell, layer_methods, tensorized_layer
+from harness.models import resolve_model
+from harness.plan import AUTO, Cell, LayerPlan
 from harness.plugins import Host, format_exception
 from harness.selection import (
     LayerBudget,
@@ -64,14 +58,8 @@ from harness.selection import (
     split_match,
 )
 from harness.stability import stability_metrics
-from harness.tensorize import (
-    PaddedLinear,
-    Tensorization,
-    layer_options,
-    padding_for,
-    zero_padded,
-)
-from harness.training import EpochRecord, evaluate, synchronize, train
+from harness.structures import PaddedLinear, zero_padded
+from harness.training import EpochRecord, evaluate, evaluate_test, synchronize, train
 
 # Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
 # every cell, so budgets do not depend on the backend; enough to rank layers, few enough to probe many ranks.
@@ -91,22 +79,20 @@ class CellContext:
         self.config = config
         self.host = host
         self.device = resolve_device(config.device)
-        self._data: dict[str, DataSplits] = {}
+        self._data: dict[str, Data] = {}
 
-    def data(self, name: str) -> DataSplits:
+    def data(self, name: str) -> Data:
         if name not in self._data:
             from pathlib import Path
 
-            spec = self.host.datasets[name]
+            spec = resolve_dataset(name, self.host.datasets, self.config.data_options())
             splits = spec.load(Path(self.config.data_dir) if self.config.data_dir else None, False)
-            for attr in ("train_x", "train_y", "test_x", "test_y"):
-                setattr(splits, attr, getattr(splits, attr).to(self.device))
-            self._data[name] = splits
+            self._data[name] = splits.to(self.device)
         return self._data[name]
 
     def builder(self, model: str, dataset: str) -> Callable[[], nn.Module]:
         data = self.data(dataset)
-        spec = self.host.models[model]
+        spec = resolve_model(model, self.host.models)
         return lambda: spec.build(data.input_shape, data.num_classes)
 
 
@@ -147,10 +133,10 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
     return result
 
 
-def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: DataSplits
+def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Data
                 ) -> Callable[[int, torch.Tensor], float]:
     """``loss_with(i, weight)``: the model's loss on the selection batch with layer ``i``'s weight swapped in."""
-    x, y = data.train_x[:SELECTION_BATCH], data.train_y[:SELECTION_BATCH]
+    x, y = data.head("train", SELECTION_BATCH)
 
     def loss_with(index: int, weight: torch.Tensor) -> float:
         layer = layers[index][1]
@@ -229,9 +215,25 @@ def decompose_padded(ctx: CellContext, layer: nn.Linear, request: DecomposeReque
     return wrapped, seconds, printed
 
 
+def pick_best(candidates: list[tuple[str, float, bool]]) -> str:
+    """The method of the best ``(method, relative error, within budget)`` candidate, in the order tried.
+
+    A candidate within its budget beats one over it; then the lowest error wins (a NaN error counts as
+    infinite); ties go to the first tried, i.e. the backend's declared order.
+    """
+    if not candidates:
+        raise ValueError("no candidate to pick from")
+
+    def key(item: tuple[int, tuple[str, float, bool]]) -> tuple[bool, float, int]:
+        index, (_, error, within) = item
+        return (not within, error if math.isfinite(error) else math.inf, index)
+
+    return min(enumerate(candidates), key=key)[1][0]
+
+
 def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
-          info: BackendInfo) -> tuple[nn.Module, float, str, dict[str, Any]]:
-    """Decompose ``layer`` with each auto candidate at the same budget and keep the lowest-error replacement.
+          candidates: tuple[str, ...]) -> tuple[nn.Module, float, str, dict[str, Any]]:
+    """Decompose ``layer`` with each of the plan's ``candidates`` at the same budget and keep the lowest-error one.
 
     Returns the replacement, the seconds all candidates took together (auto's honest cost), their output and the
     record of the choice. A candidate raising ``Unsupported`` is skipped; when all do, so does the layer.
@@ -241,7 +243,7 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     errors: dict[str, float] = {}
     skipped: dict[str, str] = {}
     best, seconds, printed = None, 0.0, []
-    for method in auto_candidates(info, request.kind):
+    for method in candidates:
         start = time.perf_counter()
         try:
             replacement, _, out = _call_backend(ctx, layer, dataclasses.replace(request, method=method))
@@ -267,38 +269,45 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     return best, seconds, "".join(printed), record
 
 
+def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: str) -> dict[str, Any]:
+    """The row of a targeted layer left dense: its own parameters on both sides, and why."""
+    params = count_params(layer)
+    return {"layer": plan.path, "kind": plan.kind, "params_dense": params, "params": params, "max_params": budget,
+            "recon_error": 0.0, "decompose_s": 0.0, "info": {"method": None, "left_dense": reason},
+            "stdout": None}
+
+
 def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
-    """Replace each targeted layer of ``model`` by the backend's answer, recording one row per layer."""
-    config, device, metrics = ctx.config, ctx.device, result["metrics"]
-    assigned = layer_methods(model, cell.target, cell.method, cell.mix, config.keep_edges_dense)
-    budgets = _select(cell, ctx, model, [(path, layer) for path, layer, _ in assigned], metrics)
-    backend_info = ctx.host.backends.get(cell.backend)
-    setting = Tensorization.parse(cell.tensorize) if cell.tensorize else None
-    error_sq, weight_sq, decompose_s = 0.0, 0.0, 0.0
-    for (layer_path, layer, method), budget in zip(assigned, budgets):
-        options: dict[str, Any] = {}
-        padding = None
-        if setting is not None and backend_info is not None and tensorized_layer(backend_info, layer, method):
-            options = layer_options(cell.tensorize, config.tensor_shapes, layer_path)
-            # Explicit shapes are the user's; auto's candidates include untensorized methods that padding would skew.
-            if setting.pad and "tt_d" in options and method != AUTO:
-                padding = padding_for(layer, setting.d)
-        request = DecomposeRequest(backend=cell.backend, method=method, layer_path=layer_path,
-                                   kind=layer_kind(layer), ratio=cell.ratio, seed=cell.seed, device=str(device),
-                                   options=options, dense_params=count_params(layer), budget=budget.params)
-        auto = None
-        if method == AUTO:
-            if backend_info is None:
-                raise RuntimeError(f"auto needs the declared methods of backend {cell.backend!r}, which is not loaded")
-            replacement, seconds, printed, auto = _auto(ctx, layer, request, backend_info)
-            method, init = auto["chosen"], "decompose"
-        elif padding is not None:
-            replacement, seconds, printed = decompose_padded(ctx, layer, request, padding)
-            init = backend_info.init_for(method, request.kind)
-        else:
-            replacement, seconds, printed = _call_backend(ctx, layer, request)
-            # Per layer, since a mixed cell may start some layers from scratch and decompose others.
-            init = backend_info.init_for(method, request.kind) if backend_info is not None else cell.init
+    """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer."""
+    device, metrics = ctx.device, result["metrics"]
+    planned = cell.planned()
+    layers = {plan.path: model.get_submodule(plan.path) for plan in cell.layers}
+    budgets = dict(zip([plan.path for plan in planned],
+                       _select(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)))
+    error_sq, weight_sq, decompose_s, refused = 0.0, 0.0, 0.0, []
+    for plan in cell.layers:
+        layer = layers[plan.path]
+        budget = budgets.get(plan.path)
+        if plan.dense is not None:
+            result["layers"].append(_dense_row(plan, layer, None, plan.dense))
+            continue
+        request = DecomposeRequest(backend=cell.backend, method=plan.method, layer_path=plan.path, kind=plan.kind,
+                                   ratio=cell.ratio, seed=cell.seed, device=str(device), options=dict(plan.options),
+                                   dense_params=count_params(layer), budget=budget.params)
+        method, init, auto = plan.method, plan.init, None
+        try:
+            if plan.method == AUTO:
+                replacement, seconds, printed, auto = _auto(ctx, layer, request, plan.candidates)
+                method = auto["chosen"]
+            elif plan.padding is not None:
+                replacement, seconds, printed = decompose_padded(ctx, layer, request, plan.padding)
+            else:
+                replacement, seconds, printed = _call_backend(ctx, layer, request)
+        except Unsupported as exc:  # this layer only: the cell goes on with the rest
+            reason = str(exc).splitlines()[0] if str(exc) else "unsupported"
+            refused.append(f"{reason} (layer {plan.path})")
+            result["layers"].append(_dense_row(plan, layer, request.max_params, reason))
+            continue
         decompose_s += seconds
         dense_weight = layer.weight.detach()
         layer_weight_sq = float(dense_weight.pow(2).sum())
@@ -311,30 +320,32 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
             layer_error_sq = float("nan")
         error_sq += layer_error_sq
         weight_sq += layer_weight_sq
-        params = count_params(replacement)
         info = {**_json_safe(getattr(replacement, "decomposition_info", {}) or {}), "method": method}
         if auto is not None:
             info["auto"] = _json_safe(auto)
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
         result["layers"].append({
-            "layer": layer_path, "kind": request.kind, "params_dense": request.dense_params, "params": params,
-            "max_params": request.max_params, "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)),
-            "decompose_s": seconds,
-            "info": info,
-            "stdout": printed[-2000:] or None,
+            "layer": plan.path, "kind": plan.kind, "params_dense": request.dense_params,
+            "params": count_params(replacement), "max_params": request.max_params,
+            "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), "decompose_s": seconds,
+            "info": info, "stdout": printed[-2000:] or None,
         })
         # The host's check, whatever the backend promised: the row above keeps the offending layer on record.
         check_budget(replacement, request)
-        _replace(model, layer_path, replacement)
+        _replace(model, plan.path, replacement)
 
+    decomposed = [row for row in result["layers"] if row["info"].get("left_dense") is None]
+    if not decomposed:
+        raise Unsupported(refused[0] if refused else f"no layer of {cell.model} could be decomposed")
     params_dense = sum(row["params_dense"] for row in result["layers"])
     params = sum(row["params"] for row in result["layers"])
     metrics.update(
         params_dense=params_dense, params=params, compression=params_dense / params if params else None,
-        budget=sum(budget.params for budget in budgets), budget_ok=all(
-            row["params"] <= row["max_params"] for row in result["layers"] if row["max_params"] is not None),
+        budget=sum(budget.params for budget in budgets.values()), budget_ok=all(
+            row["params"] <= row["max_params"] for row in decomposed if row["max_params"] is not None),
         decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
+        layers_targeted=len(result["layers"]), layers_decomposed=len(decomposed),
     )
 
 
@@ -342,15 +353,19 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
     config, device = ctx.config, ctx.device
     data = ctx.data(cell.dataset)
     build = ctx.builder(cell.model, cell.dataset)
-    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec())
+    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
+                         config.weights_for(cell.model))
     model = load_baseline(path, build, device)
-    latency_input = data.test_x[: config.latency_batch]
+    latency_input, _ = data.head("test", config.latency_batch)
+    sample = latency_input[:1]
+    # A data-free study measures no accuracy: its images are random and its network untrained.
+    accuracy = (lambda net: None) if config.no_train else (lambda net: evaluate_test(net, data)[1])
     metrics = result["metrics"]
     metrics.update(
         device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
-        model_params_dense=count_params(model), flops_dense=count_flops(model, data.test_x),
+        model_params_dense=count_params(model), flops_dense=count_flops(model, sample),
     )
-    metrics["acc_baseline"] = evaluate(model, data.test_x, data.test_y)[1]
+    metrics["acc_baseline"] = accuracy(model)
 
     if cell.is_control:
         # Nothing is replaced: the control measures how the dense net itself behaves under fine-tuning.
@@ -359,21 +374,24 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
                        decompose_s=0.0, recon_error=0.0, acc_decomposed=metrics["acc_baseline"])
     else:
         _decompose(cell, ctx, model, result)
-        metrics["acc_decomposed"] = evaluate(model, data.test_x, data.test_y)[1]
+        metrics["acc_decomposed"] = accuracy(model)
 
     records: list[EpochRecord] = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
     result["epochs"] = [vars(r) for r in records]
     final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
+    seen = [r.test_acc for r in records] + ([metrics["acc_decomposed"]] if metrics["acc_decomposed"] is not None
+                                            else [])
     metrics.update(
         acc_final=final_acc,
-        acc_best=max([r.test_acc for r in records] + [metrics["acc_decomposed"]]),
+        acc_best=max(seen) if seen else None,
         epoch_s=sum(r.epoch_s for r in records) / len(records) if records else None,
-        model_params=count_params(model), flops=count_flops(model, data.test_x),
+        model_params=count_params(model), flops=count_flops(model, sample),
     )
     dense = load_baseline(path, build, device)
     metrics["latency_dense_ms"], metrics["latency_ms"] = compare_latency(dense, model, latency_input)
-    metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],
-                                     [r.test_acc for r in records]))
+    if metrics["acc_baseline"] is not None:
+        metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],
+                                         [r.test_acc for r in records]))
     metrics["speedup"] = metrics["latency_dense_ms"] / metrics["latency_ms"]
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):

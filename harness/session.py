@@ -20,11 +20,12 @@ import torch
 from tqdm import tqdm
 
 import harness
-from harness.baseline import baseline_path, ensure_baseline
+from harness.baseline import WeightsError, baseline_path, ensure_baseline
 from harness.config import ConfigError, RunConfig
-from harness.data import DataSplits, DataUnavailable
+from harness.data import Data, DataUnavailable, resolve_dataset
 from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
 from harness.metrics import FLOP_CONVENTION
+from harness.models import resolve_model
 from harness.backends import OVER_BUDGET
 from harness.plan import Cell, not_planned_summary, plan_cells
 from harness.plugins import Host, format_exception
@@ -81,15 +82,36 @@ def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.d
     }
 
 
-def load_data(config: RunConfig, host: Host, device: torch.device) -> dict[str, DataSplits]:
+def load_data(config: RunConfig, host: Host, device: torch.device) -> dict[str, Data]:
     data = {}
     for name in config.datasets:
         try:
-            splits = host.datasets[name].load(Path(config.data_dir) if config.data_dir else None, config.download)
+            spec = resolve_dataset(name, host.datasets, config.data_options())
+            splits = spec.load(Path(config.data_dir) if config.data_dir else None, config.download)
         except DataUnavailable as exc:
             raise ConfigError(str(exc)) from None
         data[name] = splits
     return data
+
+
+def build_planning_models(config: RunConfig, host: Host, data: dict[str, Data]) -> dict[str, Any]:
+    """Each (model, dataset) built once, untrained, so the planner sees its layers; a model that cannot be built
+    for a dataset's input is a one-line configuration error."""
+    built = {}
+    for model in config.models:
+        spec = resolve_model(model, host.models)
+        for dataset in config.datasets:
+            shape, classes = data[dataset].input_shape, data[dataset].num_classes
+            try:
+                network = spec.build(shape, classes)
+                with torch.inference_mode():
+                    network.eval()(torch.zeros(1, *shape))
+            except Exception as exc:  # a user's builder, or an architecture too deep for a small input
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"model {model!r} cannot run on {dataset} inputs of shape "
+                                  f"{'x'.join(map(str, shape))}: {type(exc).__name__}: {text[:300]}") from None
+            built[f"{model}@{dataset}"] = network
+    return built
 
 
 def default_run_dir() -> str:
@@ -103,8 +125,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
     data = load_data(config, host, device)
-    planning_models = {f"{m}@{d}": host.models[m].build(data[d].input_shape, data[d].num_classes)
-                       for m in config.models for d in config.datasets}
+    planning_models = build_planning_models(config, host, data)
     plan = plan_cells(config, host.backends, planning_models, host.rank_selectors)
     cells = plan.cells
     for note in plan.notes:
@@ -136,23 +157,30 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     return report(run_dir, host, write)
 
 
-def _train_baselines(config: RunConfig, host: Host, data: dict[str, DataSplits], cells: list[Cell],
+def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],
                      device: torch.device, write: Callable[[str], None]) -> None:
+    """Make every dense baseline the cells need (trained, or loaded from --weights), once, into the cache."""
     needed = sorted({(c.model, c.dataset, c.seed) for c in cells})
     training = config.training_spec()
     for model, dataset, seed in needed:
-        path = baseline_path(config.cache_dir, model, dataset, seed, training)
+        weights = config.weights_for(model)
+        path = baseline_path(config.cache_dir, model, dataset, seed, training, weights)
         if path.exists():
             continue
         splits = data[dataset]
-        on_device = DataSplits(*(t.to(device) for t in (splits.train_x, splits.train_y, splits.test_x, splits.test_y)),
-                               num_classes=splits.num_classes)
-        spec = host.models[model]
+        spec = resolve_model(model, host.models)
         with tqdm(total=config.baseline_epochs, desc=f"baseline {model}/{dataset}/s{seed}", unit="epoch",
                   leave=False, dynamic_ncols=True, disable=None) as bar:
-            meta = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes), on_device, seed,
-                                   training, progress=bar.update)
-        write(f"trained dense baseline {model}/{dataset}/s{seed}: accuracy {meta['acc']:.2f}% "
+            try:
+                meta = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
+                                       None if config.no_train else splits.to(device), seed, training,
+                                       progress=bar.update, weights=weights, device=device)
+            except WeightsError as exc:
+                raise ConfigError(str(exc)) from None
+        start = f"from {weights}" if weights else "from a random init"
+        accuracy = f"accuracy {meta['acc']:.2f}%" if meta["acc"] is not None else "no accuracy (no training data)"
+        verb = "trained" if meta["epochs"] else "took"
+        write(f"{verb} dense baseline {model}/{dataset}/s{seed} {start}: {accuracy} "
               f"in {meta['train_s']:.1f} s (cached at {path})")
 
 

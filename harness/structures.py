@@ -6,7 +6,8 @@ depthwise -> 1x1`` convs (Lebedev et al., 2015), Tucker-2 as ``1x1 -> (kh, kw) c
 2015) as a :class:`TTMatrixLinear`; only the spatial sub-convs carry the layer's geometry (stride, padding and dilation
 go to the axis each one slides over, ``padding_mode`` to each padded conv), the bias goes to the last module, and the
 parameter formulas, maximum useful ranks and budget-rank solvers live here too so that every backend sizes a format the
-same way. Nothing here depends on a decomposition library, and grouped convs are not handled (backends refuse them).
+same way; :class:`PaddedLinear` runs a zero-padded Linear replacement at the original sizes. Nothing here depends on a
+decomposition library, and grouped convs are not handled (backends refuse them).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.backends import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
 
 __all__ = [
+    "PaddedLinear",
+    "zero_padded",
     "TTMatrixLinear",
     "cp_budget_rank",
     "cp_conv_module",
@@ -293,19 +297,29 @@ def svd_params(in_features: int, out_features: int, rank: int, bias: bool) -> in
     return rank * (in_features + out_features) + (out_features if bias else 0)
 
 
-def svd_budget_rank(layer: nn.Linear, budget: int) -> int:
-    """The largest SVD rank (at most ``min(in, out)``) whose replacement fits ``budget``."""
+def svd_budget_rank(layer: nn.Linear | nn.Conv2d, budget: int) -> int:
+    """The largest SVD rank (at most ``min(in, out)``) whose replacement fits ``budget``; a conv's "in" is
+    ``Cin kh kw``, the size of its flattened kernel rows."""
     bias = layer.bias is not None
-    return largest_fitting(
-        lambda r: svd_params(layer.in_features, layer.out_features, r, bias),
-        budget,
-        min(layer.in_features, layer.out_features),
-    )
+    out_features, in_features = layer.weight.flatten(1).shape
+    return largest_fitting(lambda r: svd_params(in_features, out_features, r, bias), budget,
+                           min(in_features, out_features))
 
 
-def svd_linear_module(layer: nn.Linear, first_weight: Tensor, second_weight: Tensor) -> nn.Sequential:
-    """``Linear(in, R) -> Linear(R, out)`` with weights ``first_weight (R, in)`` and ``second_weight (out, R)``."""
+def svd_linear_module(layer: nn.Linear | nn.Conv2d, first_weight: Tensor, second_weight: Tensor) -> nn.Sequential:
+    """``Linear(in, R) -> Linear(R, out)`` with weights ``first_weight (R, in)`` and ``second_weight (out, R)``.
+
+    For a conv (``first_weight (R, Cin kh kw)``): a ``(kh, kw)`` conv to R channels that slides like the layer,
+    then a 1x1 conv to ``Cout`` with the bias; for a 1x1 conv, two 1x1 convs.
+    """
     rank = first_weight.shape[0]
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ValueError("the SVD of a grouped conv's kernel is not a drop-in replacement")
+        module = nn.Sequential(_conv(layer, layer.in_channels, rank, tuple(layer.kernel_size), **full_geometry(layer)),
+                               _last_conv(layer, rank))
+        _copy(module, [first_weight.reshape(rank, *layer.weight.shape[1:]), second_weight[:, :, None, None]], layer)
+        return module
     kwargs = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     # skip_init: both weights are overwritten, and a default init would draw from the global RNG.
     first = nn.utils.skip_init(nn.Linear, layer.in_features, rank, bias=False, **kwargs)
@@ -425,3 +439,40 @@ def tt_matrix_linear_module(layer: nn.Linear, cores: Sequence[Tensor]) -> TTMatr
         if layer.bias is not None:
             module.bias.copy_(layer.bias)
     return module
+
+
+# ----------------------------------------------------------------------------- padded Linear
+
+
+def zero_padded(layer: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    """A dense ``(out_features, in_features)`` copy of ``layer`` whose extra rows, columns and bias entries are zero."""
+    weight = layer.weight.detach()
+    padded = nn.Linear(in_features, out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        padded.weight.zero_()
+        padded.weight[: layer.out_features, : layer.in_features] = weight
+        if layer.bias is not None:
+            padded.bias.zero_()
+            padded.bias[: layer.out_features] = layer.bias.detach()
+    return padded
+
+
+class PaddedLinear(nn.Module):
+    """A replacement of a padded Linear: zero-pads the input features, runs ``inner``, crops the output.
+
+    The network around it keeps its shapes; only ``inner`` holds parameters, so the
+    parameter count is the inner replacement's.
+    """
+
+    def __init__(self, inner: nn.Module, in_features: int, out_features: int, padded_in: int | None = None):
+        super().__init__()
+        self.inner = inner
+        self.in_features = in_features
+        self.out_features = out_features
+        self.padded_in = int(padded_in if padded_in is not None else inner.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(F.pad(x, (0, self.padded_in - self.in_features)))[..., : self.out_features]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, padded_in={self.padded_in}"

@@ -8,7 +8,7 @@ and ``--tt-pad`` (label suffix ``-pad``) zero-pads sizes that factor badly up to
 that factor evenly (:func:`harness.shapes.padded_factors`). The label is the cell's
 ``tensorize`` field and its id tag ``/t-LABEL``; the empty label is today's default
 (balanced, ``d = 3``, no padding), so runs from before the setting keep their ids.
-:class:`PaddedLinear` is the drop-in that hides the padding from the network.
+The runner executes a padded layer with :class:`harness.structures.PaddedLinear`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.config import ConfigError
@@ -110,37 +108,3 @@ def padding_for(layer: nn.Linear, d: int) -> tuple[tuple[int, ...], tuple[int, .
     if math.prod(in_factors) == layer.in_features and math.prod(out_factors) == layer.out_features:
         return None
     return in_factors, out_factors
-
-
-def zero_padded(layer: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    """A dense ``(out_features, in_features)`` copy of ``layer`` whose extra rows, columns and bias entries are zero."""
-    weight = layer.weight.detach()
-    padded = nn.Linear(in_features, out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        padded.weight.zero_()
-        padded.weight[: layer.out_features, : layer.in_features] = weight
-        if layer.bias is not None:
-            padded.bias.zero_()
-            padded.bias[: layer.out_features] = layer.bias.detach()
-    return padded
-
-
-class PaddedLinear(nn.Module):
-    """A replacement of a padded Linear: zero-pads the input features, runs ``inner``, crops the output.
-
-    The network around it keeps its shapes; only ``inner`` holds parameters, so the
-    parameter count is the inner replacement's.
-    """
-
-    def __init__(self, inner: nn.Module, in_features: int, out_features: int, padded_in: int | None = None):
-        super().__init__()
-        self.inner = inner
-        self.in_features = in_features
-        self.out_features = out_features
-        self.padded_in = int(padded_in if padded_in is not None else inner.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(F.pad(x, (0, self.padded_in - self.in_features)))[..., : self.out_features]
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, padded_in={self.padded_in}"

@@ -9,7 +9,8 @@ import pytest
 from harness.backends import BackendInfo
 from harness.cli import main
 from harness.config import ConfigError, build_config, validate_names
-from harness.mixing import Mix, check_labels, pick_best
+from harness.mixing import Mix, check_labels
+from harness.runner import pick_best
 from harness.models import lenet5
 from harness.plan import layer_methods, plan_cells
 from harness.store import load_results
@@ -109,8 +110,16 @@ def test_mixed_cells_run_each_layer_with_its_method(tmp_path, fast_args):
     assert status == {
         f"fake/{prefix}/mix-lowrank2+lowrank+4=lowrank2/all/x4/s0": ("ok", ""),
         f"plain/{prefix}/mix-lowrank2+lowrank+4=lowrank2/all/x4/s0": ("ok", ""),
-        f"fake/{prefix}/mix-lowrank+nope/all/x4/s0": ("unsupported", "this layer is not for me"),
+        f"fake/{prefix}/mix-lowrank+nope/all/x4/s0": ("ok", ""),
     }  # plain declares no "nope": that mix is not planned for it
+    # The layers "nope" refuses stay dense with the reason; the conv is decomposed and the cell goes on.
+    refused = results.layers[results.layers["method"] == "mix-lowrank+nope"].set_index("layer")
+    assert json.loads(refused.loc[CONV, "info"])["method"] == "lowrank"
+    for layer in (FC1, FC2):
+        assert json.loads(refused.loc[layer, "info"]) == {"method": None, "left_dense": "this layer is not for me"}
+        assert refused.loc[layer, "params"] == refused.loc[layer, "params_dense"]
+    cell = results.cells.set_index("cell_id").loc[f"fake/{prefix}/mix-lowrank+nope/all/x4/s0"]
+    assert (cell["layers_targeted"], cell["layers_decomposed"]) == (3, 1)
     assert results.meta["not_planned"] == [{"backend": "plain", "model": "lenet5", "method": "mix-lowrank+nope",
                                             "target": "all", "kind": "linear", "lacks": "nope"}]
     for backend in ("fake", "plain"):
@@ -177,13 +186,12 @@ def test_auto_skips_unsupported_candidates_and_is_unsupported_when_all_are():
     ctx = SimpleNamespace(device=torch.device("cpu"), host=SimpleNamespace(decompose=decompose_layer))
     layer = nn.Linear(6, 4)
     request = DecomposeRequest("b", "auto", "fc", "linear", ratio=2.0, dense_params=28)
-    info = BackendInfo("b", "lib", "1", {"linear": ("nah", "copy")})
-    replacement, seconds, _, record = _auto(ctx, layer, request, info)
+    replacement, seconds, _, record = _auto(ctx, layer, request, ("nah", "copy"))
     assert record["chosen"] == "copy" and record["candidates"] == ["copy"]
     assert record["skipped"] == {"nah": "no nah here"} and record["errors"]["copy"] < 1e-6  # float32 probe
     assert seconds >= 0 and torch.equal(replacement.weight, layer.weight)
     with pytest.raises(Unsupported, match=r"auto: no method of b decomposes fc \(nah: no nah here\)"):
-        _auto(ctx, layer, request, BackendInfo("b", "lib", "1", {"linear": ("nah",)}))
+        _auto(ctx, layer, request, ("nah",))
 
 
 def test_label_kinds_inverts_the_kind_slots_of_a_label():

@@ -298,7 +298,7 @@ def test_registration_and_hook_through_pluggy():
     pm.hook.harness_register_backends(register=infos.append)
     (info,) = infos
     assert info.name == "native" and info.library == "torch" and info.init == "decompose"
-    assert info.methods == {"linear": ("svd", "tt"), "conv2d": ("cp", "tucker2", "tt")}
+    assert info.methods == {"linear": ("svd", "tt"), "conv2d": ("cp", "tucker2", "tt", "svd")}
     assert info.conv_unsupported == frozenset({"groups"})
 
     assert info.implementation("linear", "svd") is not None  # the host dispatches; no hook to answer

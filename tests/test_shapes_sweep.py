@@ -18,7 +18,8 @@ from harness.plugins import load_host
 from harness.runner import CellContext, decompose_padded
 from harness.shapes import balanced_factors, padded_factors, spread
 from harness.store import load_results
-from harness.tensorize import PaddedLinear, Tensorization, labels, padding_for
+from harness.structures import PaddedLinear
+from harness.tensorize import Tensorization, labels, padding_for
 
 # LeNet-5's decomposed Linear layers with the edges kept dense: "2" (400 -> 120) and "4" (120 -> 84).
 FC1, FC2 = "2", "4"

@@ -30,7 +30,7 @@ from harness_native.tensor_ops import tt_svd, tt_to_tensor
 
 def svd_linear(layer: nn.Linear, rank: int) -> tuple[nn.Sequential, dict]:
     """Replace ``layer`` by ``Linear(in, rank) -> Linear(rank, out)`` from its truncated SVD."""
-    weight = weight64(layer)
+    weight = weight64(layer).flatten(1)  # a conv kernel as (Cout, Cin kh kw)
     rank = max(1, min(int(rank), min(weight.shape)))
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     # Splitting sqrt(S) between the two factors gives them equal scale, which fine-tuning prefers.

@@ -1,7 +1,7 @@
 """The ``tensorly`` backend: factors computed by tensorly, laid into the native backend's stock modules.
 
-It offers truncated SVD and TT-matrix for ``nn.Linear`` and CP (ALS), Tucker-2 (HOOI)
-and TT for ``nn.Conv2d``, all started from the trained weights. The replacement
+It offers truncated SVD and TT-matrix for ``nn.Linear`` and CP (ALS), Tucker-2 (HOOI),
+TT and the SVD of the kernel matrix for ``nn.Conv2d``, all started from the trained weights. The replacement
 modules have the same structure as the native backend's, so a native-against-tensorly
 comparison measures the decomposition algorithms, not the kernels that run them.
 This file is only the plugin: it declares the backend (unavailable, with an install
@@ -25,7 +25,10 @@ NAME = "tensorly"
 METHODS: dict[str, dict[str, Callable]] = {
     "linear": {"svd": stock_method(linear.decompose_svd), "tt": stock_method(linear.decompose_tt)},
     "conv2d": {"cp": stock_method(conv.decompose_cp), "tucker2": stock_method(conv.decompose_tucker2),
-               "tt": stock_method(conv.decompose_tt)},
+               "tt": stock_method(conv.decompose_tt),
+               # The kernel as a (Cout, Cin kh kw) matrix: a kh x kw conv to the rank, then a 1x1 conv; two 1x1
+               # convs for a 1x1 conv, which is a matrix (ResNet bottlenecks, MobileNet pointwise convs).
+               "svd": stock_method(linear.decompose_svd)},
 }
 
 

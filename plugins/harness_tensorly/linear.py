@@ -33,7 +33,7 @@ def svd_linear(layer: nn.Linear, rank: int, seed: int) -> tuple[nn.Sequential, d
     """Replace ``layer`` by ``Linear(in, rank) -> Linear(rank, out)`` from tensorly's truncated SVD."""
     if int(rank) < 1:
         raise ValueError(f"SVD rank must be >= 1, got {rank}")
-    weight = weight64(layer)
+    weight = weight64(layer).flatten(1)  # a conv kernel as (Cout, Cin kh kw)
     rank = min(int(rank), min(weight.shape))
     u, s, vh = ops.truncated_svd(weight, rank, seed)
     # Splitting sqrt(S) between the two factors gives them equal scale, which fine-tuning prefers.

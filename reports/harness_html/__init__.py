@@ -29,6 +29,7 @@ from harness_tables import (
     budget_deviations,
     constant_columns,
     control_table,
+    dense_baselines,
     failed_table,
     layer_ranks_table,
     same_in_every_row,
@@ -196,8 +197,7 @@ def _not_ok_html(cells: pd.DataFrame) -> str:
 def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
     """The whole page, and the plot files written on the way."""
     cells = results.cells
-    baselines = (cells.dropna(subset=["acc_baseline"]).groupby(["model", "dataset", "seed"])["acc_baseline"]
-                 .first().reset_index().rename(columns={"acc_baseline": "accuracy %"})) if not cells.empty else None
+    baselines = dense_baselines(cells)
     figures, written = _plots_html(results, plots_dir)
     findings = "\n".join(_finding_html(f) for f in all_findings(results))
     tables = [
@@ -218,9 +218,10 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
                            + _table(frame, table_id, drop_constant=True) for table_id, title, note, frame in tables)
     ranks = layer_ranks_table(results)
     if not ranks.empty:
-        table_html += ("\n<h3>Per-layer budgets and ranks</h3><p class=\"muted\">For each configuration and decomposed "
-                       "layer: the parameter budget the rank selector gave it, the parameters the backend used, the "
-                       "method and rank it chose (a / b when seeds differ) and the selector's own reference ranks."
+        table_html += ("\n<h3>Per-layer plan: budgets, methods and ranks</h3><p class=\"muted\">For each "
+                       "configuration and targeted layer: the parameter budget the rank selector gave it, the "
+                       "parameters the backend used, the method and rank it chose (a / b when seeds differ), the "
+                       "selector's own reference ranks, and why a layer was left dense."
                        f'</p><details id="layer-ranks"><summary>{len(ranks)} layers</summary>'
                        + _table(ranks, "layer-ranks-table", drop_constant=True) + "</details>")
     table_html += "\n" + _not_ok_html(cells)

@@ -41,7 +41,8 @@ CELL_COLUMNS = [
     "error",
     "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
     "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "speedup", "latency_batch",
-    "threads", "device", "decompose_s", "acc_baseline", "acc_decomposed", "acc_final", "acc_best", "recon_error",
+    "threads", "device", "decompose_s", "layers_targeted", "layers_decomposed", "acc_baseline", "acc_decomposed",
+    "acc_final", "acc_best", "recon_error",
     "acc_drop", "recovery_epoch", "overfit_drop", "last_k_std",
     "epoch_s", "cell_s", "cell_id",
 ]
@@ -66,7 +67,8 @@ CONTROL_SUMMARY = {
     "last_k_std": "last-k std pp",
     "speedup": "speedup ×",
 }
-DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT}
+DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT,
+          "layers_decomposed": 0, "layers_targeted": 0}
 # Columns that describe a configuration rather than measure it: left out of a table when they hold one value.
 CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection",
                        "tensorize", "ratios", "seeds", "status")
@@ -83,9 +85,16 @@ def _ordered(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
 
 
 def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.DataFrame:
-    """Per model, dataset, target, backend, method and ratio: mean ± std over seeds of the ok decomposed cells."""
-    return format_summary(seed_summary(with_delta(decomposed_ok(cells)), list(summary), GROUP), GROUP, summary,
-                          DIGITS)
+    """Per model, dataset, target, backend, method and ratio: mean ± std over seeds of the ok decomposed cells.
+
+    When some cell left targeted layers dense (a depthwise conv, a layer its backend refused), a column says how
+    many layers each configuration decomposed, so its compression is read for what it is.
+    """
+    ok = with_delta(decomposed_ok(cells))
+    if "layers_decomposed" in ok.columns and (pd.to_numeric(ok["layers_decomposed"], errors="coerce")
+                                              < pd.to_numeric(ok["layers_targeted"], errors="coerce")).any():
+        summary = {**summary, "layers_decomposed": "layers decomposed", "layers_targeted": "of targeted"}
+    return format_summary(seed_summary(ok, list(summary), GROUP), GROUP, summary, DIGITS)
 
 
 def control_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -107,11 +116,13 @@ def _info_text(info: object, key: str) -> str:
 
 
 def layer_ranks_table(results: RunResults) -> pd.DataFrame:
-    """Per configuration and decomposed layer of the comparable cells: budget, parameters, the method and rank used,
-    the rank selector's reference ranks and the reconstruction error, over seeds ("a / b" when seeds differ)."""
+    """Per configuration and targeted layer of the comparable cells: budget, parameters, the method and rank used,
+    the rank selector's reference ranks, why a layer was left dense, and the reconstruction error, over seeds
+    ("a / b" when seeds differ): the cell's per-layer plan as it ran."""
     layers, cells = results.layers, results.cells
     if layers.empty or cells.empty:
-        return pd.DataFrame(columns=[*LAYER_KEYS, "budget", "params", "layer method", "rank", "selected", "seeds"])
+        return pd.DataFrame(columns=[*LAYER_KEYS, "budget", "params", "layer method", "rank", "selected",
+                                     "left dense", "seeds"])
     ok_ids = set(results.comparable["cell_id"])
     rows = layers[layers["cell_id"].isin(ok_ids)].copy()
     for column in LAYER_KEYS:
@@ -120,19 +131,29 @@ def layer_ranks_table(results: RunResults) -> pd.DataFrame:
     rows["layer method"] = [_info_text(i, "method") for i in rows["info"]]
     rows["rank"] = [_info_text(i, "rank") for i in rows["info"]]
     rows["selected"] = [_info_text(i, "selected_ranks") for i in rows["info"]]
+    rows["left dense"] = [_info_text(i, "left_dense") for i in rows["info"]]
 
     def distinct(values: pd.Series) -> str:
         return " / ".join(dict.fromkeys(values.astype(str)))
 
     table = rows.groupby(LAYER_KEYS, sort=True, dropna=False).agg(
         budget=("max_params", "mean"), params=("params", "mean"), **{"layer method": ("layer method", distinct)},
-        rank=("rank", distinct), selected=("selected", distinct),
+        rank=("rank", distinct), selected=("selected", distinct), **{"left dense": ("left dense", distinct)},
         recon=("recon_error", "mean"), seeds=("seed", "nunique")).reset_index()
     table["budget"] = table["budget"].round(0).astype("Int64")
     table["params"] = table["params"].round(0).astype("Int64")
     table["ratio"] = table["ratio"].map(_value)
     table["recon error"] = table.pop("recon").map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
     return table
+
+
+def dense_baselines(cells: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy of the dense baseline per model, dataset and seed (empty when no cell measured one)."""
+    columns = ["model", "dataset", "seed", "accuracy %"]
+    if cells.empty or "acc_baseline" not in cells.columns or cells["acc_baseline"].isna().all():
+        return pd.DataFrame(columns=columns)
+    measured = cells.dropna(subset=["acc_baseline"]).groupby(["model", "dataset", "seed"])["acc_baseline"].first()
+    return measured.reset_index().rename(columns={"acc_baseline": "accuracy %"})[columns]
 
 
 def _value(value: object) -> str:
@@ -278,7 +299,7 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
 
     meta = results.meta
     counts = cells["status"].value_counts().to_dict()
-    baselines = cells.dropna(subset=["acc_baseline"]).groupby(["model", "dataset", "seed"])["acc_baseline"].first()
+    baselines = dense_baselines(cells)
     lines = [
         "# Compression report", "",
         f"- command: `{meta.get('command', '?')}`",
@@ -296,7 +317,7 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
          "a ± b = mean ± sample std over seeds"),
         "",
         "## Dense baselines", "",
-        _format(baselines.reset_index().rename(columns={"acc_baseline": "accuracy %"}), "github"),
+        _format(baselines, "github") if not baselines.empty else "No baseline accuracy in this run.",
         "",
         "## Decomposed networks (mean ± std over seeds)", "",
         *_md_table(summary_table(cells)),

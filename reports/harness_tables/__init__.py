@@ -58,6 +58,14 @@ SUMMARY = {
     "speedup": "speedup ×",
     "decompose_s": "decomp s",
 }
+# The summary of a data-free speed study (--no-train), which measures no accuracy.
+SPEED_SUMMARY = {
+    "compression": "compression ×",
+    "flop_speedup": "FLOP bound ×",
+    "speedup": "speedup ×",
+    "recon_error": "recon error",
+    "decompose_s": "decomp s",
+}
 CONTROL_GROUP = ["model", "dataset"]
 CONTROL_SUMMARY = {
     "acc_baseline": "acc dense %",
@@ -68,6 +76,7 @@ CONTROL_SUMMARY = {
     "speedup": "speedup ×",
 }
 DIGITS = {"last_k_std": STABILITY_DIGITS, "overfit_drop": STABILITY_DIGITS, "decompose_s": SECONDS_FORMAT,
+          "recon_error": 3,
           "layers_decomposed": 0, "layers_targeted": 0}
 # Columns that describe a configuration rather than measure it: left out of a table when they hold one value.
 CONSTANT_CANDIDATES = ("model", "dataset", "target", "init", "backend", "method", "ratio", "rank_selection",
@@ -91,6 +100,8 @@ def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.
     many layers each configuration decomposed, so its compression is read for what it is.
     """
     ok = with_delta(decomposed_ok(cells))
+    if not ok.empty and pd.to_numeric(ok.get("acc_final"), errors="coerce").isna().all():
+        summary = SPEED_SUMMARY  # a data-free study: no accuracy, so its speed and size columns say everything
     if "layers_decomposed" in ok.columns and (pd.to_numeric(ok["layers_decomposed"], errors="coerce")
                                               < pd.to_numeric(ok["layers_targeted"], errors="coerce")).any():
         summary = {**summary, "layers_decomposed": "layers decomposed", "layers_targeted": "of targeted"}

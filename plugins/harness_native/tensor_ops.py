@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from harness.algebra import mttkrp
 from harness.metrics import relative_error
 from harness.structures import tt_max_ranks
 
@@ -91,23 +92,6 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> 
 
 def _random_init(tensor: Tensor, rank: int, generator: torch.Generator) -> list[Tensor]:
     return [_randn((size, rank), generator, tensor) for size in tensor.shape]
-
-
-def mttkrp(tensor: Tensor, factors: Sequence[Tensor], mode: int) -> Tensor:
-    """``unfold(tensor, mode) @ khatri_rao(factors other than mode's)``, without forming the Khatri-Rao product.
-
-    The other modes are contracted one at a time, the largest first: that first contraction is one matmul that
-    does nearly all the work, and every intermediate holds at most ``tensor.numel() / largest * rank`` numbers
-    (for a 512x512x3x3 kernel at rank 570: 2.6 M, where the Khatri-Rao product of the others is 1.3 G).
-    """
-    others = sorted((m for m in range(tensor.ndim) if m != mode), key=lambda m: -tensor.shape[m])
-    out = torch.tensordot(tensor, factors[others[0]], dims=([others[0]], [0]))  # remaining modes..., rank
-    remaining = [m for m in range(tensor.ndim) if m != others[0]]
-    for m in others[1:]:
-        axis = remaining.index(m)
-        out = (out.movedim(axis, -2) * factors[m]).sum(dim=-2)
-        remaining.remove(m)
-    return out  # (tensor.shape[mode], rank)
 
 
 def _als(tensor: Tensor, factors: list[Tensor], n_iter_max: int, tol: float, prev_error: float | None) -> CPResult:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from harness.algebra import mttkrp
 from harness.metrics import relative_error
 
 
@@ -88,7 +89,6 @@ def _als(tensor: Tensor, factors: list[Tensor], n_iter_max: int, tol: float, pre
     factors = list(factors)
     rank = factors[0].shape[1]
     weights = torch.ones(rank, dtype=tensor.dtype, device=tensor.device)
-    unfoldings = [unfold(tensor, mode) for mode in range(tensor.ndim)]
     error = math.inf if prev_error is None else prev_error
     converged = False
     n_iter = 0
@@ -99,7 +99,7 @@ def _als(tensor: Tensor, factors: list[Tensor], n_iter_max: int, tol: float, pre
             for f in others:
                 gram = gram * (f.T @ f)
             # pinv, not solve: the Gram matrix is singular whenever the rank exceeds a mode's size.
-            updated = unfoldings[mode] @ khatri_rao(others) @ torch.linalg.pinv(gram, hermitian=True)
+            updated = mttkrp(tensor, factors, mode) @ torch.linalg.pinv(gram, hermitian=True)
             norms = torch.linalg.vector_norm(updated, dim=0)
             # Normalised factors keep the Gram products well conditioned; the scale goes to the weights.
             weights = torch.where(norms > 0, norms, torch.ones_like(norms))

@@ -40,14 +40,22 @@ def import_tltorch() -> ModuleType:
 
 @contextlib.contextmanager
 def pytorch_backend() -> Iterator[None]:
-    """Run the block with tensorly's PyTorch backend, restoring the caller's backend after."""
+    """Run the block with tensorly's PyTorch backend, restoring the caller's backend after.
+
+    The tensor algebra runs on tensorly's ``einsum`` backend (opt_einsum is a dependency of this
+    backend): the CP behind ``FactorizedConv.from_conv`` then contracts instead of forming
+    Khatri-Rao products, as in the ``tensorly`` backend.
+    """
     import tensorly as tl
 
+    algebra = (tl.tenalg.backend_context("einsum", local_threadsafe=True)
+               if torch.backends.opt_einsum.is_available() else contextlib.nullcontext())
     if tl.get_backend() == "pytorch":  # the common case costs one lookup, not a switch
-        yield
+        with algebra:
+            yield
         return
     # Thread-local: a forward running here must not flip the backend under another thread.
-    with tl.backend_context("pytorch", local_threadsafe=True):
+    with tl.backend_context("pytorch", local_threadsafe=True), algebra:
         yield
 
 

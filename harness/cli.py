@@ -237,9 +237,13 @@ def cmd_list(host: Host) -> int:
     _echo("models:")
     for name, spec in sorted(host.models.items()):
         _echo(f"  {name:<14} {spec.description}")
+    _echo("  torchvision:NAME  any torchvision classification architecture (resnet50, vgg16, mobilenet_v2, ...), "
+          "random weights; pkg.module:callable and path/file.py:callable call your own builder")
     _echo("datasets:")
     for name, spec in sorted(host.datasets.items()):
         _echo(f"  {name:<14} {spec.description}")
+    _echo("  folder:PATH    an ImageFolder with train/ and test/ (or val/), streamed; random:CxHxW random inputs "
+          "for data-free speed studies (--no-train)")
     _echo("reports:")
     for name in host.report_plugins:
         _echo(f"  {name}")
@@ -301,6 +305,7 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
         if not stored:
             raise ConfigError(f"cannot resume {str(run_dir)!r}: its store has no configuration")
         config = RunConfig.from_dict(stored)
+        config.out = str(run_dir)  # the run directory as found now, should it have moved since
         # Only settings that do not change results may differ on resume.
         for key in RESUME_MAY_CHANGE:
             if key in values:

@@ -4,7 +4,8 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one input sampl
 where one multiply-add counts as two FLOPs and only matrix multiplications and
 convolutions are counted (activations, pooling and normalisation are not). Latency uses
 ``torch.utils.benchmark`` (which synchronises CUDA) under ``inference_mode`` after a
-warm-up, and reports the median. The reconstruction error of a replacement is measured
+warm-up, and reports the median; :func:`latency_rounds` alternates two networks over
+several rounds and reports each one's median and interquartile range. The reconstruction error of a replacement is measured
 by probing it, so it needs nothing from the backend beyond the module itself.
 """
 
@@ -55,20 +56,30 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
     return measurement.median * 1e3
 
 
-def compare_latency(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
-                    min_run_time: float = 0.1) -> tuple[float, float]:
-    """Latencies (ms) of two models on ``batch``, measured in alternating rounds.
+def latency_rounds(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 7,
+                   min_run_time: float = 0.1) -> dict[str, float]:
+    """Latencies (ms) of two models on ``batch`` in ``rounds`` alternating rounds, each round a median.
 
-    Alternating the two keeps a drift in machine load (a frequency change) from landing
-    on one side of the ratio only; taking each model's fastest round (each round is
-    itself a median) discards rounds another process interrupted, since interference
-    only ever adds time.
+    Alternating keeps a drift in machine load (a frequency change) from landing on one side of the ratio only.
+    Returns each model's median over the rounds and the interquartile range of its rounds (the spread a reader
+    needs to judge a speedup), as ``latency_dense_ms``, ``latency_ms``, ``latency_dense_iqr_ms``,
+    ``latency_iqr_ms`` and ``latency_rounds``.
     """
     dense_runs, other_runs = [], []
-    for _ in range(rounds):
-        dense_runs.append(measure_latency(dense, batch, min_run_time=min_run_time))
-        other_runs.append(measure_latency(other, batch, min_run_time=min_run_time))
-    return min(dense_runs), min(other_runs)
+    for index in range(rounds):
+        warmup = 3 if index == 0 else 0  # caches and allocator settle once; later rounds start warm
+        dense_runs.append(measure_latency(dense, batch, min_run_time=min_run_time, warmup=warmup))
+        other_runs.append(measure_latency(other, batch, min_run_time=min_run_time, warmup=warmup))
+
+    def median_iqr(values: list[float]) -> tuple[float, float]:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        low, mid, high = torch.quantile(tensor, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        return mid, high - low
+
+    dense_ms, dense_iqr = median_iqr(dense_runs)
+    other_ms, other_iqr = median_iqr(other_runs)
+    return {"latency_dense_ms": dense_ms, "latency_ms": other_ms, "latency_dense_iqr_ms": dense_iqr,
+            "latency_iqr_ms": other_iqr, "latency_rounds": rounds}
 
 
 def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:

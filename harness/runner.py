@@ -11,9 +11,10 @@ dense, or that the backend refuses (``Unsupported``), stays dense with its reaso
 row, and the cell goes on with the rest; a cell in which no layer could be decomposed is
 ``unsupported``. The runner then measures the decomposed network, fine-tunes it with the
 shared training settings and measures it again (a ``--no-train`` study measures no
-accuracy at all). The dense control cell skips the decomposition and fine-tunes the
-baseline itself with the same recipe. The dense and decomposed networks are measured in
-the same process so their latencies compare. The result is plain data; only the driver
+accuracy at all), and saves the network for the driver's quiet latency phase
+(:mod:`harness.latency`): a cell never times anything beside other workers' training.
+The dense control cell skips the decomposition and fine-tunes the baseline itself with
+the same recipe. The result is plain data; only the driver
 writes the store. The host holds every replacement to its request: one with more
 parameters than its budget stops the cell as ``over_budget`` (the offending layer
 recorded), so it never reaches a ranking. Any other exception makes the cell ``error``
@@ -36,8 +37,8 @@ from harness.backends import OVER_BUDGET, DecomposeRequest, OverBudget, Unsuppor
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import Data, resolve_dataset
+from harness.latency import network_path, save_network
 from harness.metrics import (
-    compare_latency,
     count_flops,
     count_params,
     effective_weight,
@@ -387,12 +388,12 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         epoch_s=sum(r.epoch_s for r in records) / len(records) if records else None,
         model_params=count_params(model), flops=count_flops(model, sample),
     )
-    dense = load_baseline(path, build, device)
-    metrics["latency_dense_ms"], metrics["latency_ms"] = compare_latency(dense, model, latency_input)
+    # Timed later, in the quiet latency phase (harness.latency): never beside other workers' training.
+    save_network(model, network_path(config.out, cell.cell_id))
+    metrics["latency_pending"] = True
     if metrics["acc_baseline"] is not None:
         metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],
                                          [r.test_acc for r in records]))
-    metrics["speedup"] = metrics["latency_dense_ms"] / metrics["latency_ms"]
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):
         result["status"], result["error"] = "diverged", "training loss became NaN or infinite"

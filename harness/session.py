@@ -3,7 +3,9 @@
 Data flows one way: the validated config is expanded into cells, missing dense
 baselines are trained (once, into the cache), cells declared unsupported are stored
 directly and the rest go to an executor; every finished cell is written to the store
-at once; when all are done the report hooks rebuild the outputs from the store alone.
+at once; when all are done, the networks the cells saved are timed one by one in this
+process alone (the quiet latency phase, :mod:`harness.latency`), and the report hooks
+rebuild the outputs from the store alone.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import torch
 from tqdm import tqdm
 
 import harness
-from harness.baseline import WeightsError, baseline_path, ensure_baseline
+from harness.backends import OVER_BUDGET
+from harness.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
 from harness.config import ConfigError, RunConfig
 from harness.data import Data, DataUnavailable, resolve_dataset
 from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
+from harness.latency import measure_pending
 from harness.metrics import FLOP_CONVENTION
 from harness.models import resolve_model
-from harness.backends import OVER_BUDGET
 from harness.plan import Cell, not_planned_summary, plan_cells
 from harness.plugins import Host, format_exception
 from harness.runner import resolve_device
@@ -152,9 +155,38 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         if runnable:
             _train_baselines(config, host, data, runnable, device, write)
             _dispatch(config, host, plugin_args, runnable, store)
+        _latency_phase(config, host, data, run_dir, store, device, write)
     finally:
         store.close()
     return report(run_dir, host, write)
+
+
+def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+                   device: torch.device, write: Callable[[str], None]) -> None:
+    """Time every network the cells saved, serially, in this process alone (see :mod:`harness.latency`)."""
+    pending = store.pending_latency()
+    if not pending:
+        return
+    write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
+          f"({torch.get_num_threads()} threads, batch {config.latency_batch})")
+    dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
+    batches: dict[str, torch.Tensor] = {}
+
+    def dense_for(cell: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor]:
+        key = (cell["model"], cell["dataset"], int(cell["seed"]))
+        splits = data[cell["dataset"]].to(device)
+        if cell["dataset"] not in batches:
+            batches[cell["dataset"]] = splits.head("test", config.latency_batch)[0]
+        if key not in dense_models:
+            dense_models.clear()  # one dense network at a time: real ones are large
+            spec = resolve_model(cell["model"], host.models)
+            path = baseline_path(config.cache_dir, *key, config.training_spec(), config.weights_for(cell["model"]))
+            dense_models[key] = load_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
+                                              device)
+        return dense_models[key], batches[cell["dataset"]]
+
+    with tqdm(total=len(pending), desc="latency", unit="network", dynamic_ncols=True, disable=None) as bar:
+        measure_pending(run_dir, pending, store, dense_for, write, bar.update)
 
 
 def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],

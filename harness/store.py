@@ -90,6 +90,20 @@ class Store:
     def finished_ids(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT cell_id FROM cells")}
 
+    def pending_latency(self) -> list[dict[str, Any]]:
+        """Every cell whose network waits for the latency phase (cell_id, model, dataset, seed, metrics), in the
+        order they finished."""
+        rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
+        return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
+                for cell_id, model, dataset, seed, text in rows if (metrics := json.loads(text)).get("latency_pending")]
+
+    def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
+        """Merge ``values`` into a finished cell's metrics, in one transaction."""
+        with self.conn:
+            (text,) = self.conn.execute("SELECT metrics FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+            metrics = {**json.loads(text), **{k: _finite(v) for k, v in values.items()}}
+            self.conn.execute("UPDATE cells SET metrics = ? WHERE cell_id = ?", (json.dumps(metrics), cell_id))
+
     def add_result(self, result: dict[str, Any]) -> None:
         """Store a finished cell, its epochs and its layers in one transaction."""
         cell, cell_id = result["cell"], result["cell_id"]

@@ -176,3 +176,29 @@ def test_resume_refuses_other_settings_and_takes_the_same_ones(tmp_path, fast_ar
     assert main([*common, "--resume", str(out), *fast_args, "--rank-selection", "vbmf", "--ratios", "8"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "with other settings (rank_selection, ratios)" in err
+
+
+def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_path, fast_args):
+    from harness.latency import NETWORKS, network_path, save_network
+    from harness.models import lenet5
+    from harness.store import Store
+
+    out = tmp_path / "run"
+    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+                 "--out", str(out), *fast_args])
+    assert code == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert not (out / NETWORKS).exists()  # every saved network was timed, then removed
+    row = cells.iloc[0]
+    assert row["latency_pending"] == False and row["latency_rounds"] == 7  # noqa: E712 - a CSV cell
+    assert row["latency_iqr_ms"] >= 0 and row["speedup"] == pytest.approx(row["latency_dense_ms"] / row["latency_ms"])
+    # A run killed after its cells but before the phase: the cell is pending and its network is on disk.
+    store = Store(out)
+    cell_id = row["cell_id"]
+    store.update_metrics(cell_id, {"latency_pending": True, "speedup": None})
+    store.close()
+    save_network(lenet5((1, 28, 28), 10), network_path(out, cell_id))
+    assert main(["-p", "fake_backend", "run", "--resume", str(out)]) == 0
+    resumed = pd.read_csv(out / "cells.csv").iloc[0]
+    assert resumed["latency_pending"] == False and resumed["speedup"] > 0  # noqa: E712
+    assert not (out / NETWORKS).exists()

@@ -1,0 +1,83 @@
+"""The quiet latency phase: every network's speed measured serially, after all training, in the driver alone.
+
+A latency measured while other workers train is noise (identical networks differed by ±0.5× beside a
+training worker), so cells do not time anything: each ok cell saves its fine-tuned network into the run
+directory (``networks/``) and is stored with ``latency_pending``. When every cell has finished, the driver —
+one process, nothing else running — loads each pending network beside its dense baseline and measures both
+with :func:`harness.metrics.latency_rounds` (warm-up, alternating rounds, each a median under
+``inference_mode``, CUDA synchronised), with the same threads whatever ``--jobs`` was, records the medians,
+their interquartile ranges and the speedup, and writes them to the store, one transaction per cell. The
+saved network is then deleted. A run killed before or during the phase keeps the pending cells; ``--resume``
+(or ``harness run --resume`` with nothing else to run) measures them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+NETWORKS = "networks"
+
+
+def network_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
+    """Where a cell's fine-tuned network waits for the latency phase."""
+    return Path(run_dir) / NETWORKS / f"{hashlib.sha1(cell_id.encode()).hexdigest()[:16]}.pt"
+
+
+def save_network(model: nn.Module, path: Path) -> None:
+    """The whole module (architecture and weights, any backend's layers) on the CPU, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    device = next(model.parameters()).device
+    torch.save(model.cpu(), tmp)
+    model.to(device)
+    os.replace(tmp, path)
+
+
+def load_network(path: Path, device: torch.device) -> nn.Module:
+    # A file this run wrote itself: the module's classes (tltorch's, TedNet's) need a full unpickle.
+    return torch.load(path, map_location=device, weights_only=False).eval()
+
+
+def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
+                    dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
+                    write: Callable[[str], None], progress: Callable[[int], None] | None = None) -> int:
+    """Measure the ``pending`` cells (``store.pending_latency()``); returns how many were measured.
+
+    ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch. A network
+    that cannot be loaded or run is recorded as a latency error on its cell, and the phase goes on.
+    """
+    from harness.metrics import latency_rounds
+
+    measured = 0
+    for cell in pending:
+        cell_id = cell["cell_id"]
+        path = network_path(run_dir, cell_id)
+        try:
+            dense, batch = dense_for(cell)
+            network = load_network(path, batch.device)
+            timings = latency_rounds(dense, network, batch)
+        except Exception as exc:  # noqa: BLE001 - one broken network must not stop the others' timing
+            store.update_metrics(cell_id, {"latency_pending": False,
+                                           "latency_error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            write(f"latency of {cell_id} could not be measured: {type(exc).__name__}: {exc}")
+        else:
+            store.update_metrics(cell_id, {**timings, "latency_pending": False,
+                                           "speedup": timings["latency_dense_ms"] / timings["latency_ms"],
+                                           "latency_threads": torch.get_num_threads()})
+            measured += 1
+        path.unlink(missing_ok=True)
+        if progress:
+            progress(1)
+    folder = Path(run_dir) / NETWORKS
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return measured

@@ -1,18 +1,36 @@
 """Tensor algebra shared by the backends that compute decompositions in plain PyTorch (native, TedNet's fills).
 
-The matricized-tensor-times-Khatri-Rao product (MTTKRP) is the core of every CP-ALS sweep; computed as
-``unfold(X, mode) @ khatri_rao(others)`` it materialises the Khatri-Rao product of the other factors, which for
-a 512x512x3x3 kernel at rank 570 is 1.3 G numbers per call. :func:`mttkrp` contracts the tensor mode by mode
-instead, so a backend's CP scales to the layers of real networks. Backends import it from here rather than from
-each other.
+Unfoldings, mode products, Khatri-Rao products, leading singular vectors, and CP by alternating least squares
+(CP-ALS): the HOSVD-based start and random restarts that compete for a few sweeps, then ALS with
+pseudo-inverted Gram matrices until the error stops moving. The matricized-tensor-times-Khatri-Rao product
+(MTTKRP) is the core of every sweep; computed as ``unfold(X, mode) @ khatri_rao(others)`` it materialises the
+Khatri-Rao product of the other factors (for a 512x512x3x3 kernel at rank 570, 1.3 G numbers per call).
+:func:`mttkrp` contracts the tensor mode by mode instead, and a sweep contracts the full tensor twice, not once
+per mode: the first mode's MTTKRP, then the tensor times the new first factor, from which every other mode's
+MTTKRP is a small contraction. The error is read off Gram matrices and the last MTTKRP, never a reconstruction.
+Backends import all this from here rather than from each other, so the native backend and TedNet's layers are
+filled by the same algorithm.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def _contract_rest(partial: Tensor, modes: list[int], factors: Sequence[Tensor], keep: int) -> Tensor:
+    """``partial`` (one axis per entry of ``modes``, then the rank) contracted with each mode's factor but ``keep``'s,
+    rank by rank: the (size of ``keep``, rank) result. Each step shrinks the tensor by that mode's size."""
+    modes = list(modes)
+    for m in [m for m in modes if m != keep]:
+        axis = modes.index(m)
+        partial = (partial.movedim(axis, -2) * factors[m]).sum(dim=-2)
+        modes.remove(m)
+    return partial
 
 
 def mttkrp(tensor: Tensor, factors: Sequence[Tensor], mode: int) -> Tensor:
@@ -22,11 +40,151 @@ def mttkrp(tensor: Tensor, factors: Sequence[Tensor], mode: int) -> Tensor:
     does nearly all the work, and every intermediate holds at most ``tensor.numel() / largest * rank`` numbers
     (for a 512x512x3x3 kernel at rank 570: 2.6 M, where the Khatri-Rao product of the others is 1.3 G).
     """
-    others = sorted((m for m in range(tensor.ndim) if m != mode), key=lambda m: -tensor.shape[m])
-    out = torch.tensordot(tensor, factors[others[0]], dims=([others[0]], [0]))  # remaining modes..., rank
-    remaining = [m for m in range(tensor.ndim) if m != others[0]]
-    for m in others[1:]:
-        axis = remaining.index(m)
-        out = (out.movedim(axis, -2) * factors[m]).sum(dim=-2)
-        remaining.remove(m)
-    return out  # (tensor.shape[mode], rank)
+    largest = max((m for m in range(tensor.ndim) if m != mode), key=lambda m: tensor.shape[m])
+    partial = torch.tensordot(tensor, factors[largest], dims=([largest], [0]))  # remaining modes..., rank
+    return _contract_rest(partial, [m for m in range(tensor.ndim) if m != largest], factors, mode)
+
+
+def unfold(tensor: Tensor, mode: int) -> Tensor:
+    """Mode-``mode`` unfolding: rows index that mode, columns the other modes in order, last fastest."""
+    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def khatri_rao(matrices: Sequence[Tensor]) -> Tensor:
+    """Column-wise Kronecker product, with the last matrix's row index varying fastest (matches :func:`unfold`)."""
+    out = matrices[0]
+    for matrix in matrices[1:]:
+        out = (out[:, None, :] * matrix[None, :, :]).reshape(-1, out.shape[1])
+    return out
+
+
+def mode_dot(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
+    """Multiply ``tensor`` along ``mode`` by ``matrix`` (shape ``(new, tensor.shape[mode])``)."""
+    return torch.tensordot(matrix, tensor, dims=([1], [mode])).movedim(0, mode)
+
+
+def leading_left_singular_vectors(matrix: Tensor, rank: int) -> Tensor:
+    """The ``rank`` leading left singular vectors of ``matrix`` (``rank <= matrix.shape[0]``)."""
+    # Beyond the matrix's own rank the reduced SVD has too few columns; the full one
+    # completes them with an orthonormal basis, so a "full" Tucker rank stays exact.
+    full = rank > min(matrix.shape)
+    u, _, _ = torch.linalg.svd(matrix, full_matrices=full)
+    return u[:, :rank]
+
+
+# ----------------------------------------------------------------------------- CP
+
+
+@dataclass
+class CPResult:
+    """A CP decomposition ``sum_r weights[r] * outer(factors[0][:, r], factors[1][:, r], ...)``."""
+
+    weights: Tensor
+    factors: list[Tensor]
+    n_iter: int
+    converged: bool
+    rel_error: float
+
+
+def cp_to_tensor(weights: Tensor, factors: Sequence[Tensor]) -> Tensor:
+    """The dense tensor that CP weights and factors describe."""
+    shape = [f.shape[0] for f in factors]
+    if len(factors) == 1:
+        return (factors[0] * weights).sum(dim=1)
+    return ((factors[0] * weights) @ khatri_rao(factors[1:]).T).reshape(shape)
+
+
+def _svd_init(tensor: Tensor, rank: int, generator: torch.Generator) -> list[Tensor]:
+    factors = []
+    for mode, size in enumerate(tensor.shape):
+        u = leading_left_singular_vectors(unfold(tensor, mode), min(rank, size))
+        if rank > size:
+            # A mode shorter than the rank has no more singular vectors; random columns fill it.
+            extra = _randn((size, rank - size), generator, tensor)
+            u = torch.cat([u, extra], dim=1)
+        factors.append(u)
+    return factors
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
+    # Draw where the generator lives, then move: a CPU generator gives the same numbers for every device.
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device).to(like.device)
+
+
+def _random_init(tensor: Tensor, rank: int, generator: torch.Generator) -> list[Tensor]:
+    return [_randn((size, rank), generator, tensor) for size in tensor.shape]
+
+
+def _als(tensor: Tensor, factors: list[Tensor], n_iter_max: int, tol: float, prev_error: float | None) -> CPResult:
+    factors = list(factors)
+    rank = factors[0].shape[1]
+    weights = torch.ones(rank, dtype=tensor.dtype, device=tensor.device)
+    norm_sq = float(tensor.pow(2).sum())
+    error = math.inf if prev_error is None else prev_error
+    converged = False
+    n_iter = 0
+    later = list(range(1, tensor.ndim))
+    for n_iter in range(1, n_iter_max + 1):
+        grams = [f.T @ f for f in factors]
+        partial = tensor  # replaced by the tensor times the new first factor once mode 0 is updated
+        for mode in range(tensor.ndim):
+            gram = torch.ones(rank, rank, dtype=tensor.dtype, device=tensor.device)
+            for m, other in enumerate(grams):
+                if m != mode:
+                    gram = gram * other
+            # Two full contractions per sweep: the first mode's MTTKRP, then the tensor times the new first
+            # factor, from which every later mode's MTTKRP is small. The iterates are those of plain ALS.
+            product = mttkrp(tensor, factors, 0) if mode == 0 else _contract_rest(partial, later, factors, mode)
+            # pinv, not solve: the Gram matrix is singular whenever the rank exceeds a mode's size.
+            updated = product @ torch.linalg.pinv(gram, hermitian=True)
+            norms = torch.linalg.vector_norm(updated, dim=0)
+            # Normalising keeps the factors on one scale so the Gram products stay well conditioned.
+            weights = torch.where(norms > 0, norms, torch.ones_like(norms))
+            factors[mode] = updated / weights
+            grams[mode] = factors[mode].T @ factors[mode]
+            if mode == 0:
+                partial = torch.tensordot(tensor, factors[0], dims=([0], [0]))
+        # The error from Gram matrices and the last MTTKRP, never from a reconstruction:
+        # ||X - X^||^2 = ||X||^2 - 2 <X, X^> + ||X^||^2, with <X, X^> = sum_r w_r <F_last[:, r], M_last[:, r]>.
+        inner = float((weights * (factors[-1] * product).sum(dim=0)).sum())
+        gram_all = torch.ones(rank, rank, dtype=tensor.dtype, device=tensor.device)
+        for other in grams:
+            gram_all = gram_all * other
+        approx_sq = float(weights @ gram_all @ weights)
+        residual = math.sqrt(max(norm_sq - 2 * inner + approx_sq, 0.0))
+        previous, error = error, residual / math.sqrt(norm_sq) if norm_sq > 0 else residual
+        if abs(previous - error) < tol:
+            converged = True
+            break
+    return CPResult(weights, factors, n_iter, converged, error)
+
+
+def cp_als(
+    tensor: Tensor,
+    rank: int,
+    *,
+    generator: torch.Generator,
+    n_iter_max: int = 300,
+    tol: float = 1e-8,
+    n_restarts: int = 2,
+    trial_iter: int = 10,
+) -> CPResult:
+    """CP decomposition of ``tensor`` at ``rank`` by alternating least squares.
+
+    Starts from an HOSVD-based init and ``n_restarts`` random inits drawn from
+    ``generator``; each runs ``trial_iter`` sweeps and only the best goes on, so
+    restarts cost a few sweeps each rather than a full fit. Stops when the relative
+    error changes by less than ``tol`` between sweeps (``converged``) or after
+    ``n_iter_max`` sweeps in all (``n_iter`` counts the kept run's sweeps).
+    """
+    if rank < 1:
+        raise ValueError(f"CP rank must be >= 1, got {rank}")
+    starts = [_svd_init(tensor, rank, generator)]
+    starts += [_random_init(tensor, rank, generator) for _ in range(n_restarts)]
+    first = min(trial_iter, n_iter_max)
+    trials = [_als(tensor, factors, first, tol, None) for factors in starts]
+    best = min(trials, key=lambda result: result.rel_error)
+    if best.converged or best.n_iter >= n_iter_max:
+        return best
+    rest = _als(tensor, best.factors, n_iter_max - best.n_iter, tol, best.rel_error)
+    return CPResult(rest.weights, rest.factors, best.n_iter + rest.n_iter, rest.converged, rest.rel_error)

@@ -1,7 +1,7 @@
 """Native decompositions of ``nn.Conv2d``: CP, Tucker-2 and tensor-train, as chains of stock convs.
 
 Each method factorises the kernel ``W (Cout, Cin, kh, kw)`` in plain PyTorch (see
-``tensor_ops.py``) and hands the factors to the shared builders of
+``tensor_ops.py``, and the host's CP-ALS in :mod:`harness.algebra`) and hands the factors to the shared builders of
 :mod:`harness.structures`, which lay them into an ``nn.Sequential`` of ``nn.Conv2d``
 layers (the same kernels every backend computing the format gets). CP (Lebedev et al.,
 2015) becomes a 1x1 conv, a ``(kh, 1)`` and a ``(1, kw)`` depthwise conv and a 1x1 conv;
@@ -19,15 +19,10 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, structures
+from harness.algebra import cp_als, cp_to_tensor
 from harness.backends import param_budget, weight64
 from harness.metrics import relative_error
-from harness_native.tensor_ops import (
-    cp_als,
-    cp_to_tensor,
-    partial_tucker,
-    tt_svd,
-    tt_to_tensor,
-)
+from harness_native.tensor_ops import partial_tucker, tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- CP
 

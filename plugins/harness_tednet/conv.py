@@ -26,19 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.algebra import cp_als, cp_to_tensor
 from harness.metrics import relative_error
 from harness.shapes import tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
-from harness_tednet.tensor_ops import (
-    chain_to_tensor,
-    cp_als,
-    cp_to_tensor,
-    tr_svd,
-    tt_max_ranks,
-    tt_svd,
-    tucker,
-)
+from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker
 
 # TedNet's own BTT models (BTTLeNet5, BTTResNet*) all use two blocks.
 DEFAULT_BLOCKS = 2

@@ -2,12 +2,12 @@
 
 TedNet only trains its factorised layers from random init, so this backend computes
 the factors itself and copies them in. Everything here works on dense float64
-tensors and knows nothing about layers: CP by alternating least squares (CP-ALS),
-Tucker by HOSVD followed by HOOI on any subset of modes, a sequential-SVD sweep that
+tensors and knows nothing about layers: Tucker by HOSVD followed by HOOI on any subset of modes, a sequential-SVD sweep that
 gives tensor-train (TT-SVD) and, after one extra split, tensor-ring (TR-SVD) cores,
 and :func:`pad_core`, which widens a core to ranks the data cannot use while keeping
-the product exact and the new slots trainable. It is deliberately self-contained:
-plugins do not import each other, and tensorly is not a dependency of this backend.
+the product exact and the new slots trainable. CP by alternating least squares
+(CP-ALS) and the primitives are the host's (:mod:`harness.algebra`), the same the native
+backend uses; plugins do not import each other, and tensorly is not a dependency here.
 """
 
 from __future__ import annotations
@@ -19,125 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.algebra import mttkrp
+from harness.algebra import leading_left_singular_vectors, mode_dot, unfold
 from harness.metrics import relative_error
-
-
-def unfold(tensor: Tensor, mode: int) -> Tensor:
-    """Mode-``mode`` unfolding: rows index that mode, columns the other modes in order, last fastest."""
-    return tensor.movedim(mode, 0).reshape(tensor.shape[mode], -1)
-
-
-def mode_dot(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
-    """Multiply ``tensor`` along ``mode`` by ``matrix`` (shape ``(new, tensor.shape[mode])``)."""
-    return torch.tensordot(matrix, tensor, dims=([1], [mode])).movedim(0, mode)
-
-
-def khatri_rao(matrices: Sequence[Tensor]) -> Tensor:
-    """Column-wise Kronecker product, the last matrix's row index fastest (matches :func:`unfold`)."""
-    out = matrices[0]
-    for matrix in matrices[1:]:
-        out = (out[:, None, :] * matrix[None, :, :]).reshape(-1, out.shape[1])
-    return out
-
-
-def leading_left_singular_vectors(matrix: Tensor, rank: int) -> Tensor:
-    """The ``rank`` leading left singular vectors of ``matrix`` (``rank <= matrix.shape[0]``)."""
-    # Inside HOOI the projected unfolding can have fewer columns than the rank asked for;
-    # the full SVD completes the basis, so a Tucker factor always has its full width.
-    u, _, _ = torch.linalg.svd(matrix, full_matrices=rank > min(matrix.shape))
-    return u[:, :rank]
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:
     # Draw on the generator's (CPU) device, then move: the same seed gives the same numbers anywhere.
     return torch.randn(tuple(shape), generator=generator, dtype=like.dtype).to(like.device)
-
-
-# ----------------------------------------------------------------------------- CP
-
-
-@dataclass
-class CPResult:
-    """``sum_r weights[r] * outer(factors[0][:, r], factors[1][:, r], ...)`` and how the fit went."""
-
-    weights: Tensor
-    factors: list[Tensor]
-    n_iter: int
-    converged: bool
-    rel_error: float
-
-
-def cp_to_tensor(weights: Tensor, factors: Sequence[Tensor]) -> Tensor:
-    """The dense tensor that CP weights and factors describe."""
-    shape = [f.shape[0] for f in factors]
-    return ((factors[0] * weights) @ khatri_rao(factors[1:]).T).reshape(shape)
-
-
-def _cp_svd_init(tensor: Tensor, rank: int, generator: torch.Generator) -> list[Tensor]:
-    factors = []
-    for mode, size in enumerate(tensor.shape):
-        u = leading_left_singular_vectors(unfold(tensor, mode), min(rank, size))
-        if rank > size:
-            # A mode shorter than the rank has no more singular vectors: random columns fill it.
-            u = torch.cat([u, _randn((size, rank - size), generator, tensor)], dim=1)
-        factors.append(u)
-    return factors
-
-
-def _als(tensor: Tensor, factors: list[Tensor], n_iter_max: int, tol: float, prev_error: float | None) -> CPResult:
-    factors = list(factors)
-    rank = factors[0].shape[1]
-    weights = torch.ones(rank, dtype=tensor.dtype, device=tensor.device)
-    error = math.inf if prev_error is None else prev_error
-    converged = False
-    n_iter = 0
-    for n_iter in range(1, n_iter_max + 1):
-        for mode in range(tensor.ndim):
-            others = [f for m, f in enumerate(factors) if m != mode]
-            gram = torch.ones(rank, rank, dtype=tensor.dtype, device=tensor.device)
-            for f in others:
-                gram = gram * (f.T @ f)
-            # pinv, not solve: the Gram matrix is singular whenever the rank exceeds a mode's size.
-            updated = mttkrp(tensor, factors, mode) @ torch.linalg.pinv(gram, hermitian=True)
-            norms = torch.linalg.vector_norm(updated, dim=0)
-            # Normalised factors keep the Gram products well conditioned; the scale goes to the weights.
-            weights = torch.where(norms > 0, norms, torch.ones_like(norms))
-            factors[mode] = updated / weights
-        previous, error = error, relative_error(tensor, cp_to_tensor(weights, factors))
-        if abs(previous - error) < tol:
-            converged = True
-            break
-    return CPResult(weights, factors, n_iter, converged, error)
-
-
-def cp_als(
-    tensor: Tensor,
-    rank: int,
-    *,
-    generator: torch.Generator,
-    n_iter_max: int = 300,
-    tol: float = 1e-8,
-    n_restarts: int = 2,
-    trial_iter: int = 10,
-) -> CPResult:
-    """CP decomposition of ``tensor`` at ``rank`` by alternating least squares.
-
-    Starts from an HOSVD-based init and ``n_restarts`` random inits drawn from
-    ``generator``; each runs ``trial_iter`` sweeps and only the best goes on. Stops when
-    the relative error changes by less than ``tol`` between sweeps (``converged``) or
-    after ``n_iter_max`` sweeps in all.
-    """
-    if rank < 1:
-        raise ValueError(f"CP rank must be >= 1, got {rank}")
-    starts = [_cp_svd_init(tensor, rank, generator)]
-    starts += [[_randn((size, rank), generator, tensor) for size in tensor.shape] for _ in range(n_restarts)]
-    first = min(trial_iter, n_iter_max)
-    best = min((_als(tensor, f, first, tol, None) for f in starts), key=lambda result: result.rel_error)
-    if best.converged or best.n_iter >= n_iter_max:
-        return best
-    rest = _als(tensor, best.factors, n_iter_max - best.n_iter, tol, best.rel_error)
-    return CPResult(rest.weights, rest.factors, best.n_iter + rest.n_iter, rest.converged, rest.rel_error)
 
 
 # ----------------------------------------------------------------------------- Tucker

@@ -226,7 +226,8 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
                        + _table(ranks, "layer-ranks-table", drop_constant=True) + "</details>")
     table_html += "\n" + _not_ok_html(cells)
     definitions = ("compression = dense params / params of the decomposed layers (bias included); speedup = dense "
-                   "latency / decomposed latency of the whole network, measured in the same process; Δ vs dense = "
+                   "latency / decomposed latency of the whole network, both timed after all training, serially, in "
+                   "alternating rounds (median); Δ vs dense = "
                    "final accuracy − dense baseline accuracy in percentage points; a ± b = mean ± sample std over "
                    "seeds, n = number of seeds.")
     body = "\n".join([

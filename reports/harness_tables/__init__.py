@@ -324,7 +324,8 @@ def harness_report(results: RunResults, run_dir: str) -> list[str]:
         "- cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
         f"- FLOPs: {meta.get('flop_convention', '?')}",
         ("- compression = dense params / params of the decomposed layers only (bias included); "
-         "speedup = dense latency / decomposed latency, whole network, measured in the same process; "
+         "speedup = dense latency / decomposed latency, whole network, both timed after all training, serially, "
+         "in alternating rounds (median); "
          "Δ vs dense = final accuracy − dense baseline accuracy (percentage points); "
          "a ± b = mean ± sample std over seeds"),
         "",

@@ -174,6 +174,9 @@ def build_parser(host: Host) -> Parser:
     compare = sub.add_parser("compare", parents=[plugin_flag], help="show what changed between two runs",
                              description="Match the cells of two runs by id and list those that changed.")
     compare.add_argument("run_dirs", nargs=2, metavar="RUN_DIR")
+    # Parsed by harness.bench itself (main hands it the rest of the command line); declared for --help.
+    sub.add_parser("bench", add_help=False, help="reproduce the project's speed figures on this machine (see "
+                   "harness bench --help)")
     for sub_parser in (report, compare):
         sub_parser.add_argument("--threshold", type=float, default=0.5, metavar="POINTS",
                                 help="an accuracy change above this many points counts as changed [0.5]")
@@ -375,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         pre.add_argument("-p", dest="plugins", action="append")
         early, _ = pre.parse_known_args(argv)
         plugin_args = _plugin_args(early.plugins)
+        rest = [a for a in argv if a not in ("-p", *(early.plugins or []))]
+        if rest[:1] == ["bench"]:
+            from harness import bench
+
+            return bench.run(rest[1:], _echo)
         host = load_host(**plugin_args)
         _require_command_line_plugins(host)
         parser = build_parser(host)

@@ -122,6 +122,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--clip-grad-norm", help="gradient-norm clipping for all training, 0 to disable [5]")
     train.add_argument("--batch-size", help="training batch size [64]")
     train.add_argument("--latency-batch", help="batch size of the latency measurement [32]")
+    train.add_argument("--latency-passes", metavar="N",
+                       help="passes of the quiet latency phase over all networks, 3 rounds each [3]")
     train.add_argument("--no-dense-control", dest="dense_control", action="store_const", const=False,
                        help="do not fine-tune the dense baseline as a control (it is, by default, once per seed)")
     execution = parser.add_argument_group("execution")
@@ -270,7 +272,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Settings that change how a run executes, not what it measures: the only ones --resume takes from the command line.
-RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor")
+RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor", "latency_passes")
 
 
 def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, Any], host: Host,

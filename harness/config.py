@@ -72,6 +72,8 @@ class RunConfig:
     clip_grad_norm: float = 5.0
     lr_schedule: str = "cosine"
     latency_batch: int = 32
+    # Passes of the quiet latency phase over all networks (3 alternating rounds per network per pass).
+    latency_passes: int = 3
     keep_edges_dense: bool = True
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
     dense_control: bool = True
@@ -307,7 +309,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.seeds = _parse_ints(value, "seeds", minimum=0)
         elif key in ("epochs", "baseline_epochs"):
             setattr(config, key, _parse_ints(value, key, minimum=0)[0])
-        elif key in ("batch_size", "latency_batch", "jobs", "image_size", "subset"):
+        elif key in ("batch_size", "latency_batch", "latency_passes", "jobs", "image_size", "subset"):
             setattr(config, key, _parse_ints(value, key, minimum=1)[0])
         elif key == "data_workers":
             config.data_workers = _parse_ints(value, key, minimum=0)[0]

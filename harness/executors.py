@@ -168,7 +168,8 @@ class ProcessExecutor:
                 code = worker["process"].exitcode
                 self._stop_worker(wid, kill=True)
                 if cell is not None:
-                    on_result(cell, failed_result(cell, "error", f"worker process died (exit code {code})"))
+                    why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
+                    on_result(cell, failed_result(cell, "error", f"worker process died (exit code {code}){why}"))
                 elif not worker["ready"]:
                     raise RuntimeError(f"a worker process failed to start (exit code {code})")
             else:

@@ -4,8 +4,9 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` for one input sampl
 where one multiply-add counts as two FLOPs and only matrix multiplications and
 convolutions are counted (activations, pooling and normalisation are not). Latency uses
 ``torch.utils.benchmark`` (which synchronises CUDA) under ``inference_mode`` after a
-warm-up, and reports the median; :func:`latency_rounds` alternates two networks over
-several rounds and reports each one's median and interquartile range. The reconstruction error of a replacement is measured
+warm-up, and reports the median; :func:`latency_pairs` alternates two networks over
+several rounds and :func:`latency_summary` reports each one's median and interquartile
+range and the speedup as the median of the paired ratios. The reconstruction error of a replacement is measured
 by probing it, so it needs nothing from the backend beyond the module itself.
 """
 
@@ -56,30 +57,35 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
     return measurement.median * 1e3
 
 
-def latency_rounds(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 7,
-                   min_run_time: float = 0.1) -> dict[str, float]:
-    """Latencies (ms) of two models on ``batch`` in ``rounds`` alternating rounds, each round a median.
+def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
+                  min_run_time: float = 0.1) -> list[tuple[float, float]]:
+    """``rounds`` alternating (dense ms, other ms) measurements of two models on ``batch``, each one a median.
 
-    Alternating keeps a drift in machine load (a frequency change) from landing on one side of the ratio only.
-    Returns each model's median over the rounds and the interquartile range of its rounds (the spread a reader
-    needs to judge a speedup), as ``latency_dense_ms``, ``latency_ms``, ``latency_dense_iqr_ms``,
-    ``latency_iqr_ms`` and ``latency_rounds``.
+    Alternating keeps a drift in machine load (a frequency change) from landing on one side of a ratio only.
     """
-    dense_runs, other_runs = [], []
+    pairs = []
     for index in range(rounds):
         warmup = 3 if index == 0 else 0  # caches and allocator settle once; later rounds start warm
-        dense_runs.append(measure_latency(dense, batch, min_run_time=min_run_time, warmup=warmup))
-        other_runs.append(measure_latency(other, batch, min_run_time=min_run_time, warmup=warmup))
+        pairs.append((measure_latency(dense, batch, min_run_time=min_run_time, warmup=warmup),
+                      measure_latency(other, batch, min_run_time=min_run_time, warmup=warmup)))
+    return pairs
 
-    def median_iqr(values: list[float]) -> tuple[float, float]:
+
+def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Medians and interquartile ranges of paired latency rounds, and the speedup as the median of the rounds'
+    dense/other ratios (each ratio pairs measurements taken moments apart, so machine drift cancels in it)."""
+
+    def quartiles(values: list[float]) -> tuple[float, float]:
         tensor = torch.tensor(values, dtype=torch.float64)
         low, mid, high = torch.quantile(tensor, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
         return mid, high - low
 
-    dense_ms, dense_iqr = median_iqr(dense_runs)
-    other_ms, other_iqr = median_iqr(other_runs)
+    dense_ms, dense_iqr = quartiles([d for d, _ in pairs])
+    other_ms, other_iqr = quartiles([o for _, o in pairs])
+    speedup, speedup_iqr = quartiles([d / o for d, o in pairs])
     return {"latency_dense_ms": dense_ms, "latency_ms": other_ms, "latency_dense_iqr_ms": dense_iqr,
-            "latency_iqr_ms": other_iqr, "latency_rounds": rounds}
+            "latency_iqr_ms": other_iqr, "speedup": speedup, "speedup_iqr": speedup_iqr,
+            "latency_rounds": len(pairs)}
 
 
 def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:

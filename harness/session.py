@@ -168,7 +168,7 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
     if not pending:
         return
     write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
-          f"({torch.get_num_threads()} threads, batch {config.latency_batch})")
+          f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch})")
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
 
@@ -185,8 +185,9 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                                               device)
         return dense_models[key], batches[cell["dataset"]]
 
-    with tqdm(total=len(pending), desc="latency", unit="network", dynamic_ncols=True, disable=None) as bar:
-        measure_pending(run_dir, pending, store, dense_for, write, bar.update)
+    with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
+              disable=None) as bar:
+        measure_pending(run_dir, pending, store, dense_for, write, bar.update, passes=config.latency_passes)
 
 
 def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],

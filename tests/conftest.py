@@ -21,7 +21,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def fast_args(cache_dir) -> list[str]:
     """Flags for a small, quick run of the default model and data (without the dense control cell)."""
     return ["--models", "lenet5", "--ratios", "4", "--epochs", "1", "--baseline-epochs", "1",
-            "--no-dense-control", "--cache-dir", str(cache_dir)]
+            "--no-dense-control", "--latency-passes", "1", "--cache-dir", str(cache_dir)]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -33,7 +33,8 @@ def over_budget_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("greedy") / "run"
     code = main(["-p", "bad_backends", "run", "--backends", "native,greedy", "--methods", "svd", "--targets", "linear",
                  "--models", "lenet5", "--ratios", "4", "--epochs", "1", "--baseline-epochs", "1",
-                 "--no-dense-control", "--executor", "inprocess", "--cache-dir", str(cache_dir), "--out", str(out)])
+                 "--no-dense-control", "--latency-passes", "1", "--executor", "inprocess", "--cache-dir", str(cache_dir),
+                 "--out", str(out)])
     return code, out
 
 

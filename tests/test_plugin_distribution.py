@@ -67,7 +67,8 @@ def test_the_example_runs_from_its_folder_with_p(tmp_path, cache_dir):
     out = tmp_path / "run"
     ran = subprocess.run([sys.executable, "-m", "harness.cli", "-p", "harness_lowrank", "run", "--backends",
                           "lowrank", "--targets", "linear", "--ratios", "4", "--epochs", "1", "--baseline-epochs",
-                          "1", "--no-dense-control", "--cache-dir", str(cache_dir), "--out", str(out)],
+                          "1", "--no-dense-control", "--latency-passes", "1", "--cache-dir", str(cache_dir), "--out",
+                          str(out)],
                          cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr
     cells = pd.read_csv(out / "cells.csv")
@@ -109,7 +110,8 @@ def test_installed_plugin_is_discovered_and_listed(installed):
 def test_installed_plugin_runs(installed, tmp_path, cache_dir):
     out = tmp_path / "run"
     result = harness(installed["env"], "run", "--backends", "lowrank", "--targets", "linear", "--ratios", "4",
-                     "--epochs", "1", "--baseline-epochs", "1", "--no-dense-control", "--cache-dir", str(cache_dir),
+                     "--epochs", "1", "--baseline-epochs", "1", "--no-dense-control", "--latency-passes", "1",
+                     "--cache-dir", str(cache_dir),
                      "--out", str(out))
     assert result.returncode == 0, result.stderr
     cells = pd.read_csv(out / "cells.csv")

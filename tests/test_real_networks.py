@@ -67,6 +67,7 @@ def cifar_dir(tmp_path_factory):
 def run(tmp_path, cache_dir, *args: str) -> tuple[int, object]:
     out = tmp_path / "run"
     code = main(["run", "--epochs", "1", "--baseline-epochs", "1", "--ratios", "4", "--no-dense-control",
+                 "--latency-passes", "1",
                  "--executor", "inprocess", "--cache-dir", str(cache_dir), "--out", str(out), *args])
     return code, (load_results(out) if (out / "results.sqlite").exists() else None)
 

@@ -122,7 +122,7 @@ def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
                                                         os.environ.get("PYTHONPATH", "")]))
     base = [sys.executable, "-m", "harness.cli", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
             "lowrank", "--targets", "conv,linear", "--ratios", "2,3,4,6,8", "--epochs", "1", "--baseline-epochs", "1",
-            "--cache-dir", str(cache_dir)]
+            "--latency-passes", "1", "--cache-dir", str(cache_dir)]
     reference = tmp_path / "reference"
     subprocess.run([*base, "--out", str(reference)], env=env, check=False, capture_output=True, timeout=600)
     expected = _count_cells(reference / "results.sqlite")
@@ -159,7 +159,8 @@ def test_default_native_run_is_all_ok(tmp_path, cache_dir):
     out = tmp_path / "run"
     assert main(["run", "--backends", "native", "--out", str(out), "--cache-dir", str(cache_dir)]) == 0
     cells = pd.read_csv(out / "cells.csv")
-    assert len(cells) == 15 and (cells["status"] == "ok").all()
+    # conv: cp, tucker2, tt, svd; linear: svd, tt; all: svd, tt (declared for both kinds); x3 ratios; the control
+    assert len(cells) == 25 and (cells["status"] == "ok").all()
     assert (cells["params"] <= cells["params_dense"] / cells["ratio"]).all()
 
 
@@ -190,8 +191,8 @@ def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_pat
     cells = pd.read_csv(out / "cells.csv")
     assert not (out / NETWORKS).exists()  # every saved network was timed, then removed
     row = cells.iloc[0]
-    assert row["latency_pending"] == False and row["latency_rounds"] == 7  # noqa: E712 - a CSV cell
-    assert row["latency_iqr_ms"] >= 0 and row["speedup"] == pytest.approx(row["latency_dense_ms"] / row["latency_ms"])
+    assert row["latency_pending"] == False and row["latency_rounds"] == 3  # noqa: E712 - a CSV cell
+    assert row["latency_iqr_ms"] >= 0 and row["speedup"] > 0 and row["speedup_iqr"] >= 0
     # A run killed after its cells but before the phase: the cell is pending and its network is on disk.
     store = Store(out)
     cell_id = row["cell_id"]

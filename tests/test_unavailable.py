@@ -34,7 +34,8 @@ def test_list_shows_missing_libraries_with_install_hints():
 def test_all_runs_what_is_available_and_says_what_it_skipped(tmp_path, cache_dir):
     result = harness_without_libraries(
         "run", "--backends", "all", "--methods", "svd", "--targets", "linear", "--ratios", "4", "--epochs", "1",
-        "--baseline-epochs", "1", "--no-dense-control", "--executor", "inprocess", "--cache-dir", str(cache_dir),
+        "--baseline-epochs", "1", "--no-dense-control", "--latency-passes", "1", "--executor", "inprocess",
+        "--cache-dir", str(cache_dir),
         "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     for backend in ("tensorly", "tltorch", "tednet"):

@@ -6,8 +6,11 @@ weights. A user's checkpoint (``--weights``) replaces the random init: it is loa
 ``torch.load(weights_only=True)`` (a state dict, or a dict holding one under a usual key,
 ``module.`` prefixes of ``DataParallel`` removed), every key checked, and then fine-tuned
 for ``--baseline-epochs`` (0: used as it is); the file's SHA-256 is part of the cache key.
-Files are written to a temporary name and renamed, so a run killed while saving never
-leaves a half-written baseline behind.
+A cache entry is verified before it is used: it must load, its weights must match the
+content hash stored in it, and (where there is data) its re-measured test accuracy must
+match the recorded one; an entry that fails is reported in one line, deleted and
+retrained (:class:`CacheInvalid`). Files are written to a temporary name, flushed to disk
+and renamed, so a run killed while saving never leaves a half-written baseline behind.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ from torch import nn
 from harness.data import Data
 from harness.training import TrainSettings, evaluate_test, train
 
-# Bump when the training procedure changes in a way the settings do not capture.
-BASELINE_FORMAT = 1
+# Bump when the training procedure or the file's content changes in a way the settings do not capture
+# (2: every entry carries the content hash of its weights).
+BASELINE_FORMAT = 2
+# A re-measured accuracy further than this from the recorded one (points) marks the entry invalid; the same
+# weights on the same data give the same accuracy, but a GPU-trained entry evaluated on a CPU may differ a little.
+ACCURACY_TOLERANCE = 0.5
 
 
 # Keys under which checkpoints commonly hold their state dict (training scripts, Lightning, timm, ...).
@@ -36,6 +43,33 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", 
 
 class WeightsError(Exception):
     """A checkpoint that cannot be used for a model; the message is one line."""
+
+
+class CacheInvalid(Exception):
+    """A cached baseline that cannot be trusted (unreadable, or not what was stored); the message is one line."""
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_baseline(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata of a cache entry, checked against the content hash stored with them."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        state, meta = stored["state_dict"], stored["meta"]
+    except Exception as exc:  # truncated, overwritten, not a torch file at all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CacheInvalid(f"cannot be read ({type(exc).__name__}: {first[:200]})") from None
+    if meta.get("content_sha256") != state_digest(state):
+        raise CacheInvalid("its weights do not match the content hash stored with them")
+    return state, meta
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -127,15 +161,30 @@ def ensure_baseline(
     progress: Callable[[int], None] | None = None,
     weights: str | None = None,
     device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """Load the cached baseline at ``path`` or make and cache it; returns its metadata.
+    on_invalid: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Load the cached baseline at ``path`` if it verifies, or make and cache it; returns its metadata and whether
+    it was made now.
 
     The model starts from ``weights`` when given, else from a random init drawn from ``seed``, and is trained
-    on ``data`` for the epochs in ``training`` (none without data). Raises :class:`WeightsError` for a
-    checkpoint that does not fit.
+    on ``data`` for the epochs in ``training`` (none without data). An entry that does not verify (see
+    :func:`read_baseline`, and its accuracy re-measured on ``data``) is reported through ``on_invalid``, deleted
+    and made again. Raises :class:`WeightsError` for a checkpoint that does not fit.
     """
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)["meta"]
+        try:
+            state, meta = read_baseline(path)
+            if data is not None and meta.get("acc") is not None:
+                model = build()
+                model.load_state_dict(state)
+                accuracy = evaluate_test(model.to(device).eval(), data)[1]
+                if abs(accuracy - meta["acc"]) > ACCURACY_TOLERANCE:
+                    raise CacheInvalid(f"its test accuracy is {accuracy:.2f}% where {meta['acc']:.2f}% was recorded")
+            return meta, False
+        except CacheInvalid as exc:
+            if on_invalid:
+                on_invalid(f"cached baseline {path} was invalid: {exc}; training it again")
+            path.unlink(missing_ok=True)
     model = build_seeded(build, seed)
     if weights is not None:
         load_weights(model, weights)
@@ -144,18 +193,37 @@ def ensure_baseline(
     start = time.perf_counter()
     records = train(model, data, settings, seed=seed, progress=progress) if data is not None else []
     accuracy = evaluate_test(model, data)[1] if data is not None else None
-    meta = {"acc": accuracy, "train_s": time.perf_counter() - start, "epochs": len(records),
-            "final_train_loss": records[-1].train_loss if records else None, "weights": weights}
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = {"acc": accuracy, "train_s": time.perf_counter() - start, "epochs": len(records),
+            "final_train_loss": records[-1].train_loss if records else None, "weights": weights,
+            "content_sha256": state_digest(state)}
+    write_atomically(path, lambda handle: torch.save({"state_dict": state, "meta": meta}, handle))
+    return meta, True
+
+
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
-    return meta
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 def load_baseline(path: Path, build: Callable[[], nn.Module], device: torch.device | str) -> nn.Module:
+    """The cached baseline, verified against its content hash (a :class:`CacheInvalid` otherwise)."""
+    state, _ = read_baseline(path)
     model = build()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    model.load_state_dict(state)
     return model.to(device).eval()

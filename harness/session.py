@@ -198,18 +198,19 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
     for model, dataset, seed in needed:
         weights = config.weights_for(model)
         path = baseline_path(config.cache_dir, model, dataset, seed, training, weights)
-        if path.exists():
-            continue
         splits = data[dataset]
         spec = resolve_model(model, host.models)
         with tqdm(total=config.baseline_epochs, desc=f"baseline {model}/{dataset}/s{seed}", unit="epoch",
                   leave=False, dynamic_ncols=True, disable=None) as bar:
             try:
-                meta = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
-                                       None if config.no_train else splits.to(device), seed, training,
-                                       progress=bar.update, weights=weights, device=device)
+                meta, fresh = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
+                                              None if config.no_train else splits.to(device), seed, training,
+                                              progress=bar.update, weights=weights, device=device,
+                                              on_invalid=lambda line: bar.write(f"warning: {line}"))
             except WeightsError as exc:
                 raise ConfigError(str(exc)) from None
+        if not fresh:
+            continue
         start = f"from {weights}" if weights else "from a random init"
         accuracy = f"accuracy {meta['acc']:.2f}%" if meta["acc"] is not None else "no accuracy (no training data)"
         verb = "trained" if meta["epochs"] else "took"

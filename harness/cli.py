@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from harness.config import (
     validate_names,
 )
 from harness.plugins import BUILTIN, COMMAND_LINE, Host, is_plugin_file, load_host
-from harness.store import StoreError
+from harness.store import RunLock, StoreError
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class UsageError(Exception):
@@ -297,27 +299,13 @@ def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, A
 
 def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: dict[str, list[str]]) -> int:
     from harness import session
-    from harness.store import Store
 
     values = _config_values(args)
     if args.resume:
         run_dir = Path(args.resume)
         if not session.store_exists(run_dir):
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no results.sqlite")
-        store = Store(run_dir)
-        stored = store.meta().get("config")
-        store.close()
-        if not stored:
-            raise ConfigError(f"cannot resume {str(run_dir)!r}: its store has no configuration")
-        config = RunConfig.from_dict(stored)
-        config.out = str(run_dir)  # the run directory as found now, should it have moved since
-        # Only settings that do not change results may differ on resume.
-        for key in RESUME_MAY_CHANGE:
-            if key in values:
-                setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
-        validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
-        _refuse_other_settings(run_dir, config, values, host, args._plugin_keys)
-        resume = True
+        config = _resume_config(run_dir, values, host, args)  # reads the store only: a refusal changes nothing
     else:
         config = build_config(values, plugin_keys=args._plugin_keys)
         skipped = validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
@@ -325,12 +313,62 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
             info = host.backends[name]
             _echo(f"skipping backend {name}: {info.library} is not installed ({info.install_hint})")
         run_dir = Path(config.out or session.default_run_dir())
-        if session.store_exists(run_dir):
-            raise ConfigError(f"{str(run_dir)!r} already holds a run: use --resume {run_dir} or another --out")
-        config.out = str(run_dir)
-        resume = False
-    host.pm.hook.harness_configure.call_historic(kwargs={"config": config})
-    return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=resume)
+    made_here = not run_dir.exists()
+    # One driver per run directory, from before the "does it hold a run?" check to the last report, so two
+    # commands can neither both start a fresh run there nor both resume it.
+    lock = RunLock(run_dir)
+    try:
+        if not args.resume:
+            _claim_fresh(run_dir)
+            config.out = str(run_dir)
+        host.pm.hook.harness_configure.call_historic(kwargs={"config": config})
+        try:
+            return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=bool(args.resume))
+        except KeyboardInterrupt:
+            print(f"harness: interrupted; finished cells are kept (continue with --resume {run_dir})",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+    except (ConfigError, StoreError):
+        if made_here and {p.name for p in run_dir.iterdir()} <= {RunLock.NAME}:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a refused command leaves nothing behind
+        raise
+    finally:
+        lock.release()
+
+
+def _resume_config(run_dir: Path, values: dict[str, Any], host: Host, args: argparse.Namespace) -> RunConfig:
+    """The stored configuration of the run in ``run_dir``, with the settings ``--resume`` may change applied."""
+    from harness.store import read_meta
+
+    stored = read_meta(run_dir).get("config")
+    if not stored:
+        raise ConfigError(f"cannot resume {str(run_dir)!r}: its store was never set up (killed before its "
+                          f"configuration was written); start it again with --out {run_dir}")
+    config = RunConfig.from_dict(stored)
+    config.out = str(run_dir)  # the run directory as found now, should it have moved since
+    # Only settings that do not change results may differ on resume.
+    for key in RESUME_MAY_CHANGE:
+        if key in values:
+            setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
+    validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
+    _refuse_other_settings(run_dir, config, values, host, args._plugin_keys)
+    return config
+
+
+def _claim_fresh(run_dir: Path) -> None:
+    """Refuse a directory that holds a run; clear a store left half-made by a kill (schema, no configuration)."""
+    from harness import session
+    from harness.store import Store
+
+    if not session.store_exists(run_dir):
+        return
+    store = Store(run_dir)
+    configured, finished = bool(store.meta().get("config")), bool(store.finished_ids())
+    store.close()
+    if configured or finished:
+        raise ConfigError(f"{str(run_dir)!r} already holds a run: use --resume {run_dir} or another --out")
+    _echo(f"note: {run_dir} held a store without a configuration (a run killed while starting); replacing it")
+    (run_dir / session.STORE_NAME).unlink()
 
 
 def cmd_report(host: Host, args: argparse.Namespace) -> int:
@@ -349,8 +387,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import compare_runs
     from harness.store import load_results
 
-    if args.threshold < 0 or args.relative_threshold < 0:
-        raise UsageError("harness compare: thresholds must not be negative")
+    if not (0 <= args.threshold < float("inf") and 0 <= args.relative_threshold < float("inf")):
+        raise UsageError("harness compare: thresholds must be finite numbers, not negative")
     first, second = (load_results(path) for path in args.run_dirs)
     comparison = compare_runs(first, second, args.threshold, args.relative_threshold)
     changed = comparison.changed
@@ -367,7 +405,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for cell_id in ids:
             _echo(f"{label}: {cell_id}")
     if args.csv:
-        comparison.table.to_csv(args.csv, index=False)
+        try:
+            comparison.table.to_csv(args.csv, index=False)
+        except OSError as exc:
+            raise UsageError(f"harness compare: cannot write {args.csv!r}: {exc.strerror or exc}") from None
         _echo(f"comparison written to {args.csv}")
     return EXIT_OK
 
@@ -408,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        print("harness: interrupted; finished cells are kept (continue with --resume RUN_DIR)", file=sys.stderr)
-        return 130
+        print("harness: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("HARNESS_DEBUG"):
             raise

@@ -10,6 +10,7 @@ a number of tensor modes below 1, a malformed ``tensor_shapes`` table, a malform
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -30,6 +31,11 @@ TARGETS = ("conv", "linear", "all")
 NATIVE_INPUT = "random:3x224x224"
 # Which layer kinds each target decomposes.
 TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "linear")}
+
+
+# Sensible upper bounds: a count beyond these is a typo, and would fail late (or never end) instead of now.
+MAX_COUNT = 1_000_000
+MAX_CELL_TIMEOUT = 30 * 24 * 3600.0
 
 
 class ConfigError(Exception):
@@ -155,10 +161,35 @@ def _parse_ratios(value: Any) -> list[float]:
         if not ratio > 1 or ratio == float("inf"):
             raise ConfigError(f"ratio {item} must be a finite number above 1 (it is dense params / compressed params)")
         ratios.append(ratio)
-    return ratios
+    return _distinct(ratios, "ratios")
 
 
-def _parse_ints(value: Any, key: str, minimum: int | None = None) -> list[int]:
+def _distinct(items: list, key: str) -> list:
+    """``items`` unchanged, or a ConfigError naming the first value given twice (it would run the same cells twice
+    and store them once)."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ConfigError(f"{key}: {item!r} is given twice")
+        seen.add(item)
+    return items
+
+
+def _one(value: Any, key: str, numeric: bool = True) -> Any:
+    """The single value of a setting that takes one: a list of several (TOML ``epochs = [1, 2]``) is refused,
+    never truncated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ConfigError(f"{key} takes one value, not a list: {list(value)!r}")
+        value = value[0]
+    if numeric and isinstance(value, str) and "," in value:
+        raise ConfigError(f"{key} takes one value, not a list: {value!r}")
+    if isinstance(value, Mapping):
+        raise ConfigError(f"{key} takes one value, not a table")
+    return value
+
+
+def _parse_ints(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> list[int]:
     out = []
     for item in _as_list(value, key):
         try:
@@ -167,6 +198,8 @@ def _parse_ints(value: Any, key: str, minimum: int | None = None) -> list[int]:
             raise ConfigError(f"{key}: {item!r} is not an integer") from None
         if minimum is not None and number < minimum:
             raise ConfigError(f"{key}: {number} is below {minimum}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{key}: {number} is above {maximum:,}")
         out.append(number)
     return out
 
@@ -228,6 +261,10 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (is it the right file?)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path!r} is a directory") from None
     except OSError as exc:
         raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
     run_table = data.get("run", data)
@@ -296,7 +333,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
         if key == "skip":
             config.skip = _as_list(value, key) if value not in ("", []) else []
         elif key in ("backends", "models", "datasets", "methods", "targets", "rank_selection"):
-            setattr(config, key, _as_list(value, key))
+            setattr(config, key, _distinct(_as_list(value, key), key))
         elif key == "mix":
             config.mix = _parse_mixes(value) if value not in ("", []) else []
         elif key == "ratios":
@@ -306,31 +343,35 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
         elif key == "tensor_shapes":
             config.tensor_shapes = parse_tensor_shapes(value)
         elif key == "seeds":
-            config.seeds = _parse_ints(value, "seeds", minimum=0)
+            config.seeds = _distinct(_parse_ints(value, "seeds", minimum=0), "seeds")
         elif key in ("epochs", "baseline_epochs"):
-            setattr(config, key, _parse_ints(value, key, minimum=0)[0])
+            setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
         elif key in ("batch_size", "latency_batch", "latency_passes", "jobs", "image_size", "subset"):
-            setattr(config, key, _parse_ints(value, key, minimum=1)[0])
+            setattr(config, key, _parse_ints(_one(value, key), key, minimum=1, maximum=MAX_COUNT)[0])
         elif key == "data_workers":
-            config.data_workers = _parse_ints(value, key, minimum=0)[0]
+            config.data_workers = _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0]
         elif key == "weights":
             config.weights = _parse_weights(value) if value not in ("", {}) else {}
         elif key == "layers":
             config.layers = _as_list(value, key) if value not in ("", []) else []
         elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout", "clip_grad_norm"):
             try:
-                number = float(value)
+                number = float(_one(value, key))
             except (TypeError, ValueError):
                 raise ConfigError(f"{key}: {value!r} is not a number") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: {value!r} must be a finite number")
             if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
                 raise ConfigError(f"{key}: {value!r} must be positive")
+            if key == "cell_timeout" and number > MAX_CELL_TIMEOUT:
+                raise ConfigError(f"cell_timeout: {value!r} s is more than {MAX_CELL_TIMEOUT:g} s (30 days)")
             setattr(config, key, number)
         elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad", "no_train"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             setattr(config, key, value)
         else:
-            setattr(config, key, str(value))
+            setattr(config, key, str(_one(value, key, numeric=False)))
     if config.no_train:
         # Nothing is trained, so there is no accuracy to track and no control to fine-tune.
         config.epochs, config.baseline_epochs, config.dense_control = 0, 0, False

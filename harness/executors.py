@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,8 @@ class InProcessExecutor:
                 signal.setitimer(signal.ITIMER_REAL, self.config.cell_timeout)
             try:
                 result = run_cell(cell, self.context, on_progress)
+            except SystemExit as exc:  # a plugin calling sys.exit() fails its cell, not the run
+                result = failed_result(cell, "error", f"the cell called sys.exit({exc.code!r})")
             except _CellTimeout:
                 result = failed_result(cell, "timeout", f"cell exceeded the time limit of {self.config.cell_timeout:g} s")
             finally:
@@ -73,8 +76,32 @@ def _raise_timeout(signum, frame):
     raise _CellTimeout()
 
 
-def _worker_main(config_data: dict, plugin_args: dict, threads: int, tasks: mp.Queue, results: mp.Queue, wid: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """End this process when the driver ``parent`` dies, however it dies (SIGKILL from the OOM killer included):
+    the kernel's parent-death signal on Linux, and everywhere a watchdog thread polling the parent pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still covers it
+    if os.getppid() != parent:  # the driver died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(config_data: dict, plugin_args: dict, threads: int, tasks: mp.Queue, results: mp.Queue, wid: int,
+                 parent: int) -> None:
     """Entry point of a worker process: load plugins once, then run cells until told to stop."""
+    die_with_parent(parent)
     torch.set_num_threads(threads)
     from harness.plugins import load_host
     from harness.runner import CellContext, run_cell
@@ -110,7 +137,8 @@ class ProcessExecutor:
         self._next_id += 1
         tasks = self.mp.Queue()
         process = self.mp.Process(target=_worker_main, daemon=True,
-                                  args=(self.config.to_dict(), self.plugin_args, self.threads, tasks, self.results, wid))
+                                  args=(self.config.to_dict(), self.plugin_args, self.threads, tasks, self.results, wid,
+                                        os.getpid()))
         process.start()
         self.workers[wid] = {"process": process, "tasks": tasks, "cell": None, "deadline": None, "ready": False}
 

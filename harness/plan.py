@@ -38,7 +38,7 @@ from typing import Any
 from torch import nn
 
 from harness.backends import BackendInfo, conv_features, layer_kind
-from harness.config import TARGET_KINDS, RunConfig
+from harness.config import TARGET_KINDS, ConfigError, RunConfig
 from harness.mixing import AUTO, Mix, auto_candidates
 from harness.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
 from harness.tensorize import DEFAULT as DEFAULT_TENSORIZE
@@ -339,6 +339,18 @@ class Plan:
     not_planned: list[NotPlanned] = field(default_factory=list)
 
 
+def check_ratios(ratios: list[float], model_name: str, layers: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a ratio that leaves some targeted layer a budget below one parameter: no method could meet it, and
+    every cell at that ratio would fail at run time instead of now."""
+    if not ratios or not layers:
+        return
+    path, smallest = min(((path, sum(p.numel() for p in layer.parameters())) for path, layer in layers),
+                         key=lambda item: item[1])
+    if max(ratios) > smallest:
+        raise ConfigError(f"ratio {max(ratios):g} leaves layer {path!r} of {model_name} ({smallest:,} parameters) "
+                          f"a budget below one parameter; ratios up to {smallest:,} can be met there")
+
+
 def plan_cells(
     config: RunConfig,
     backends: dict[str, BackendInfo],
@@ -354,6 +366,7 @@ def plan_cells(
     """
     run_backends = {name: backends[name] for name in config.backends}
     selections = _selection_ratios(config, selectors)
+    ratio_budgets = sorted({ratio for _, ratios in selections for ratio in ratios if ratio != NO_RATIO})
     cells: list[Cell] = []
     notes: list[str] = []
     not_planned: list[NotPlanned] = []
@@ -392,6 +405,7 @@ def plan_cells(
                 if not layers:
                     notes.append(f"{model_name} has no {target} layers to decompose; skipped")
                     continue
+                check_ratios(ratio_budgets, model_name, layers)
                 kinds = TARGET_KINDS[target]
                 for method in config.methods:
                     if not _applicable(method, kinds, run_backends):
@@ -407,6 +421,7 @@ def plan_cells(
                     if not assigned:
                         notes.append(f"mix {spec} maps no {target} layer of {model_name}; skipped")
                         continue
+                    check_ratios(ratio_budgets, model_name, [(path, layer) for path, layer, _ in assigned])
                     for pattern, _ in mix.patterns:
                         if not any(fnmatchcase(path, pattern) for path, _ in layers):
                             notes.append(f"mix {spec}: {pattern!r} matches no {target} layer of {model_name} "

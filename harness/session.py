@@ -138,13 +138,13 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     if not cells:
         raise ConfigError("nothing to run: no method applies to the chosen targets and models")
 
-    store = Store(run_dir)
+    if resume:
+        store = Store(run_dir)
+        store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
+    else:
+        store = Store.create(run_dir, {**run_metadata(config, host, argv, device),
+                                       "not_planned": [record.to_dict() for record in plan.not_planned]})
     try:
-        if not resume:
-            store.set_meta({**run_metadata(config, host, argv, device),
-                            "not_planned": [record.to_dict() for record in plan.not_planned]})
-        else:
-            store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
         done = store.finished_ids()
         pending = [c for c in cells if c.cell_id not in done]
         write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "

@@ -11,6 +11,7 @@ through :func:`load_results`, never the runner's memory.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -43,7 +44,55 @@ CREATE TABLE IF NOT EXISTS layers (
 
 
 class StoreError(Exception):
-    """The run directory has no readable store."""
+    """The run directory has no readable store, or another driver holds it; the message is one line."""
+
+
+def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise :class:`StoreError` unless SQLite's own integrity check passes: a damaged store is never resumed
+    or reported from."""
+    try:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{str(path)!r} cannot be read: {exc}") from None
+    if [tuple(row) for row in rows] != [("ok",)]:
+        first = rows[0][0] if rows else "no answer"
+        raise StoreError(f"{str(path)!r} is damaged (SQLite integrity check: {str(first)[:200]})")
+
+
+class RunLock:
+    """The advisory lock (``fcntl.flock`` on ``RUN_DIR/.lock``) that makes one driver the only writer of a run.
+
+    The lock file holds the holder's pid, so a second ``harness run --resume`` names who has the run. The kernel
+    drops the lock when its holder dies however it dies, so a killed run never leaves a stale lock behind.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path):
+        import fcntl
+
+        self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise StoreError(f"{str(self.run_dir)!r} is a file, not a run directory")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.run_dir / self.NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot use {str(self.run_dir)!r} as a run directory: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise StoreError(f"{str(self.run_dir)!r} is in use by another harness run (pid {holder}); wait for it "
+                             "to finish or use another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
 
 
 def _finite(value: Any) -> Any:
@@ -57,15 +106,47 @@ class Store:
     """Write side of a run's SQLite store (used by the driver only)."""
 
     def __init__(self, run_dir: str | Path):
+        """Open the existing store of ``run_dir`` (see :meth:`create` for a new one); raises :class:`StoreError`
+        when there is none or it is damaged."""
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / STORE_NAME
+        if not self.path.is_file():
+            raise StoreError(f"{str(self.run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
         self.conn = sqlite3.connect(self.path)
-        # The default rollback journal keeps the run directory one file, and each cell's
-        # transaction is still atomic and durable across a kill.
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
-        self._add_missing_columns()
+        try:
+            check_integrity(self.conn, self.path)
+            # The default rollback journal keeps the run directory one file, and each cell's
+            # transaction is still atomic and durable across a kill.
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+            self._add_missing_columns()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise StoreError(f"{str(self.path)!r} cannot be read: {exc}") from None
+        except StoreError:
+            self.conn.close()
+            raise
+
+    @classmethod
+    def create(cls, run_dir: str | Path, meta: dict[str, Any]) -> Store:
+        """Make ``run_dir``'s store with its metadata in one step: written under a temporary name, flushed and
+        renamed, so a kill leaves either no store or a whole one, never a store without its configuration."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        partial = run_dir / f".{STORE_NAME}.partial"
+        partial.unlink(missing_ok=True)
+        conn = sqlite3.connect(partial)
+        try:
+            conn.executescript(SCHEMA)
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 [(k, json.dumps(v, default=str)) for k, v in meta.items()])
+        finally:
+            conn.close()
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, run_dir / STORE_NAME)
+        return cls(run_dir)
 
     def _add_missing_columns(self) -> None:
         """Bring a store written before a key column existed up to date, so such a run can be resumed."""
@@ -176,6 +257,23 @@ class RunResults:
         return comparable_cells(self.cells)
 
 
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """A run's metadata, read without writing anything (raises :class:`StoreError` for a missing or damaged
+    store)."""
+    path = Path(run_dir) / STORE_NAME
+    if not path.is_file():
+        raise StoreError(f"{str(run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            check_integrity(conn, path)
+            return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{str(path)!r} cannot be read: {str(exc).splitlines()[0][:300]}") from None
+
+
 def load_results(run_dir: str | Path) -> RunResults:
     """Read a run directory's store into :class:`RunResults` (raises :class:`StoreError`)."""
     run_dir = Path(run_dir)
@@ -184,13 +282,14 @@ def load_results(run_dir: str | Path) -> RunResults:
         raise StoreError(f"{str(run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        check_integrity(conn, path)
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         raw = pd.read_sql_query("SELECT * FROM cells ORDER BY finished_at", conn)
         epochs = pd.read_sql_query("SELECT * FROM epochs ORDER BY cell_id, epoch", conn)
         layers = pd.read_sql_query("SELECT * FROM layers ORDER BY cell_id, layer", conn)
         conn.close()
-    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{str(path)!r} cannot be read: {exc}") from None
+    except (sqlite3.DatabaseError, pd.errors.DatabaseError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{str(path)!r} cannot be read: {str(exc).splitlines()[0][:300]}") from None
     for column, default in ADDED_KEY_COLUMNS.items():
         if column not in raw.columns:  # a store from before the column, opened read-only: fill what it meant
             raw[column] = default

@@ -5,14 +5,26 @@ planner, runner, executors, results store, models, data, training and metrics.
 Backends and reports are plugins found through the ``harness`` entry-point group.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import pluggy
 
-from harness.backends import FULL_RANK, BackendInfo, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
-from harness.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
-
 hookimpl = pluggy.HookimplMarker("harness")
+
+# The plugin API, imported on first use: the modules behind it import torch, which `harness --help` never needs.
+_LAZY = {name: "harness.backends" for name in
+         ("FULL_RANK", "BackendInfo", "DecomposeRequest", "Unsupported", "fill_ranks", "largest_fitting")}
+_LAZY.update({name: "harness.selection" for name in ("LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer")})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
 try:
     __version__ = version("tensor-harness")

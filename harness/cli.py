@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import harness
 from harness.config import (
@@ -26,8 +26,10 @@ from harness.config import (
     preset_names,
     validate_names,
 )
-from harness.plugins import BUILTIN, COMMAND_LINE, Host, is_plugin_file, load_host
 from harness.store import RunLock, StoreError
+
+if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
+    from harness.plugins import Host
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -45,6 +47,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def _plugin_args(values: list[str] | None) -> dict[str, list[str]]:
+    from harness.plugins import is_plugin_file
+
     blocked, extra = [], []
     for value in values or []:
         if value.startswith("no:"):
@@ -57,6 +61,8 @@ def _plugin_args(values: list[str] | None) -> dict[str, list[str]]:
 
 def _require_command_line_plugins(host: Host) -> None:
     """A plugin the user named with ``-p`` must load: a typo would otherwise run without it."""
+    from harness.plugins import COMMAND_LINE
+
     for record in host.plugins:
         if record.origin == COMMAND_LINE and record.error:
             raise UsageError(f"harness: error: cannot load plugin {record.module!r} given with -p: {record.error}")
@@ -144,7 +150,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                            help="start from a shipped study (see 'harness list'); --config and flags override it")
 
 
-def build_parser(host: Host) -> Parser:
+def build_parser(host: Host | None) -> Parser:
     parser = Parser(prog="harness", description="Compare tensor-decomposition backends for compressing neural networks.")
     parser.add_argument("--version", action="version", version=f"harness {harness.__version__}")
     parser.add_argument("-p", dest="plugins", action="append", metavar="NAME",
@@ -160,7 +166,8 @@ def build_parser(host: Host) -> Parser:
     add_run_options(run)
     plugin_group = run.add_argument_group("options added by plugins")
     before = {a.dest for a in run._actions}
-    host.pm.hook.harness_addoption.call_historic(kwargs={"parser": plugin_group})
+    if host is not None:  # None: the top-level --help, which lists commands only and loads no plugin
+        host.pm.hook.harness_addoption.call_historic(kwargs={"parser": plugin_group})
     run.set_defaults(_plugin_keys={a.dest for a in run._actions} - before)
     listing = sub.add_parser("list", parents=[plugin_flag],
                              help="show backends, methods, rank selectors, models, datasets, reports and plugins",
@@ -196,6 +203,8 @@ def _echo(line: str) -> None:
 
 def cmd_plugins(host: Host) -> int:
     _echo("plugins:")
+    from harness.plugins import BUILTIN, COMMAND_LINE
+
     for record in host.plugins:
         if record.origin == BUILTIN:
             origin = BUILTIN
@@ -420,12 +429,20 @@ def main(argv: list[str] | None = None) -> int:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("-p", dest="plugins", action="append")
         early, _ = pre.parse_known_args(argv)
-        plugin_args = _plugin_args(early.plugins)
         rest = [a for a in argv if a not in ("-p", *(early.plugins or []))]
         if rest[:1] == ["bench"]:
             from harness import bench
 
             return bench.run(rest[1:], _echo)
+        if not rest or rest[0] in ("-h", "--help"):  # the command list: no plugin (and no torch) needed
+            parser = build_parser(None)
+            if rest:
+                parser.parse_args(rest[:1])  # prints the help and exits 0, as argparse does
+            parser.print_help()
+            return EXIT_USAGE
+        plugin_args = _plugin_args(early.plugins)
+        from harness.plugins import load_host
+
         host = load_host(**plugin_args)
         _require_command_line_plugins(host)
         parser = build_parser(host)

@@ -16,10 +16,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.mixing import AUTO, Mix, check_labels
-from harness.training import TrainSettings
+if TYPE_CHECKING:  # torch is imported only where training happens, so --help starts fast
+    from harness.training import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,6 +126,8 @@ class RunConfig:
 
     def fine_tune_settings(self) -> TrainSettings:
         """The fine-tuning recipe, identical for every backend and method."""
+        from harness.training import TrainSettings
+
         return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
                              weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm or None,
                              schedule=self.lr_schedule)

@@ -38,6 +38,7 @@ from harness.aggregate import (
     categories,
     control_ok,
     decomposed_ok,
+    is_control,
     mean_std,
     seed_summary,
     with_delta,
@@ -51,6 +52,17 @@ from harness.store import KEY_COLUMNS, RunResults
 # A comparison is fair only between cells that differ in backend alone.
 COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection", "tensorize"]
 TIE = "tie"  # the winner of a comparison in which every backend shows the same value
+# With a single seed there is no seed std: accuracy leads up to this many points are called ties. Seeds of the same
+# configuration differ by 0.1-0.3 pp on the default run, so a smaller lead is not evidence.
+SINGLE_SEED_TIE_PP = 0.5
+# A measured speedup more than this fraction above its FLOP bound is a measurement problem, not a result: a
+# factorisation cannot run faster than its arithmetic allows by more than caches and kernel choice explain.
+ABOVE_BOUND_SLACK = 0.10
+# The dense network's latency should be one number within a run; more spread than this (max / min over the cells
+# of one model, data and batch) says the machine was not quiet while it was timed.
+DENSE_LATENCY_TOLERANCE = 1.25
+# A cell whose final accuracy is within this many points of chance learned nothing: a failure, not a regime.
+CHANCE_MARGIN_PP = 2.0
 @dataclass
 class Finding:
     """One answer: a title, a sentence or two with the numbers, the numbers, and an optional small table."""
@@ -112,20 +124,56 @@ def _decompose_regime(cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                   "'Decompose vs scratch')" if left_out else "")
 
 
+def above_bound(cells: pd.DataFrame) -> pd.Series:
+    """Which cells measured a speedup more than :data:`ABOVE_BOUND_SLACK` above their own FLOP bound."""
+    if cells.empty or "speedup" not in cells.columns or "flop_speedup" not in cells.columns:
+        return pd.Series(False, index=cells.index)
+    speedup = pd.to_numeric(cells["speedup"], errors="coerce")
+    bound = pd.to_numeric(cells["flop_speedup"], errors="coerce")
+    return (speedup > bound * (1 + ABOVE_BOUND_SLACK)).fillna(False)
+
+
+def trusted_speedups(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells whose measured speedup may be ranked: those above their FLOP bound are left out (see
+    :func:`measurement_problems`)."""
+    return cells[~above_bound(cells)]
+
+
+def at_chance(cells: pd.DataFrame) -> pd.Series:
+    """Which cells ended within :data:`CHANCE_MARGIN_PP` of chance accuracy (100 / classes): they learned nothing."""
+    if cells.empty or "chance_acc" not in cells.columns or "acc_final" not in cells.columns:
+        return pd.Series(False, index=cells.index)
+    final = pd.to_numeric(cells["acc_final"], errors="coerce")
+    chance = pd.to_numeric(cells["chance_acc"], errors="coerce")
+    return (final <= chance + CHANCE_MARGIN_PP).fillna(False)
+
+
 def _counts(names: pd.Series) -> str:
     counts = names.value_counts()
     return ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
+def _uncertainty(row: pd.Series, metric: str, floor: float, spread: str | None) -> float:
+    """How far apart two backends' means must be before one wins: the larger of ``floor``, the seed std (two
+    seeds or more) and the measurement's own spread (``spread``'s mean over seeds, e.g. the latency IQR)."""
+    values = [floor]
+    for column in (f"{metric}_std", f"{spread}_mean" if spread else None):
+        if column and column in row and not _missing(row[column]):
+            values.append(float(row[column]))
+    return max(values)
+
+
 def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | None = None,
-             digits: int = 2) -> pd.DataFrame:
+             digits: int = 2, single_seed_floor: float = 0.0, spread: str | None = None) -> pd.DataFrame:
     """Per comparison with ≥ 2 backends: the best backend(s), its mean/std/n and the runner-up.
 
-    Means are compared rounded to ``digits`` decimals, the precision they are shown with:
-    backends that show the same value share the win, and when all of them do the winner
-    is :data:`TIE` (``tied`` lists them) and there is no runner-up.
+    A backend ties with the best when their means differ by no more than the larger of their uncertainties
+    (:func:`_uncertainty`: the seed std, the measurement's ``spread``, and with a single seed
+    ``single_seed_floor``) or show the same value at the shown precision (``digits``); the tied backends share
+    the win, and when every backend ties the winner is :data:`TIE` (``tied`` lists them) and there is no
+    runner-up. ``tiebreak`` orders backends that show the same value.
     """
-    metrics = [metric] + ([tiebreak] if tiebreak else [])
+    metrics = [metric] + ([tiebreak] if tiebreak else []) + ([spread] if spread else [])
     summary = seed_summary(with_delta(decomposed_ok(cells)), metrics, COMPARE + ["backend"])
     summary = summary.dropna(subset=[f"{metric}_mean"])
     rows = []
@@ -133,21 +181,23 @@ def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | Non
         if len(group) < 2:
             continue
         sign = -1 if higher else 1
-        # Differences below the shown precision are noise: such backends tie.
         order = [(sign * group[f"{metric}_mean"]).round(digits)] + (
             [group[f"{tiebreak}_mean"].fillna(math.inf).round(digits)] if tiebreak else [])
         keys = pd.concat(order, axis=1).apply(tuple, axis=1)
-        best_key = keys.min()
-        best = group[keys == best_key]
-        rest = group[keys != best_key]
-        top = best.iloc[0]
+        top = group.loc[keys.idxmin()]
+        margin = {index: _uncertainty(row, metric, single_seed_floor if row["n"] < 2 else 0.0, spread)
+                  for index, row in group.iterrows()}
+        gap = (group[f"{metric}_mean"] - top[f"{metric}_mean"]).abs()
+        tied = (keys == keys.min()) | ((gap <= pd.Series(margin).clip(lower=margin[top.name])) & (gap > 0))
+        best, rest = group[tied], group[~tied]
         row = {c: top[c] for c in COMPARE}
         row.update(winner=", ".join(best["backend"]) if not rest.empty else TIE, tied=", ".join(best["backend"]),
-                   mean=top[f"{metric}_mean"], std=top[f"{metric}_std"], n=int(top["n"]))
+                   mean=top[f"{metric}_mean"], std=top[f"{metric}_std"], n=int(top["n"]), margin=margin[top.name],
+                   within_spread=bool(((gap > 0) & tied).any()))
         if tiebreak:
             row.update(tiebreak_mean=top[f"{tiebreak}_mean"], tiebreak_std=top[f"{tiebreak}_std"])
         if not rest.empty:
-            second = rest.loc[min(keys[keys != best_key].items(), key=lambda item: item[1])[0]]
+            second = rest.loc[keys[~tied].idxmin()]
             row.update(runner_up=second["backend"], runner_up_mean=second[f"{metric}_mean"],
                        runner_up_std=second[f"{metric}_std"], runner_up_n=int(second["n"]))
             if tiebreak:
@@ -158,10 +208,14 @@ def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | Non
 
 
 def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: str, higher: bool,
-                  unit: str, column: str, tiebreak: tuple[str, str] | None = None, digits: int = 2) -> Finding:
-    """``tiebreak`` = (metric, column label) deciding between backends that show the same ``metric``."""
+                  unit: str, column: str, tiebreak: tuple[str, str] | None = None, digits: int = 2,
+                  single_seed_floor: float = 0.0, spread: tuple[str, str] | None = None,
+                  libraries: dict[str, str] | None = None) -> Finding:
+    """``tiebreak`` = (metric, column label) deciding between backends that show the same ``metric``; ``spread`` =
+    (column, words) of the measurement's own spread that a lead must exceed (see :func:`_winners`)."""
     tiebreak, tiebreak_column = tiebreak or (None, None)
-    table = _winners(cells, metric, higher, tiebreak, digits)
+    spread_column, spread_words = spread or (None, None)
+    table = _winners(cells, metric, higher, tiebreak, digits, single_seed_floor, spread_column)
     if table.empty:
         return Finding(key, title, f"No (target, method, ratio) has ok cells of two or more backends with {what}; "
                                    "there is no winner to name.")
@@ -170,9 +224,19 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
     wins = decided["winner"].str.split(", ").explode()
     text = f"{what.capitalize()}, best backend per (target, method, ratio), {len(table)} comparisons of ≥ 2 backends: "
     text += f"{_counts(wins)} wins." if not decided.empty else "no winner."
+    spreads = ["the seed std"] + ([spread_words] if spread_words else [])
+    floor_unit = " pp" if unit.strip() == "%" else unit  # a difference of percentages is in points
+    if single_seed_floor and (table["n"] < 2).any():
+        spreads.append(f"{single_seed_floor:g}{floor_unit} with one seed")
     if tie.any():
-        text += (f" {int(tie.sum())} of {len(table)} comparisons are a tie: every backend shows the same value at the "
-                 f"shown precision ({digits} decimals), so no backend is named there.")
+        text += (f" {int(tie.sum())} of {len(table)} comparisons are a tie: every backend is within the spread "
+                 f"({', '.join(spreads)}) or shows the same value at the shown precision, so no backend is named "
+                 "there.")
+    elif table["within_spread"].any():
+        text += f" Backends within the spread ({', '.join(spreads)}) of the best share its win."
+    if single_seed_floor and (table["n"] < 2).any():
+        text += (f" With one seed a lead of up to {single_seed_floor:g}{floor_unit} is not told apart from noise: run more "
+                 "seeds (e.g. --seeds 0,1,2) to separate those backends.")
     if not decided.empty and "runner_up_mean" in decided:
         lead = (decided["mean"] - decided["runner_up_mean"]).abs()
         widest = decided.loc[lead.fillna(-1).idxmax()]
@@ -186,7 +250,13 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
                      else _ratio(widest["ratio"]) + (f" {selection}" if named else ""))
             text += (f" Widest lead: {widest['winner']} on {widest['target']} {widest['method']} "
                      f"{where}, {first} vs {widest['runner_up']} {second}.")
+            library = (libraries or {}).get(str(widest["runner_up"]))
+            siblings = [b for b in str(widest["winner"]).split(", ") if library and (libraries or {}).get(b) == library]
+            if siblings:
+                text += (f" {siblings[0]} and {widest['runner_up']} are both {library}: the same factorisation with a "
+                         "different forward path, so this lead is about the forward path, not the library.")
     numbers = {"comparisons": len(table), "wins": wins.value_counts().to_dict(), "ties": int(tie.sum()),
+               "single_seed_floor": single_seed_floor,
                "winners": {_label(r): {"backend": r["winner"], "mean": r["mean"], "std": r["std"], "n": r["n"],
                                        "tied": r["tied"].split(", ") if r["winner"] == TIE else []}
                            for _, r in table.iterrows()}}
@@ -211,17 +281,23 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
     return Finding(key, title, text, numbers, shown)
 
 
-def best_backends(cells: pd.DataFrame) -> list[Finding]:
-    """Best backend per comparison for final accuracy, measured speedup and stability, and a win tally."""
+def best_backends(cells: pd.DataFrame, libraries: dict[str, str] | None = None) -> list[Finding]:
+    """Best backend per comparison for final accuracy, measured speedup and stability, and a win tally.
+
+    ``libraries`` (backend -> library) tells siblings apart from rivals: two backends of one library (tltorch and
+    tltorch-rec) share a factorisation and differ only in the forward path, and a lead between them says so.
+    """
     found = [
         _best_finding(cells, "best_accuracy", "Most accurate backend", "highest mean final accuracy",
-                      "acc_final", True, " %", "final accuracy %"),
-        _best_finding(cells, "best_speedup", "Fastest backend (measured)", "largest measured latency speedup",
-                      "speedup", True, "×", "speedup ×"),
+                      "acc_final", True, " %", "final accuracy %", single_seed_floor=SINGLE_SEED_TIE_PP,
+                      libraries=libraries),
+        _best_finding(trusted_speedups(cells), "best_speedup", "Fastest backend (measured)",
+                      "largest measured latency speedup", "speedup", True, "×", "speedup ×",
+                      spread=("speedup_iqr", "the IQR of the repeated latency measurements"), libraries=libraries),
         _best_finding(cells, "best_stability", "Steadiest backend",
                       f"lowest std of the last {LAST_K} epochs' accuracy (ties: smallest best−last drop)",
                       "last_k_std", False, " pp", f"last-{LAST_K} std pp",
-                      tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS),
+                      tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS, libraries=libraries),
     ]
     tally = {f.key.removeprefix("best_"): f.numbers["wins"] for f in found if f.numbers}
     if tally:
@@ -266,13 +342,19 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     overall = per[per["ratio"].isin(common)].groupby("target")[["delta", "speedup"]].mean()
     least_loss, most_speed = overall["delta"].idxmax(), overall["speedup"].idxmax()
     ratios = ", ".join(_ratio_or_total(r) for r in common)
+    speeds = ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items())
+    # The words follow the numbers: "gained speed" only above 1x, and a loss is called one.
+    if overall["speedup"].max() > 1:
+        speed_text = f"{most_speed} gained most speed (mean measured speedup {speeds})"
+    else:
+        speed_text = (f"no target gained speed: every one ran slower than dense on average (mean measured speedup "
+                      f"{speeds}; {most_speed} lost least)")
     text = (f"At the ratios every target ran ({ratios}), {least_loss} lost least accuracy (mean Δ vs dense "
-            + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + " pp) and "
-            f"{most_speed} gained most speed (mean measured speedup "
-            + ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items()) + f"){regime_note}.")
+            + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + f" pp) and {speed_text}{regime_note}.")
     if MIXED in overall.index:
         text += f" {MIXED} = a method chosen per layer (a mix or auto)."
-    numbers = {"least_accuracy_loss": least_loss, "most_speedup": most_speed, "ratios": common,
+    numbers = {"least_accuracy_loss": least_loss, "most_speedup": most_speed if overall["speedup"].max() > 1 else None,
+               "ratios": common,
                "delta": overall["delta"].to_dict(), "speedup": overall["speedup"].to_dict()}
     return [Finding(key, title, text, numbers, table)]
 
@@ -519,6 +601,8 @@ def regime(cells: pd.DataFrame) -> list[Finding]:
     """Decomposing trained weights vs training the format from scratch, where both ran."""
     key, title = "regime", "Decompose vs scratch"
     ok = decomposed_ok(cells)
+    failed = int(at_chance(ok).sum()) if not ok.empty else 0
+    ok = ok[~at_chance(ok)] if failed else ok  # a cell that learned nothing is a failure, not a regime
     regimes = sorted(ok["init"].unique()) if not ok.empty else []
     if "decompose" not in regimes or len(regimes) < 2:
         return [Finding(key, title, f"Only the {', '.join(regimes) or 'no'} regime has ok cells; "
@@ -546,6 +630,9 @@ def regime(cells: pd.DataFrame) -> list[Finding]:
             "ratio": shown["ratio"].map(_ratio),
             "decompose acc %": shown["decompose"].map(_pp), f"{other} acc %": shown[other].map(_pp),
             "difference pp": (shown["decompose"] - shown[other]).map(lambda v: _pp(v, signed=True))}))
+    if failed:
+        sentences.append(f"{failed} cells at chance accuracy are left out (see 'Measurement problems').")
+        numbers["at_chance"] = failed
     table = pd.concat(tables, ignore_index=True) if tables else None
     return [Finding(key, title, " ".join(sentences), numbers, table)]
 
@@ -615,37 +702,96 @@ def control_stability(cells: pd.DataFrame, epochs: pd.DataFrame) -> list[Finding
 
 
 def speedup_vs_flops(cells: pd.DataFrame) -> list[Finding]:
-    """Measured speedup against the FLOP bound, and how many decomposed networks are actually faster."""
+    """Measured speedup against the FLOP bound, and how many decomposed networks are actually faster.
+
+    Shares of the bound are given only where the bound exceeds 1 (below it, a share over 100 % would only mean
+    "slower than dense, but less slow than the FLOPs say"), and cells measured above their bound are left out
+    (:func:`measurement_problems` lists them).
+    """
     key, title = "speedup_vs_flops", "Measured speedup vs FLOP bound"
     ok = decomposed_ok(cells)
     if not ok.empty:
         ok = ok.assign(speedup=pd.to_numeric(ok["speedup"], errors="coerce"),
                        flop_speedup=pd.to_numeric(ok["flop_speedup"], errors="coerce"))
         ok = ok[(ok["speedup"] > 0) & (ok["flop_speedup"] > 0)]
+    suspect = int(above_bound(ok).sum()) if not ok.empty else 0
+    ok = trusted_speedups(ok)
     if ok.empty:
-        return [Finding(key, title, "No ok decomposed cell has both a measured and a FLOP speedup.")]
-    ok = ok.assign(efficiency=ok["speedup"] / ok["flop_speedup"], faster=ok["speedup"] > 1)
+        return [Finding(key, title, "No ok decomposed cell has both a measured and a FLOP speedup"
+                                    + (f" within its bound ({suspect} measured above it)." if suspect else "."))]
+    ok = ok.assign(efficiency=(ok["speedup"] / ok["flop_speedup"]).where(ok["flop_speedup"] > 1),
+                   faster=ok["speedup"] > 1)
     table = ok.groupby("backend").agg(cells=("speedup", "size"), faster=("faster", "sum"),
                                       median_speedup=("speedup", "median"),
                                       median_flop_speedup=("flop_speedup", "median"),
+                                      bounded=("efficiency", "count"),
                                       median_share_of_bound=("efficiency", "median")).reset_index()
-    table = table.sort_values("median_share_of_bound", ascending=False).reset_index(drop=True)
+    table = table.sort_values(["median_share_of_bound", "median_speedup"], ascending=False,
+                              na_position="last").reset_index(drop=True)
     faster, fewer_flops, n = int(ok["faster"].sum()), int((ok["flop_speedup"] > 1).sum()), len(ok)
-    best, worst = table.iloc[0], table.iloc[-1]
     text = (f"{faster} of {n} ok decomposed cells ({faster / n:.0%}) ran faster than dense (median measured "
-            f"speedup {ok['speedup'].median():.2f}×), while {fewer_flops} of {n} need fewer FLOPs. Measured "
-            f"speedup reaches a median {ok['efficiency'].median():.0%} of the FLOP bound; "
-            f"best {best['backend']} ({best['median_share_of_bound']:.0%}), "
-            f"worst {worst['backend']} ({worst['median_share_of_bound']:.0%}).")
-    numbers = {"faster": faster, "cells": n, "fewer_flops": fewer_flops,
-               "median_share_of_bound": float(ok["efficiency"].median()),
-               "share_by_backend": dict(zip(table["backend"], table["median_share_of_bound"]))}
+            f"speedup {ok['speedup'].median():.2f}×), while {fewer_flops} of {n} need fewer FLOPs.")
+    shares = table.dropna(subset=["median_share_of_bound"])
+    if not shares.empty:
+        best, worst = shares.iloc[0], shares.iloc[-1]
+        text += (f" Where the FLOP bound is above 1×, measured speedup reaches a median "
+                 f"{ok['efficiency'].median():.0%} of it; best {best['backend']} ({best['median_share_of_bound']:.0%}), "
+                 f"worst {worst['backend']} ({worst['median_share_of_bound']:.0%}).")
+    never = table[table["median_share_of_bound"].isna()]["backend"].tolist()
+    if never:
+        text += f" {', '.join(never)}: no cell with fewer FLOPs than dense, so no share of a bound."
+    if suspect:
+        text += f" {suspect} cells measured above their FLOP bound are left out (see 'Measurement problems')."
+    numbers = {"faster": faster, "cells": n, "fewer_flops": fewer_flops, "above_bound": suspect,
+               "median_share_of_bound": None if shares.empty else float(ok["efficiency"].median()),
+               "share_by_backend": {b: (None if _missing(v) else v)
+                                    for b, v in zip(table["backend"], table["median_share_of_bound"])}}
     shown = pd.DataFrame({"backend": table["backend"], "cells": table["cells"],
                           "faster than dense": table["faster"].astype(int),
                           "median speedup ×": table["median_speedup"].map(_times),
                           "median FLOP speedup ×": table["median_flop_speedup"].map(_times),
-                          "median share of FLOP bound": table["median_share_of_bound"].map(_share)})
+                          "median share of FLOP bound (bound > 1×)": table["median_share_of_bound"].map(
+                              lambda v: "–" if _missing(v) else _share(v))})
     return [Finding(key, title, text, numbers, shown)]
+
+
+def measurement_problems(cells: pd.DataFrame) -> list[Finding]:
+    """What the run cannot vouch for: speedups above their FLOP bound, a dense latency that moved within the run,
+    and cells that ended at chance accuracy (failures, not results)."""
+    key, title = "measurement_problems", "Measurement problems"
+    ok = cells[~is_control(cells)] if not cells.empty else cells
+    sentences, numbers, rows = [], {}, []
+    suspect = ok[above_bound(ok)]
+    if not suspect.empty:
+        sentences.append(f"{len(suspect)} cells measured a speedup more than {ABOVE_BOUND_SLACK:.0%} above their own "
+                         "FLOP bound, which the arithmetic does not allow: a timing problem, so they are not ranked.")
+        numbers["above_bound"] = suspect["cell_id"].tolist()
+        rows += [{"problem": "speedup above FLOP bound", "cell": r["cell_id"],
+                  "value": f"{_times(r['speedup'])} vs bound {_times(r['flop_speedup'])}"} for _, r in suspect.iterrows()]
+    if not cells.empty and "latency_dense_ms" in cells.columns:
+        dense = cells.assign(latency_dense_ms=pd.to_numeric(cells["latency_dense_ms"], errors="coerce"))
+        group = [c for c in ("model", "dataset", "latency_batch", "device") if c in dense.columns]
+        spread = dense.dropna(subset=["latency_dense_ms"]).groupby(group)["latency_dense_ms"].agg(["min", "max"])
+        spread = spread[spread["min"] > 0]
+        loose = spread[spread["max"] / spread["min"] > DENSE_LATENCY_TOLERANCE]
+        for index, r in loose.iterrows():
+            name = "/".join(str(v) for v in (index if isinstance(index, tuple) else (index,)))
+            sentences.append(f"The dense latency of {name} ranged {r['min']:.3g}–{r['max']:.3g} ms within the run "
+                             f"(more than {DENSE_LATENCY_TOLERANCE:g}× apart): its speedups carry that noise.")
+            rows.append({"problem": "dense latency moved", "cell": name, "value": f"{r['min']:.3g}–{r['max']:.3g} ms"})
+        numbers["dense_latency_spread"] = {"/".join(map(str, i if isinstance(i, tuple) else (i,))): r["max"] / r["min"]
+                                           for i, r in spread.iterrows()}
+    failed = ok[at_chance(ok)]
+    if not failed.empty:
+        sentences.append(f"{len(failed)} cells ended within {CHANCE_MARGIN_PP:g} pp of chance accuracy: they learned "
+                         "nothing, a failure of that backend and method, and are kept out of regime comparisons.")
+        numbers["at_chance"] = failed["cell_id"].tolist()
+        rows += [{"problem": "accuracy at chance", "cell": r["cell_id"], "value": f"{_pp(r['acc_final'])} %"}
+                 for _, r in failed.iterrows()]
+    if not sentences:
+        return [Finding(key, title, "None found: no speedup above its FLOP bound, the dense latency stayed within "
+                                    f"{DENSE_LATENCY_TOLERANCE:g}× over the run, and no cell ended at chance.", numbers)]
+    return [Finding(key, title, " ".join(sentences), numbers, pd.DataFrame(rows))]
 
 
 def decomposition_time(cells: pd.DataFrame) -> list[Finding]:
@@ -710,17 +856,24 @@ def recovery(cells: pd.DataFrame) -> list[Finding]:
     return [Finding(key, title, text, numbers, shown)]
 
 
-FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame], list[Finding]]] = [
-    lambda cells, epochs: best_backends(cells),
-    lambda cells, epochs: target_payoff(cells),
-    lambda cells, epochs: mixed_vs_single(cells),
-    lambda cells, epochs: rank_selection_at_equal_params(cells),
-    lambda cells, epochs: regime(cells),
-    control_stability,
-    lambda cells, epochs: speedup_vs_flops(cells),
-    lambda cells, epochs: decomposition_time(cells),
-    lambda cells, epochs: recovery(cells),
+FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Finding]]] = [
+    lambda cells, epochs, meta: best_backends(cells, _libraries(meta)),
+    lambda cells, epochs, meta: target_payoff(cells),
+    lambda cells, epochs, meta: mixed_vs_single(cells),
+    lambda cells, epochs, meta: rank_selection_at_equal_params(cells),
+    lambda cells, epochs, meta: regime(cells),
+    lambda cells, epochs, meta: control_stability(cells, epochs),
+    lambda cells, epochs, meta: speedup_vs_flops(cells),
+    lambda cells, epochs, meta: decomposition_time(cells),
+    lambda cells, epochs, meta: recovery(cells),
+    lambda cells, epochs, meta: measurement_problems(cells),
 ]
+
+
+def _libraries(meta: dict[str, Any]) -> dict[str, str]:
+    """Backend -> library name, from the run's metadata."""
+    return {name: entry.get("library") for name, entry in (meta.get("libraries") or {}).items()
+            if isinstance(entry, dict)}
 
 
 def all_findings(results: RunResults) -> list[Finding]:
@@ -728,7 +881,7 @@ def all_findings(results: RunResults) -> list[Finding]:
     found: list[Finding] = []
     for index, finder in enumerate(FINDERS):
         try:
-            found += finder(results.comparable, results.epochs)
+            found += finder(results.comparable, results.epochs, results.meta)
         except Exception as exc:  # noqa: BLE001 - a report must survive one odd table
             found.append(Finding(f"failed_{index}", "A finding could not be computed",
                                  f"{type(exc).__name__}: {exc}"))

@@ -14,8 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
-from harness.backends import BackendInfo
+if TYPE_CHECKING:  # the type only: importing backends would import torch, and the CLI's --help must not
+    from harness.backends import BackendInfo
 
 AUTO = "auto"
 # Kind keys of a mix and the layer kind each names; "conv2d" is accepted as a spelling of "conv".

@@ -59,6 +59,8 @@ TARGET_COLOURS = {"conv": "#1b9e77", "linear": "#d95f02", "all": "#7570b3", MIXE
 MARKERS = "osD^vP*X<>"
 RATIO_STYLES = ["-", "--", ":", "-."]
 DODGE = 0.012  # log2 units between neighbouring rank selections drawn at the same compression
+CURVE_DODGE = 0.06  # epochs between neighbouring backends' epoch curves, so identical curves stay visible
+EPOCH_MIN_SPAN = 4.0  # accuracy points: the least y-range of the epoch panels (a 1-point wiggle is not a cliff)
 # The attribute by which a note figure (nothing to plot for this run) is told apart from a plot.
 NOTHING_TO_SHOW = "harness_nothing_to_show"
 
@@ -320,11 +322,29 @@ def _curve(cells: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([start, rows]).dropna().groupby("epoch")["test_acc"].agg(["mean", "std"])
 
 
-def _draw_curve(axis, curve: pd.DataFrame, colour: str, style: str, width: float = 1.4, zorder: float = 2) -> None:
-    axis.plot(curve.index, curve["mean"], color=colour, linestyle=style, linewidth=width, zorder=zorder)
+def _draw_curve(axis, curve: pd.DataFrame, colour: str, style: str, width: float = 1.4, zorder: float = 2,
+                marker: str | None = None, offset: float = 0.0) -> None:
+    """A mean curve with its ± std band; ``offset`` (epochs) and ``marker`` keep identical curves apart."""
+    x = curve.index + offset
+    axis.plot(x, curve["mean"], color=colour, linestyle=style, linewidth=width, zorder=zorder, marker=marker,
+              markersize=4, markerfacecolor="none" if marker else None)
     if curve["std"].notna().any():
-        axis.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+        axis.fill_between(x, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                           color=colour, alpha=0.15, linewidth=0, zorder=zorder - 0.5)
+
+
+def _share_y(axes: list, min_span: float) -> None:
+    """One y-range for every panel, at least ``min_span`` tall, so panels compare by eye and a 1-point wiggle is
+    not drawn as a cliff."""
+    limits = [axis.get_ylim() for axis in axes]
+    if not limits:
+        return
+    low, high = min(lo for lo, _ in limits), max(hi for _, hi in limits)
+    if high - low < min_span:
+        middle = (high + low) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    for axis in axes:
+        axis.set_ylim(low, high)
 
 
 def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
@@ -339,6 +359,9 @@ def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
     control = control_ok(cells)
     panels, notes = _panels(ok[ok["ratio"] == ratio], ["target", "method"])
     figure, axes = _figure(len(panels), 4, 2.6)
+    backends = sorted(ok["backend"].unique())
+    markers = _markers(backends)
+    offsets = {b: (i - (len(backends) - 1) / 2) * CURVE_DODGE for i, b in enumerate(backends)}
     clipped = False
     for axis, (name, panel) in zip(axes, panels):
         # The control is drawn as its whole curve below, so only the baseline gets a horizontal line.
@@ -347,7 +370,9 @@ def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
         lows = []
         for (backend, init), group in panel.groupby(["backend", "init"]):
             curve = _curve(group, epochs)
-            _draw_curve(axis, curve, colours[backend], ":" if init == "scratch" else "-")
+            # Backends with the same curve would hide each other: each is nudged sideways and has its marker.
+            _draw_curve(axis, curve, colours[backend], ":" if init == "scratch" else "-", marker=markers[backend],
+                        offset=offsets[backend])
             lows.append(curve["mean"])
         if not mine.empty:  # last and on top, so no backend's curve hides it
             curve = _curve(mine, epochs)
@@ -360,11 +385,13 @@ def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
         axis.tick_params(labelsize=8)
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
+    _share_y(list(axes), EPOCH_MIN_SPAN)
     if control.empty:
         notes.append("No dense control rows in this run.")
     if clipped:
         notes.append(f"Axes cut {ACCURACY_WINDOW:g} pp below the dense baseline.")
-    handles = [Line2D([], [], color=colours[b], label=b) for b in sorted(ok["backend"].unique())]
+    handles = [Line2D([], [], color=colours[b], marker=markers[b], markerfacecolor="none", markersize=4, label=b)
+               for b in backends]
     if (ok["init"] == "scratch").any():
         handles.append(Line2D([], [], color="gray", linestyle=":", label="from scratch"))
     labels = [h.get_label() for h in handles]

@@ -367,6 +367,8 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         model_params_dense=count_params(model), flops_dense=count_flops(model, sample),
     )
     metrics["acc_baseline"] = accuracy(model)
+    # Chance accuracy, so a report can tell a cell that learned nothing from a poor result (balanced classes).
+    metrics["chance_acc"] = None if config.no_train else 100.0 / data.num_classes
 
     if cell.is_control:
         # Nothing is replaced: the control measures how the dense net itself behaves under fine-tuning.

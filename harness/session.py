@@ -14,6 +14,8 @@ import datetime as dt
 import os
 import platform
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,7 +189,17 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
 
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
               disable=None) as bar:
-        measure_pending(run_dir, pending, store, dense_for, write, bar.update, passes=config.latency_passes)
+        start, timed = time.monotonic(), 0
+
+        def progress(count: int) -> None:
+            nonlocal timed
+            bar.update(count)
+            timed += count
+            if bar.disable and timed % len(pending) == 0:  # no terminal: one line per pass instead of a bar
+                print(f"latency pass {timed // len(pending)}/{config.latency_passes} done "
+                      f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
+
+        measure_pending(run_dir, pending, store, dense_for, write, progress, passes=config.latency_passes)
 
 
 def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],
@@ -228,17 +240,43 @@ def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells:
     epoch_bar = tqdm(total=len(cells) * config.epochs, desc="fine-tune epochs", unit="epoch", leave=False,
                      dynamic_ncols=True, disable=None)
 
+    lines = ProgressLines(len(cells)) if cell_bar.disable else None
+
     def on_result(cell: Cell, result: dict[str, Any]) -> None:
         store.add_result(result)
         cell_bar.update(1)
         if result["status"] != "ok":
             cell_bar.write(f"{result['status']}: {cell.cell_id}: {result['error']}")
+        if lines:
+            lines.finished(cell.cell_id, result["status"])
 
     try:
         executor.run(cells, on_result, epoch_bar.update)
     finally:
         epoch_bar.close()
         cell_bar.close()
+
+
+class ProgressLines:
+    """Progress for a log file: without a terminal the bars are off, so each finished cell gets one line on stderr
+    (how many are done, the cell, its status, the time so far and an estimate of the rest)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def finished(self, cell_id: str, status: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        rest = f", about {_duration(left)} left" if self.done < self.total else ""
+        print(f"[{self.done}/{self.total}] {status} {cell_id} ({_duration(elapsed)} so far{rest})", file=sys.stderr,
+              flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:

@@ -16,9 +16,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where results are read, so --help starts fast
+    import pandas as pd
 
 STORE_NAME = "results.sqlite"
 KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed", "init", "rank_selection",
@@ -276,6 +277,8 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
 
 def load_results(run_dir: str | Path) -> RunResults:
     """Read a run directory's store into :class:`RunResults` (raises :class:`StoreError`)."""
+    import pandas as pd
+
     run_dir = Path(run_dir)
     path = run_dir / STORE_NAME
     if not path.is_file():

@@ -148,7 +148,10 @@ def test_best_backends_name_the_planted_winners_with_numbers():
 def test_conv_vs_linear_finding_says_which_target_paid_off():
     finding = target_payoff(planted_results().cells)[0]
     assert finding.numbers["least_accuracy_loss"] == "conv"
-    assert finding.numbers["most_speedup"] == "conv"
+    # The planted mean speedups are all below 1x (conv 0.97): nothing "gained speed", and the text says so.
+    assert finding.numbers["most_speedup"] is None
+    assert "no target gained speed" in finding.text and "conv lost least" in finding.text
+    assert "gained most speed" not in finding.text
     assert set(finding.numbers["delta"]) == {"conv", "linear", "all"}
     # conv at ×2 and ×4 over a, b, c and both methods: −(mean loss 11/6) − 0.25·3 + 0.1
     assert finding.numbers["delta"]["conv"] == pytest.approx(-(11 / 6) - 0.75 + 0.1)

@@ -77,6 +77,21 @@ def test_help_everywhere(capsys, argv):
     assert "usage: harness" in capsys.readouterr().out
 
 
+def test_top_level_help_imports_neither_torch_nor_pandas():
+    """`harness --help` lists the commands without loading plugins, so it starts in a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom harness.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n        main(['--help'])\n    except SystemExit as exc:\n        assert exc.code == 0\n"
+            "assert 'usage: harness' in out.getvalue()\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_list_shows_backends_models_datasets_reports_and_plugins(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0

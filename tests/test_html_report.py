@@ -77,7 +77,12 @@ def page(tmp_path_factory):
 def test_every_plot_is_an_embedded_png_and_a_file(page):
     run_dir, written, parser = page
     assert str(run_dir / "report.html") in written
-    for name in plots.PLOTS:
+    results = planted_results(run_dir)
+    empty = {name for name, (draw, _) in plots.PLOTS.items() if plots.nothing_to_show(draw(results))}
+    assert empty and empty != set(plots.PLOTS)  # the planted run has both kinds
+    for name in empty:  # said in words, with no placeholder image or file
+        assert f"plot-{name}" not in parser.images and not (run_dir / "plots" / f"{name}.png").exists()
+    for name in set(plots.PLOTS) - empty:
         src = parser.images[f"plot-{name}"]
         assert src.startswith("data:image/png;base64,"), name
         png = base64.b64decode(src.split(",", 1)[1])
@@ -126,8 +131,11 @@ def test_thin_run_still_renders_every_plot(tmp_path):
     thin = planted_results(tmp_path, seeds=(0,), control=False, scratch=False, targets=("conv",))
     harness_html.harness_report(results=thin, run_dir=str(tmp_path))
     parser = PageParser()
-    parser.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
-    assert set(parser.images) == {f"plot-{name}" for name in plots.PLOTS}
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    parser.feed(text)
+    # Every plot is there: as an image, or (a study the run did not hold) as its reason in words.
+    for name in plots.PLOTS:
+        assert f"plot-{name}" in parser.images or f'id="plot-{name}"><p class="muted">Nothing to show' in text
     nothing = planted_results(tmp_path / "none")
     nothing.cells["status"] = "unsupported"
     (tmp_path / "none").mkdir()
@@ -277,3 +285,30 @@ def test_per_layer_budgets_and_ranks_are_shown_folded(page):
     # One row per configuration and layer, seeds pooled; the planted rank 3 and budget 500 come through.
     assert set(table["rank"]) == {"3"} and set(table["budget"]) == {500}
     assert table["seeds"].max() == 3
+
+
+def test_epoch_panels_share_an_honest_y_range_and_keep_identical_curves_apart(tmp_path):
+    results = planted_results(tmp_path)
+    figure = plots.epoch_curves(results.comparable, results.epochs)
+    axes = [axis for axis in figure.axes if axis.get_visible() and axis.lines]
+    assert len(axes) > 1
+    (low, high), = {axis.get_ylim() for axis in axes}  # one range for every panel
+    assert high - low >= plots.EPOCH_MIN_SPAN
+    for axis in axes:
+        curves = [line for line in axis.lines if line.get_marker() not in (None, "None", "")]
+        drawn = {(line.get_marker(), line.get_linestyle(), tuple(line.get_xdata())) for line in curves}
+        assert len(drawn) == len(curves)  # no two curves on the same marker, line and x positions
+
+
+def test_the_terminal_summary_is_a_screen_not_the_whole_table(tmp_path):
+    results = planted_results(tmp_path)
+    full = harness_tables.summary_table(results.cells)
+    assert len(full) > harness_tables.TERMINAL_ROWS
+    lines: list[str] = []
+    harness_tables.harness_terminal_summary(results=results, write=lines.append)
+    text = "\n".join(lines)
+    assert f"top {harness_tables.TERMINAL_ROWS} of {len(full)} configurations by acc final %" in text
+    table = text.split("configurations by")[1].split("dense control")[0]
+    rows = [line for line in table.splitlines() if " ± " in line]
+    assert len(rows) == harness_tables.TERMINAL_ROWS
+    assert "97.10 ± 0.10" in table  # the most accurate configuration is among them

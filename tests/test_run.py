@@ -121,12 +121,12 @@ def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins"),
                                                         os.environ.get("PYTHONPATH", "")]))
     base = [sys.executable, "-m", "harness.cli", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
-            "lowrank", "--targets", "conv,linear", "--ratios", "2,3,4,6,8", "--epochs", "1", "--baseline-epochs", "1",
+            "lowrank", "--targets", "conv,linear", "--ratios", "2,4,8", "--epochs", "1", "--baseline-epochs", "1",
             "--latency-passes", "1", "--cache-dir", str(cache_dir)]
     reference = tmp_path / "reference"
     subprocess.run([*base, "--out", str(reference)], env=env, check=False, capture_output=True, timeout=600)
     expected = _count_cells(reference / "results.sqlite")
-    assert expected == 11  # 10 decomposed cells and the dense control
+    assert expected == 7  # 6 decomposed cells and the dense control
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*base, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
@@ -203,3 +203,24 @@ def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_pat
     resumed = pd.read_csv(out / "cells.csv").iloc[0]
     assert resumed["latency_pending"] == False and resumed["speedup"] > 0  # noqa: E712
     assert not (out / NETWORKS).exists()
+
+
+def test_a_run_without_a_terminal_prints_a_line_per_finished_cell(tmp_path, cache_dir):
+    import re
+
+    plugins = Path(__file__).parent / "plugins"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
+    with open(tmp_path / "stderr.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "harness", "-p", "fake_backend", "run", "--backends", "fake",
+                               "--methods", "lowrank", "--targets", "linear", "--models", "lenet5", "--ratios", "2,4",
+                               "--no-train", "--datasets", "random:1x28x28", "--latency-passes", "1", "--executor",
+                               "inprocess", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "run")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=log)
+    assert done.returncode == 0
+    text = (tmp_path / "stderr.log").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("[")]
+    assert len(lines) == 2, text
+    assert re.fullmatch(r"\[1/2\] ok fake/lenet5/random:1x28x28/lowrank/linear/x2/s0 \(\d+ s so far, about \d+ s left\)",
+                        lines[0]), lines[0]
+    assert re.fullmatch(r"\[2/2\] ok fake/\S+/x4/s0 \(\d+ s so far\)", lines[1]), lines[1]
+    assert "latency pass 1/1 done" in text

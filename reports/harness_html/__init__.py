@@ -158,21 +158,24 @@ def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
     for name, (draw, caption) in plots.PLOTS.items():
         try:
             figure = draw(results)
-            png = plots.to_png(figure)
+            png = b"" if plots.nothing_to_show(figure) else plots.to_png(figure)
         except Exception as exc:  # noqa: BLE001 - one broken plot must not take the report down
             parts.append(f'<figure id="plot-{name}"><p class="note">This plot could not be drawn: '
                          f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
             continue
         path = folder / f"{name}.png"
+        note = plots.nothing_to_show(figure)
+        if note:  # no placeholder image: the reason in words is all there is to see
+            path.unlink(missing_ok=True)  # nor a stale one from an earlier report of this run
+            empty.append(f'<figure id="plot-{name}"><p class="muted">Nothing to show: {html.escape(note)}</p>'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            continue
         path.write_bytes(png)
         written.append(str(path))
         data = base64.b64encode(png).decode("ascii")
-        note = plots.nothing_to_show(figure)
-        reason = f'<p class="muted">Nothing to show: {html.escape(note)}</p>' if note else ""
-        (empty if note else parts).append(
-            f'<figure id="plot-{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"{reason}<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append(f'<figure id="plot-{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     if empty:
         parts.append(f'<details id="plots-nothing-to-show"><summary>{len(empty)} plot(s) with nothing to show '
                      "for this run</summary>" + "\n".join(empty) + "</details>")

@@ -60,6 +60,8 @@ SUMMARY = {
     "decompose_s": "decomp s",
 }
 # The summary of a data-free speed study (--no-train), which measures no accuracy.
+# Rows of the summary printed in a terminal (by `harness run` and `harness report`); the files hold every row.
+TERMINAL_ROWS = 15
 SPEED_SUMMARY = {
     "compression": "compression ×",
     "flop_speedup": "FLOP bound ×",
@@ -377,6 +379,13 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
     for column in ("rank_selection", "tensorize"):
         if column in summary.columns and summary[column].nunique() <= 1:
             summary = summary.drop(columns=column)  # one value: the column says nothing in a terminal
+    if len(summary) > TERMINAL_ROWS:
+        # A screen, not the whole table: the best configurations, and where the rest is.
+        by = "acc final %" if "acc final %" in summary.columns else "speedup ×"
+        order = pd.to_numeric(summary[by].astype(str).str.extract(r"^\s*(-?\d+(?:\.\d+)?)")[0], errors="coerce")
+        write(f"top {TERMINAL_ROWS} of {len(summary)} configurations by {by} (every one: report.md, report.html, "
+              "cells.csv):")
+        summary = summary.loc[order.sort_values(ascending=False, na_position="last").index[:TERMINAL_ROWS]]
     write(_format(summary, "simple"))
     control = control_table(cells)
     if not control.empty:

@@ -193,13 +193,15 @@ def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | Non
         row = {c: top[c] for c in COMPARE}
         row.update(winner=", ".join(best["backend"]) if not rest.empty else TIE, tied=", ".join(best["backend"]),
                    mean=top[f"{metric}_mean"], std=top[f"{metric}_std"], n=int(top["n"]), margin=margin[top.name],
-                   within_spread=bool(((gap > 0) & tied).any()))
+                   within_spread=bool(((gap > 0) & tied).any()),
+                   spread=top[f"{spread}_mean"] if spread else None)
         if tiebreak:
             row.update(tiebreak_mean=top[f"{tiebreak}_mean"], tiebreak_std=top[f"{tiebreak}_std"])
         if not rest.empty:
             second = rest.loc[keys[~tied].idxmin()]
             row.update(runner_up=second["backend"], runner_up_mean=second[f"{metric}_mean"],
-                       runner_up_std=second[f"{metric}_std"], runner_up_n=int(second["n"]))
+                       runner_up_std=second[f"{metric}_std"], runner_up_n=int(second["n"]),
+                       runner_up_spread=second[f"{spread}_mean"] if spread else None)
             if tiebreak:
                 row.update(runner_up_tiebreak_mean=second[f"{tiebreak}_mean"],
                            runner_up_tiebreak_std=second[f"{tiebreak}_std"])
@@ -263,14 +265,19 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
     shown = table[["target", "method"]].copy()
     shown["ratio"] = table["ratio"].map(_ratio)
     shown["winner"] = [f"tie: {t}" if w == TIE else w for w, t in zip(table["winner"], table["tied"])]
-    shown[column] = [mean_std(m, s, n, digits) for m, s, n in zip(table["mean"], table["std"], table["n"])]
+    def with_spread(text: str, value: Any) -> str:  # the measurement's own spread, where it has one
+        return text if not spread_column or _missing(value) else f"{text} IQR {float(value):.{digits}f}"
+
+    shown[column] = [with_spread(mean_std(m, s, n, digits), q)
+                     for m, s, n, q in zip(table["mean"], table["std"], table["n"], table["spread"])]
     if tiebreak:
         shown[tiebreak_column] = [mean_std(m, s, None, digits) for m, s in
                                   zip(table["tiebreak_mean"], table["tiebreak_std"])]
     if "runner_up" in table:
         shown["runner-up"] = table["runner_up"].fillna("–")
-        shown[f"runner-up {column}"] = [mean_std(m, s, n, digits) for m, s, n in
-                                        zip(table["runner_up_mean"], table["runner_up_std"], table["runner_up_n"])]
+        shown[f"runner-up {column}"] = [with_spread(mean_std(m, s, n, digits), q) for m, s, n, q in
+                                        zip(table["runner_up_mean"], table["runner_up_std"], table["runner_up_n"],
+                                            table["runner_up_spread"])]
         if tiebreak:
             shown[f"runner-up {tiebreak_column}"] = [
                 mean_std(m, s, None, digits)
@@ -299,6 +306,9 @@ def best_backends(cells: pd.DataFrame, libraries: dict[str, str] | None = None) 
                       "last_k_std", False, " pp", f"last-{LAST_K} std pp",
                       tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS, libraries=libraries),
     ]
+    speed = found[1]
+    if speed.numbers and all(entry["mean"] <= 1 for entry in speed.numbers["winners"].values()):
+        speed.text += " No decomposed network ran faster than dense here: \"fastest\" means least slow."
     tally = {f.key.removeprefix("best_"): f.numbers["wins"] for f in found if f.numbers}
     if tally:
         table = pd.DataFrame(tally).fillna(0).astype(int)

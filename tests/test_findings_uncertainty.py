@@ -111,6 +111,9 @@ def test_wording_follows_the_numbers():
     assert "no target gained speed" in payoff.text and "gained most speed" not in payoff.text
     fast = [cell("a", 97, speedup=1.3, target="conv"), cell("a", 97, speedup=0.7, target="linear")]
     assert "conv gained most speed" in target_payoff(pd.DataFrame(fast))[0].text
+    least_slow = [cell("a", 97, speedup=0.80), cell("b", 97, speedup=0.60)]
+    assert "means least slow" in best_backends(pd.DataFrame(least_slow))[1].text
+    assert "least slow" not in best_backends(pd.DataFrame(fast))[1].text
     # A bound below 1x has no share: 0.47x against a 0.45x bound is not "104 % of its bound".
     below = [cell("rec", 97, speedup=0.47, bound=0.45), cell("n", 97, speedup=1.5, bound=2.0)]
     shares = speedup_vs_flops(pd.DataFrame(below))[0]

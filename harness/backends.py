@@ -42,6 +42,9 @@ class OverBudget(Exception):
 
 
 # The status of a cell whose backend broke its parameter budget.
+# The CP-ALS budget of every backend that fits CP by ALS (native, tensorly's parafac, tltorch's, TedNet's fills),
+# unless a request's options say otherwise: CP then compares libraries, not numbers of sweeps.
+CP_ALS = {"n_iter_max": 300, "tol": 1e-8}
 OVER_BUDGET = "over_budget"
 
 # A backend's callable for one (layer kind, method): the layer and the request in, the replacement out.

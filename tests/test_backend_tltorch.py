@@ -159,7 +159,7 @@ def test_cp_recovers_a_planted_conv_kernel(backend):
 @needs_tltorch
 def test_cp_at_high_rank_is_close_but_not_exact():
     # CP has no exact full rank: even over-complete (rank 90 on a 16x6x3x5 kernel) tltorch's
-    # parafac stops near 1e-3, held there by its default l2_reg=1e-5 and 100 ALS sweeps.
+    # parafac stops near 1e-3, held there by its default l2_reg=1e-5 and the host's 300 ALS sweeps.
     conv = seeded(lambda: nn.Conv2d(6, 16, **GEOMETRY))
     replacement = decompose(conv, "cp", rank=90)
     x = conv_input(conv)
@@ -549,3 +549,14 @@ def test_factorized_linear_forward_is_fast(method):
             replacement(x)
             times.append(time.perf_counter() - start)
     assert sorted(times)[2] < 0.1
+
+
+@needs_tltorch
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cp_runs_the_same_sweep_budget_as_every_backend(backend):
+    """parafac's own default is 100 sweeps; the host's CP budget (300, tol 1e-8) is every backend's."""
+    from harness.backends import CP_ALS
+
+    conv = seeded(lambda: nn.Conv2d(6, 16, **GEOMETRY))
+    info = decompose(conv, "cp", backend, rank=20).decomposition_info
+    assert info["n_iter_max"] == CP_ALS["n_iter_max"] and info["n_iter"] <= CP_ALS["n_iter_max"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from harness import DecomposeRequest, structures
 from harness.algebra import cp_als, cp_to_tensor
-from harness.backends import param_budget, weight64
+from harness.backends import CP_ALS, param_budget, weight64
 from harness.metrics import relative_error
 from harness_native.tensor_ops import partial_tucker, tt_svd, tt_to_tensor
 
@@ -65,8 +65,8 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         layer,
         rank,
         generator=request.generator(),
-        n_iter_max=int(options.get("n_iter_max", 300)),
-        tol=float(options.get("tol", 1e-8)),
+        n_iter_max=int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+        tol=float(options.get("tol", CP_ALS["tol"])),
         n_restarts=int(options.get("n_restarts", 2)),
     )
 

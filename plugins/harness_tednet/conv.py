@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from harness.algebra import cp_als, cp_to_tensor
+from harness.backends import CP_ALS
 from harness.metrics import relative_error
 from harness.shapes import tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
@@ -73,8 +74,9 @@ def cp(layer: nn.Conv2d, options: dict[str, Any]) -> Format:
 
     def fill(module: nn.Module, ranks: list[int], generator: torch.Generator) -> dict[str, Any]:
         weight = dense_weight(layer)
-        fit = cp_als(weight, ranks[0], generator=generator, n_iter_max=int(options.get("n_iter_max", 300)),
-                     tol=float(options.get("tol", 1e-8)), n_restarts=int(options.get("n_restarts", 2)))
+        fit = cp_als(weight, ranks[0], generator=generator,
+                     n_iter_max=int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+                     tol=float(options.get("tol", CP_ALS["tol"])), n_restarts=int(options.get("n_restarts", 2)))
         # Spread each component's weight evenly over its four vectors: no factor starts at an odd scale.
         scale = fit.weights ** 0.25
         out, inp, k0, k1 = (factor * scale for factor in fit.factors)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, structures
-from harness.backends import param_budget, weight64
+from harness.backends import CP_ALS, param_budget, weight64
 from harness.metrics import relative_error
 from harness_tensorly import tensorly_ops as ops
 
@@ -85,8 +85,8 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         rank,
         seed=request.seed,
         init=str(options.get("init", "svd")),
-        n_iter_max=int(options.get("n_iter_max", 300)),
-        tol=float(options.get("tol", 1e-8)),
+        n_iter_max=int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+        tol=float(options.get("tol", CP_ALS["tol"])),
     )
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from harness import DecomposeRequest
+from harness.backends import CP_ALS
 
 # Options a request may set, per tltorch factorization name, passed on to tensorly as they are.
 SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -24,8 +24,6 @@ SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {
     "tt": (),
     "blocktt": (),
 }
-# tensorly's parafac defaults, needed to tell "converged" from "ran out of sweeps".
-PARAFAC_DEFAULTS = {"n_iter_max": 100, "tol": 1e-8}
 
 
 @dataclass
@@ -54,10 +52,10 @@ def decomposition_kwargs(factorization: str, request: DecomposeRequest) -> tuple
     if factorization in ("cp", "tucker", "blocktt"):
         kwargs["random_state"] = int(request.seed)
     if factorization == "cp":
-        trace = CPTrace(
-            n_iter_max=int(kwargs.get("n_iter_max", PARAFAC_DEFAULTS["n_iter_max"])),
-            tol=float(kwargs.get("tol", PARAFAC_DEFAULTS["tol"])),
-        )
+        # The host's CP budget, not parafac's own default of 100 sweeps: the same as every other backend's.
+        for key, value in CP_ALS.items():
+            kwargs.setdefault(key, value)
+        trace = CPTrace(n_iter_max=int(kwargs["n_iter_max"]), tol=float(kwargs["tol"]))
         kwargs["callback"] = trace
     return kwargs, trace
 

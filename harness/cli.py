@@ -140,7 +140,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     execution.add_argument("--device", help="auto, cpu or cuda [auto]")
     execution.add_argument("--cell-timeout", metavar="SECONDS", help="stop a cell after this long [900]")
     execution.add_argument("--jobs", help="worker processes running cells in parallel [1]")
-    execution.add_argument("--executor", help="process (workers, enforce the timeout) or inprocess [process]")
+    execution.add_argument("--executor", help="process (workers, enforce the timeout), inprocess, or ray (each cell "
+                                              "a Ray task, on this machine or a cluster) [process]")
+    execution.add_argument("--ray-address", help="with --executor ray: the cluster to join, e.g. HEAD:6379 or auto "
+                                                 "[start a local one]")
+    execution.add_argument("--cpus-per-cell", help="with --executor ray: CPUs each cell's task asks for (its torch "
+                                                   "threads) [1]")
+    execution.add_argument("--gpus-per-cell", help="with --executor ray and --device cuda: GPUs each cell's task asks "
+                                                   "for [0]")
     execution.add_argument("--cache-dir", metavar="DIR", help="where dense baselines are cached [~/.cache/tensor-harness]")
     execution.add_argument("--data-dir", metavar="DIR", help="folder holding torchvision datasets")
     execution.add_argument("--download", action="store_const", const=True,
@@ -283,7 +290,8 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Settings that change how a run executes, not what it measures: the only ones --resume takes from the command line.
-RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor", "latency_passes")
+RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor", "latency_passes", "ray_address", "cpus_per_cell",
+                     "gpus_per_cell")
 
 
 def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, Any], host: Host,

@@ -34,6 +34,7 @@ NATIVE_INPUT = "random:3x224x224"
 TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "linear")}
 
 
+EXECUTORS = ("process", "inprocess", "ray")
 # Sensible upper bounds: a count beyond these is a typo, and would fail late (or never end) instead of now.
 MAX_COUNT = 1_000_000
 MAX_CELL_TIMEOUT = 30 * 24 * 3600.0
@@ -91,6 +92,10 @@ class RunConfig:
     cell_timeout: float = 900.0
     jobs: int = 1
     executor: str = "process"
+    # --executor ray: the cluster to join (none: start a local one) and what each cell's task asks for.
+    ray_address: str | None = None
+    cpus_per_cell: int = 1
+    gpus_per_cell: int = 0
     out: str | None = None
     cache_dir: str = field(default_factory=default_cache_dir)
     data_dir: str | None = None
@@ -349,10 +354,10 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.seeds = _distinct(_parse_ints(value, "seeds", minimum=0), "seeds")
         elif key in ("epochs", "baseline_epochs"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
-        elif key in ("batch_size", "latency_batch", "latency_passes", "jobs", "image_size", "subset"):
+        elif key in ("batch_size", "latency_batch", "latency_passes", "jobs", "image_size", "subset", "cpus_per_cell"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=1, maximum=MAX_COUNT)[0])
-        elif key == "data_workers":
-            config.data_workers = _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0]
+        elif key in ("data_workers", "gpus_per_cell"):
+            setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
         elif key == "weights":
             config.weights = _parse_weights(value) if value not in ("", {}) else {}
         elif key == "layers":
@@ -390,8 +395,17 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
         raise ConfigError(f"unknown device {config.device!r} (choose auto, cpu or cuda)")
     if config.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"unknown lr schedule {config.lr_schedule!r} (choose cosine or constant)")
-    if config.executor not in ("process", "inprocess"):
-        raise ConfigError(f"unknown executor {config.executor!r} (choose process or inprocess)")
+    if config.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {config.executor!r} (choose {', '.join(EXECUTORS)})")
+    if config.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--executor ray needs Ray: pip install -e \".[ray]\"")
+    elif config.ray_address or values.get("cpus_per_cell") is not None or config.gpus_per_cell:
+        raise ConfigError("--ray-address, --cpus-per-cell and --gpus-per-cell go with --executor ray")
+    if config.gpus_per_cell and not config.device.startswith("cuda"):
+        raise ConfigError("--gpus-per-cell needs --device cuda")
     return config
 
 

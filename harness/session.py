@@ -64,7 +64,8 @@ def device_name(device: torch.device) -> str:
 
 
 def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.device) -> dict[str, Any]:
-    threads = threads_per_worker(config.jobs) if config.executor == "process" else torch.get_num_threads()
+    threads = {"process": threads_per_worker(config.jobs), "ray": config.cpus_per_cell}.get(
+        config.executor, torch.get_num_threads())
     return {
         "config": config.to_dict(),
         "command": " ".join(["harness", *argv]),
@@ -233,6 +234,10 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
 def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Store) -> None:
     if config.executor == "inprocess":
         executor = InProcessExecutor(config, host)
+    elif config.executor == "ray":
+        from harness.ray_executor import RayExecutor  # Ray is an optional extra
+
+        executor = RayExecutor(config, plugin_args)
     else:
         executor = ProcessExecutor(config, plugin_args, jobs=config.jobs)
     cell_bar = tqdm(total=len(cells), desc="cells", unit="cell", dynamic_ncols=True, disable=None)

@@ -77,6 +77,10 @@ def _case_args(case: str, tmp: Path, good_run: Path, cache: Path) -> list[str]:
         return [*run, "--seeds", "0,0", "--out", str(tmp / "run")]
     if case == "ratio too large":
         return [*run, "--ratios", "4,1e9", "--out", str(tmp / "run")]
+    if case == "ray settings without ray":
+        return [*run, "--cpus-per-cell", "2", "--out", str(tmp / "run")]
+    if case == "gpus per cell on cpu":
+        return [*run, "--executor", "ray", "--gpus-per-cell", "1", "--device", "cpu", "--out", str(tmp / "run")]
     if case == "compare csv unwritable":
         return ["compare", str(good_run), str(good_run), "--csv", "/sys/harness-cannot-write-here.csv"]
     raise AssertionError(case)
@@ -86,7 +90,7 @@ CASES = ["out is a file", "out under a file", "out unwritable",
          "resume header", "resume middle", "resume tail", "report header", "report middle", "report tail",
          "binary config", "cell-timeout nan", "cell-timeout inf", "cell-timeout -1",
          "toml cell_timeout nan", "toml epochs list", "toml seeds twice", "seeds twice",
-         "ratio too large", "compare csv unwritable"]
+         "ratio too large", "ray settings without ray", "gpus per cell on cpu", "compare csv unwritable"]
 
 
 @pytest.mark.parametrize("case", CASES)

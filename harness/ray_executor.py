@@ -1,0 +1,101 @@
+"""The Ray executor: each cell a Ray task, on this machine or on a cluster, results back to the one driver.
+
+``--executor ray`` joins the cluster at ``--ray-address`` (``ray start --head`` on one machine, ``ray start
+--address HEAD:6379`` on the others) or starts a local one. Each task asks for ``--cpus-per-cell`` CPUs (and
+``--gpus-per-cell`` GPUs with ``--device cuda``), so the cluster runs as many cells at once as it has room for,
+one per GPU on a GPU cluster, and a task's torch uses the CPUs it asked for. At most as many tasks as fit are in
+flight, so a cell's time limit counts from when it could start: past it the task is cancelled (its worker
+killed) and the cell is ``timeout``. A task whose worker or node dies is not retried: its cell is ``error`` with
+Ray's reason, and the run goes on. Ctrl-C cancels every outstanding task and leaves the store as it is, to
+``--resume`` with any executor. Only the driver writes the store, one transaction per finished cell, exactly as
+with the process executor. Dense baselines are trained by the driver before any task runs, into the cache
+directory, and the cells save their networks into the run directory: on several machines both must be a path
+every node sees (a shared filesystem). Workers load the plugins once per process and keep them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from harness.config import RunConfig
+from harness.executors import ProgressCallback, ResultCallback, failed_result
+from harness.plan import Cell
+
+# Plugins and the cell context, loaded once per Ray worker process (Ray reuses its workers across tasks).
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, threads: int) -> dict[str, Any]:
+    """One cell, in a Ray worker: the same ``run_cell`` as every executor."""
+    import torch
+
+    from harness.plugins import load_host
+    from harness.runner import CellContext, run_cell
+
+    torch.set_num_threads(threads)
+    key = repr((config_data, plugin_args))
+    if _WORKER_STATE.get("key") != key:
+        host = load_host(**plugin_args)
+        _WORKER_STATE.update(key=key, context=CellContext(RunConfig.from_dict(config_data), host))
+    return run_cell(Cell.from_dict(cell_data), _WORKER_STATE["context"], None)
+
+
+class RayExecutor:
+    """Runs cells as Ray tasks with a per-cell time limit (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, plugin_args: dict[str, Any]) -> None:
+        import ray
+
+        self.ray = ray
+        self.config = config
+        self.plugin_args = plugin_args
+        if not ray.is_initialized():
+            # A local cluster (no address) gets the machine's CPUs; joining one takes what it has.
+            ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        self.cpus, self.gpus = config.cpus_per_cell, config.gpus_per_cell
+
+    def slots(self) -> int:
+        """How many cells the cluster can run at once with the resources each asks for."""
+        resources = self.ray.cluster_resources()
+        by_cpu = int(resources.get("CPU", 1) // self.cpus)
+        by_gpu = int(resources.get("GPU", 0) // self.gpus) if self.gpus else by_cpu
+        return max(1, min(by_cpu, by_gpu))
+
+    def run(self, cells: Iterable[Cell], on_result: ResultCallback, on_progress: ProgressCallback | None = None) -> None:
+        ray = self.ray
+        task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(_run_cell_task)
+        pending = list(cells)
+        config_data = self.config.to_dict()
+        slots = self.slots()
+        running: dict[Any, tuple[Cell, float]] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < slots:
+                    cell = pending.pop(0)
+                    ref = task.remote(config_data, self.plugin_args, cell.to_dict(), max(1, int(self.cpus)))
+                    running[ref] = (cell, time.monotonic() + self.config.cell_timeout)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+                for ref in ready:
+                    cell, _ = running.pop(ref)
+                    on_result(cell, self._result(ref, cell))
+                now = time.monotonic()
+                for ref, (cell, deadline) in list(running.items()):
+                    if now > deadline:
+                        ray.cancel(ref, force=True)
+                        running.pop(ref)
+                        on_result(cell, failed_result(cell, "timeout",
+                                                      f"cell exceeded the time limit of {self.config.cell_timeout:g} s"))
+        finally:
+            for ref in running:  # Ctrl-C or an error in the driver: nothing keeps running for a store nobody writes
+                ray.cancel(ref, force=True)
+
+    def _result(self, ref: Any, cell: Cell) -> dict[str, Any]:
+        """The cell's result, or its error when the task's worker or node died (Ray's reason, first line)."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return failed_result(cell, "error", f"Ray task failed ({type(exc).__name__}): {reason[:300]}")

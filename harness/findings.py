@@ -866,6 +866,46 @@ def recovery(cells: pd.DataFrame) -> list[Finding]:
     return [Finding(key, title, text, numbers, shown)]
 
 
+# How close to the dense accuracy a network must stay to count as "as accurate as dense" when picking the fastest.
+WITHIN_DENSE_PP = 1.0
+
+
+def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
+    """The answer a user came for, one row per constraint: the most accurate configuration at or above each
+    compression the run aimed at, and the fastest one within :data:`WITHIN_DENSE_PP` points of dense (the
+    fastest at all, for a data-free run). Means over seeds of comparable decomposed cells; speedups above their
+    FLOP bound are not trusted (see :func:`measurement_problems`)."""
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return pd.DataFrame()
+    group = COMPARE + ["backend"]
+    summary = seed_summary(with_delta(ok), ["acc_final", "delta", "compression", "speedup"], group)
+    trusted = seed_summary(trusted_speedups(ok), ["speedup"], group)[group + ["speedup_mean"]]
+    summary = summary.drop(columns=["speedup_mean", "speedup_std"]).merge(trusted, on=group, how="left")
+    rows = []
+
+    def row(constraint: str, pick: pd.Series) -> dict[str, Any]:
+        return {"constraint": constraint, "backend": pick["backend"], "method": pick["method"],
+                "target": pick["target"], "ratio": _ratio_or_total(pick["ratio"]), "init": pick["init"],
+                "compression ×": _times(pick["compression_mean"]),
+                "final accuracy %": mean_std(pick["acc_final_mean"], pick["acc_final_std"], pick["n"]),
+                "Δ vs dense pp": _pp(pick["delta_mean"], signed=True), "speedup ×": _times(pick["speedup_mean"])}
+
+    has_accuracy = summary["acc_final_mean"].notna().any()
+    for ratio in sorted(r for r in summary["ratio"].unique() if float(r) != NO_RATIO):
+        reach = summary[summary["compression_mean"] >= float(ratio) * 0.98]  # a budget filled to 98 % counts
+        if has_accuracy and reach["acc_final_mean"].notna().any():
+            # Equal accuracy: the smaller network is the better answer.
+            best = reach.sort_values(["acc_final_mean", "compression_mean"], ascending=False).iloc[0]
+            rows.append(row(f"most accurate at ≥ ×{float(ratio):g} compression", best))
+    fast = summary[summary["delta_mean"] >= -WITHIN_DENSE_PP] if has_accuracy else summary
+    if fast["speedup_mean"].notna().any():
+        label = (f"fastest within {WITHIN_DENSE_PP:g} point of dense accuracy" if has_accuracy
+                 else "fastest (no accuracy in a data-free run)")
+        rows.append(row(label, fast.loc[fast["speedup_mean"].idxmax()]))
+    return pd.DataFrame(rows)
+
+
 FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Finding]]] = [
     lambda cells, epochs, meta: best_backends(cells, _libraries(meta)),
     lambda cells, epochs, meta: target_payoff(cells),

@@ -199,7 +199,7 @@ def test_unsupported_cells_are_grouped_and_failures_listed_one_by_one(tmp_path):
 
     harness_html.harness_report(results=results, run_dir=str(tmp_path))
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    section = page.split("<h3>Cells not ok</h3>")[1]
+    section = page.split("<h3>Cells not ok</h3>")[1].split("</section>")[0]
     listed, collapsed = section.split("<details", 1)
     assert "&lt;script&gt;alert('x')&lt;/script&gt; boom" in listed  # the error stays listed, not collapsed
     assert "not offered" not in listed
@@ -312,3 +312,16 @@ def test_the_terminal_summary_is_a_screen_not_the_whole_table(tmp_path):
     rows = [line for line in table.splitlines() if " ± " in line]
     assert len(rows) == harness_tables.TERMINAL_ROWS
     assert "97.10 ± 0.10" in table  # the most accurate configuration is among them
+
+
+def test_the_page_opens_with_the_answer_and_folds_the_metadata_at_the_end(page):
+    run_dir, _, parser = page
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    order = [text.index(f'<section id="{name}"') for name in ("answer", "findings", "plots", "tables", "metadata")]
+    assert order == sorted(order)
+    answer = text[order[0]:order[1]]
+    # b is the planted most accurate backend; c the fastest (and within a point of dense only where it is)
+    assert "most accurate at ≥ ×2 compression" in answer and "most accurate at ≥ ×4 compression" in answer
+    assert "<td>b</td>" in answer and "fastest within 1 point of dense accuracy" in answer
+    assert 'id="answer-plot"><img' in answer
+    assert '<details id="run-details">' in text[order[4]:]

@@ -40,7 +40,7 @@ from harness_tables import (
 
 import harness
 from harness import plots
-from harness.findings import Finding, all_findings
+from harness.findings import Finding, all_findings, best_networks
 from harness.plan import not_planned_summary
 from harness.store import RunResults
 
@@ -197,6 +197,15 @@ def _not_ok_html(cells: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _first_plot(figures: str) -> str:
+    """The accuracy-against-compression image again, beside the answer (the plots section keeps its own copy)."""
+    start = figures.find('<figure id="plot-accuracy_vs_compression"><img')
+    if start < 0:
+        return ""
+    end = figures.find("</figure>", start) + len("</figure>")
+    return figures[start:end].replace('id="plot-accuracy_vs_compression"', 'id="answer-plot"', 1)
+
+
 def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
     """The whole page, and the plot files written on the way."""
     cells = results.cells
@@ -233,14 +242,21 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
                    "alternating rounds (median); Δ vs dense = "
                    "final accuracy − dense baseline accuracy in percentage points; a ± b = mean ± sample std over "
                    "seeds, n = number of seeds.")
+    answer = best_networks(results.comparable)
+    answer_html = (_table(answer, "best-networks-table") if not answer.empty
+                   else '<p class="muted">No ok decomposed network: nothing to recommend.</p>')
     body = "\n".join([
         ("<header><h1>Tensor-decomposition comparison</h1>"
          f'<p class="muted">{html.escape(str(results.meta.get("command", "")))}</p></header>'),
-        _section("metadata", "Run", _table(metadata_table(results), "metadata-table")
-                 + f'<p class="muted">{html.escape(definitions)}</p>'),
+        # The answer first: what to use at each compression, then the evidence; the metadata last, folded.
+        _section("answer", "Best compressed networks", answer_html
+                 + f'<p class="muted">{html.escape(definitions)} Means over seeds; speedups above their FLOP bound '
+                   "are not trusted (see Measurement problems).</p>" + _first_plot(figures)),
         _section("findings", "Findings", findings or '<p class="muted">No findings.</p>'),
         _section("plots", "Plots", figures),
         _section("tables", "Tables", table_html),
+        _section("metadata", "Run", '<details id="run-details"><summary>command, versions, device, seeds, '
+                 "FLOP convention</summary>" + _table(metadata_table(results), "metadata-table") + "</details>"),
     ])
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>Compression report: {html.escape(results.run_dir.name)}</title>"

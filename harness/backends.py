@@ -68,7 +68,10 @@ class BackendInfo:
     ``tensorized_methods`` names the methods whose *Linear* replacement views the in and
     out features as tensors (TT-matrix, tensor ring, ...), so their shapes are a setting
     the host sweeps (``--tt-d``, ``tensor_shapes``, ``--tt-pad``); other methods are planned
-    once, and conv layers are never affected.
+    once, and conv layers are never affected. ``modules`` names what the replacements are
+    built from when that is shared with other backends (native and tensorly both build
+    ``harness.structures``): backends naming the same modules build identical networks for
+    one factorisation, so a report calls their speed differences noise, not a result.
     """
 
     name: str
@@ -82,6 +85,7 @@ class BackendInfo:
     install_hint: str = ""
     description: str = ""
     tensorized_methods: frozenset[str] = frozenset()
+    modules: str = ""
     implementations: dict[tuple[str, str], Decompose] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -55,6 +55,14 @@ TIE = "tie"  # the winner of a comparison in which every backend shows the same 
 # With a single seed there is no seed std: accuracy leads up to this many points are called ties. Seeds of the same
 # configuration differ by 0.1-0.3 pp on the default run, so a smaller lead is not evidence.
 SINGLE_SEED_TIE_PP = 0.5
+# The last-k std of one seed has no spread of its own: steadiness leads up to this many points are ties.
+STABILITY_SINGLE_SEED_PP = 0.1
+# What a lead between siblings is about: two backends of one library (accuracy, steadiness), or two that build
+# their networks from the same modules (speed).
+SAME_LIBRARY = ("{a} and {b} are both {shared}: the same factorisation with a different forward path, so this lead "
+                "is about the forward path, not the library.")
+SAME_MODULES = ("{a} and {b} build their networks from the same modules ({shared}), so a speed lead between them is "
+                "measurement noise, not a difference between the libraries.")
 # A measured speedup more than this fraction above its FLOP bound is a measurement problem, not a result: a
 # factorisation cannot run faster than its arithmetic allows by more than caches and kernel choice explain.
 ABOVE_BOUND_SLACK = 0.10
@@ -212,7 +220,7 @@ def _winners(cells: pd.DataFrame, metric: str, higher: bool, tiebreak: str | Non
 def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: str, higher: bool,
                   unit: str, column: str, tiebreak: tuple[str, str] | None = None, digits: int = 2,
                   single_seed_floor: float = 0.0, spread: tuple[str, str] | None = None,
-                  libraries: dict[str, str] | None = None) -> Finding:
+                  siblings: tuple[dict[str, str] | None, str] | None = None) -> Finding:
     """``tiebreak`` = (metric, column label) deciding between backends that show the same ``metric``; ``spread`` =
     (column, words) of the measurement's own spread that a lead must exceed (see :func:`_winners`)."""
     tiebreak, tiebreak_column = tiebreak or (None, None)
@@ -252,11 +260,11 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
                      else _ratio(widest["ratio"]) + (f" {selection}" if named else ""))
             text += (f" Widest lead: {widest['winner']} on {widest['target']} {widest['method']} "
                      f"{where}, {first} vs {widest['runner_up']} {second}.")
-            library = (libraries or {}).get(str(widest["runner_up"]))
-            siblings = [b for b in str(widest["winner"]).split(", ") if library and (libraries or {}).get(b) == library]
-            if siblings:
-                text += (f" {siblings[0]} and {widest['runner_up']} are both {library}: the same factorisation with a "
-                         "different forward path, so this lead is about the forward path, not the library.")
+            shared, words = siblings or (None, "")
+            kin = (shared or {}).get(str(widest["runner_up"]))
+            same = [b for b in str(widest["winner"]).split(", ") if kin and (shared or {}).get(b) == kin]
+            if same:
+                text += " " + words.format(a=same[0], b=widest["runner_up"], shared=kin)
     numbers = {"comparisons": len(table), "wins": wins.value_counts().to_dict(), "ties": int(tie.sum()),
                "single_seed_floor": single_seed_floor,
                "winners": {_label(r): {"backend": r["winner"], "mean": r["mean"], "std": r["std"], "n": r["n"],
@@ -288,23 +296,28 @@ def _best_finding(cells: pd.DataFrame, key: str, title: str, what: str, metric: 
     return Finding(key, title, text, numbers, shown)
 
 
-def best_backends(cells: pd.DataFrame, libraries: dict[str, str] | None = None) -> list[Finding]:
+def best_backends(cells: pd.DataFrame, libraries: dict[str, str] | None = None,
+                  modules: dict[str, str] | None = None) -> list[Finding]:
     """Best backend per comparison for final accuracy, measured speedup and stability, and a win tally.
 
     ``libraries`` (backend -> library) tells siblings apart from rivals: two backends of one library (tltorch and
     tltorch-rec) share a factorisation and differ only in the forward path, and a lead between them says so.
+    ``modules`` (backend -> the modules its networks are built from) does the same for speed: native and tensorly
+    build the same modules, so a speed lead between them is noise.
     """
     found = [
         _best_finding(cells, "best_accuracy", "Most accurate backend", "highest mean final accuracy",
                       "acc_final", True, " %", "final accuracy %", single_seed_floor=SINGLE_SEED_TIE_PP,
-                      libraries=libraries),
+                      siblings=(libraries, SAME_LIBRARY)),
         _best_finding(trusted_speedups(cells), "best_speedup", "Fastest backend (measured)",
                       "largest measured latency speedup", "speedup", True, "×", "speedup ×",
-                      spread=("speedup_iqr", "the IQR of the repeated latency measurements"), libraries=libraries),
+                      spread=("speedup_iqr", "the IQR of the repeated latency measurements"),
+                      siblings=(modules, SAME_MODULES)),
         _best_finding(cells, "best_stability", "Steadiest backend",
                       f"lowest std of the last {LAST_K} epochs' accuracy (ties: smallest best−last drop)",
                       "last_k_std", False, " pp", f"last-{LAST_K} std pp",
-                      tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS, libraries=libraries),
+                      tiebreak=("overfit_drop", "best−last drop pp"), digits=STABILITY_DIGITS,
+                      single_seed_floor=STABILITY_SINGLE_SEED_PP, siblings=(libraries, SAME_LIBRARY)),
     ]
     speed = found[1]
     if speed.numbers and all(entry["mean"] <= 1 for entry in speed.numbers["winners"].values()):
@@ -907,7 +920,7 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Finding]]] = [
-    lambda cells, epochs, meta: best_backends(cells, _libraries(meta)),
+    lambda cells, epochs, meta: best_backends(cells, _libraries(meta), _libraries(meta, "modules")),
     lambda cells, epochs, meta: target_payoff(cells),
     lambda cells, epochs, meta: mixed_vs_single(cells),
     lambda cells, epochs, meta: rank_selection_at_equal_params(cells),
@@ -920,10 +933,10 @@ FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Findin
 ]
 
 
-def _libraries(meta: dict[str, Any]) -> dict[str, str]:
-    """Backend -> library name, from the run's metadata."""
-    return {name: entry.get("library") for name, entry in (meta.get("libraries") or {}).items()
-            if isinstance(entry, dict)}
+def _libraries(meta: dict[str, Any], field: str = "library") -> dict[str, str]:
+    """Backend -> library name (or another field of its entry, e.g. its ``modules``), from the run's metadata."""
+    return {name: entry.get(field) for name, entry in (meta.get("libraries") or {}).items()
+            if isinstance(entry, dict) and entry.get(field)}
 
 
 def all_findings(results: RunResults) -> list[Finding]:

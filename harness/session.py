@@ -75,7 +75,7 @@ def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.d
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "libraries": {name: {"library": info.library, "version": info.library_version}
+        "libraries": {name: {"library": info.library, "version": info.library_version, "modules": info.modules}
                       for name, info in host.backends.items() if name in config.backends},
         "plugins": {p.name: {"distribution": p.distribution, "version": p.version, "error": p.error}
                     for p in host.plugins},

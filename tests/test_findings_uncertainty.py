@@ -38,8 +38,10 @@ def cell(backend: str, acc: float, speedup: float = 1.5, seed: int = 0, *, targe
             "cell_id": f"{backend}/m/d/{method}/{target}/x{ratio:g}/s{seed}/{init}"}
 
 
-def results(rows: list[dict], libraries: dict[str, str] | None = None) -> RunResults:
-    meta = {"libraries": {b: {"library": lib, "version": "1"} for b, lib in (libraries or {}).items()}}
+def results(rows: list[dict], libraries: dict[str, str] | None = None, modules: dict[str, str] | None = None
+            ) -> RunResults:
+    meta = {"libraries": {b: {"library": lib, "version": "1", "modules": (modules or {}).get(b, "")}
+                          for b, lib in (libraries or {}).items()}}
     return RunResults(Path("."), meta, pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
 
 
@@ -127,3 +129,18 @@ def test_siblings_of_one_library_are_not_presented_as_rivals():
                                                            "tltorch-rec": "tensorly-torch", "native": "torch"}))}
     text = found["best_accuracy"].text
     assert "Widest lead: tltorch" in text and "tltorch and tltorch-rec are both tensorly-torch" in text and "forward path" in text
+
+
+def test_backends_built_from_the_same_modules_are_not_speed_rivals():
+    rows = [cell("native", 97.0, speedup=1.80, iqr=0.01), cell("tensorly", 97.0, speedup=1.20, iqr=0.01)]
+    found = {f.key: f for f in all_findings(results(rows, {"native": "torch", "tensorly": "tensorly"},
+                                                    {"native": "harness.structures", "tensorly": "harness.structures"}))}
+    text = found["best_speedup"].text
+    assert "build their networks from the same modules (harness.structures)" in text and "noise" in text
+
+
+def test_one_seed_steadiness_leads_below_the_threshold_are_ties():
+    rows = [dict(cell("a", 97.0), last_k_std=0.15), dict(cell("b", 97.0), last_k_std=0.10)]
+    assert list(winners(best_backends(pd.DataFrame(rows))[2]).values()) == ["tie"]
+    rows = [dict(cell("a", 97.0), last_k_std=0.40), dict(cell("b", 97.0), last_k_std=0.10)]
+    assert list(winners(best_backends(pd.DataFrame(rows))[2]).values()) == ["b"]

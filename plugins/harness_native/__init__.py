@@ -44,6 +44,7 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             init="decompose",
             # TT-matrix views the features as tensors (linear.decompose_tt); SVD does not.
             tensorized_methods=frozenset({"tt"}),
+            modules="harness.structures",
             description="Truncated SVD, TT-matrix, CP-ALS, Tucker-2 (HOOI) and TT-SVD in plain PyTorch.",
         )
     )

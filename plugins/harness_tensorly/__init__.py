@@ -45,6 +45,7 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             init="decompose",
             # TT-matrix views the features as tensors (linear.decompose_tt); SVD does not.
             tensorized_methods=frozenset({"tt"}),
+            modules="harness.structures",  # the native backend's modules, filled by tensorly's algorithms
             available=version is not None,
             install_hint=INSTALL_HINT,
             description="tensorly's truncated SVD, TT-matrix, parafac (CP-ALS), partial_tucker (HOOI) and "

@@ -124,6 +124,9 @@ class BackendConformance:
     planted_tolerance: float = 1e-3
     # Methods whose rank is a CP rank, checked by recovering a kernel of planted rank.
     cp_methods: tuple[str, ...] = ("cp",)
+    # Options every request of the kit carries, e.g. {"n_iter_max": 100} to keep a slow solver quick: the kit
+    # checks contracts (budget, shapes, seeds, state dicts), which do not depend on how long a fit runs.
+    request_options: dict[str, Any] = {}
 
     # -- collection ---------------------------------------------------------------------------
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -168,7 +171,8 @@ class BackendConformance:
     def decompose(self, host, layer: nn.Module, method: str, ratio: float | None = None, rank: Any = None,
                   seed: int = 0) -> nn.Module:
         request = DecomposeRequest(backend=self.backend, method=method, layer_path="layer", kind=layer_kind(layer),
-                                   ratio=ratio, rank=rank, seed=seed, dense_params=count_params(layer))
+                                   ratio=ratio, rank=rank, seed=seed, dense_params=count_params(layer),
+                                   options=dict(self.request_options))
         # The host's path, without its budget check: test_budget_is_respected reports that one itself.
         return host.decompose(layer, request)
 

@@ -1,4 +1,4 @@
-"""--executor ray on a local Ray: the same cells and values as the process executor, a dead worker costs one cell.
+"""--executor ray on a local Ray: the same cells and values as the other executors, a dead worker costs one cell.
 
 Skipped where Ray is not installed (it is part of ``.[all]``). Each test starts its own local Ray with two CPUs
 and shuts it down.
@@ -34,8 +34,10 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_gives_the_cells_and_values_of_the_process_executor(tmp_path, cache_dir, local_ray):
-    assert main([*GRID, "--jobs", "2", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "process")]) == 0
+def test_ray_gives_the_cells_and_values_of_the_other_executors(tmp_path, cache_dir, local_ray):
+    # In-process, as in a worker: one torch thread (the test session's), one thread per Ray task.
+    assert main([*GRID, "--executor", "inprocess", "--cache-dir", str(cache_dir),
+                 "--out", str(tmp_path / "process")]) == 0
     assert main([*GRID, "--executor", "ray", "--cpus-per-cell", "1", "--cache-dir", str(cache_dir),
                  "--out", str(tmp_path / "ray")]) == 0
     process = pd.read_csv(tmp_path / "process" / "cells.csv").set_index("cell_id").sort_index()

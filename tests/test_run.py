@@ -123,10 +123,7 @@ def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
     base = [sys.executable, "-m", "harness.cli", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
             "lowrank", "--targets", "conv,linear", "--ratios", "2,4,8", "--epochs", "1", "--baseline-epochs", "1",
             "--latency-passes", "1", "--cache-dir", str(cache_dir)]
-    reference = tmp_path / "reference"
-    subprocess.run([*base, "--out", str(reference)], env=env, check=False, capture_output=True, timeout=600)
-    expected = _count_cells(reference / "results.sqlite")
-    assert expected == 7  # 6 decomposed cells and the dense control
+    expected = 7  # 6 decomposed cells and the dense control (an uninterrupted run stores as many)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*base, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,

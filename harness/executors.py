@@ -4,8 +4,9 @@
 debug; the time limit uses a POSIX interval timer). ``ProcessExecutor`` keeps ``jobs``
 spawned worker processes, each loading the plugins once and running one cell at a
 time; a cell that overruns the time limit gets its worker killed and replaced, so a
-hung backend costs one cell, never the run. A cluster engine would implement the same
-``run(cells, on_result, on_progress)`` interface.
+hung backend costs one cell, never the run, and every worker ends with its driver however
+the driver ends. :class:`harness.ray_executor.RayExecutor` implements the same
+``run(cells, on_result, on_progress)`` interface on a Ray cluster.
 """
 
 from __future__ import annotations

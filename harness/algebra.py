@@ -1,8 +1,8 @@
 """Tensor algebra shared by the backends that compute decompositions in plain PyTorch (native, TedNet's fills).
 
 Unfoldings, mode products, Khatri-Rao products, leading singular vectors, and CP by alternating least squares
-(CP-ALS): the HOSVD-based start and random restarts that compete for a few sweeps, then ALS with
-pseudo-inverted Gram matrices until the error stops moving. The matricized-tensor-times-Khatri-Rao product
+(CP-ALS): the HOSVD-based start and random restarts that compete for a few sweeps, then ALS, each Gram system
+solved by Cholesky (the pseudo-inverse when it is singular), until the error stops moving. The matricized-tensor-times-Khatri-Rao product
 (MTTKRP) is the core of every sweep; computed as ``unfold(X, mode) @ khatri_rao(others)`` it materialises the
 Khatri-Rao product of the other factors (for a 512x512x3x3 kernel at rank 570, 1.3 G numbers per call).
 :func:`mttkrp` contracts the tensor mode by mode instead, and a sweep contracts the full tensor twice, not once

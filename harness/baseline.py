@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from harness.data import Data
+from harness.files import write_atomically
 from harness.training import TrainSettings, evaluate_test, train
 
 # Bump when the training procedure or the file's content changes in a way the settings do not capture
@@ -200,26 +200,6 @@ def ensure_baseline(
             "content_sha256": state_digest(state)}
     write_atomically(path, lambda handle: torch.save({"state_dict": state, "meta": meta}, handle))
     return meta, True
-
-
-def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary file in its folder, flushed to disk, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
 
 
 def load_baseline(path: Path, build: Callable[[], nn.Module], device: torch.device | str) -> nn.Module:

@@ -109,13 +109,13 @@ def latency_study() -> list[dict[str, Any]]:
     from torch import nn
 
     from harness import structures
-    from harness.metrics import count_flops
+    from harness.metrics import count_flops, count_params
 
     rows = []
     generator = torch.Generator().manual_seed(0)
     for channels in (128, 256):
         dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
-        budget = sum(p.numel() for p in dense.parameters()) // 4
+        budget = count_params(dense) // 4
         rank_out, rank_in = structures.tucker2_budget_ranks(dense, budget)
         cp_rank = structures.cp_budget_rank(dense, budget)
         tucker = structures.tucker2_conv_module(

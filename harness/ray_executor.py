@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.config import RunConfig
-from harness.executors import ProgressCallback, ResultCallback, failed_result
+from harness.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
 from harness.plan import Cell
 
 # Plugins and the cell context, loaded once per Ray worker process (Ray reuses its workers across tasks).
@@ -86,8 +86,7 @@ class RayExecutor:
                     if now > deadline:
                         ray.cancel(ref, force=True)
                         running.pop(ref)
-                        on_result(cell, failed_result(cell, "timeout",
-                                                      f"cell exceeded the time limit of {self.config.cell_timeout:g} s"))
+                        on_result(cell, timeout_result(cell, self.config.cell_timeout))
         finally:
             for ref in running:  # Ctrl-C or an error in the driver: nothing keeps running for a store nobody writes
                 ray.cancel(ref, force=True)

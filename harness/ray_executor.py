@@ -8,7 +8,8 @@ flight, so a cell's time limit counts from when it could start: past it the task
 killed) and the cell is ``timeout``. A task whose worker or node dies is not retried: its cell is ``error`` with
 Ray's reason, and the run goes on. Ctrl-C cancels every outstanding task and leaves the store as it is, to
 ``--resume`` with any executor. Only the driver writes the store, one transaction per finished cell, exactly as
-with the process executor. Dense baselines are trained by the driver before any task runs, into the cache
+with the process executor; finished epochs come back through a Ray queue, so the progress bars move as they
+do with the process executor. Dense baselines are trained by the driver before any task runs, into the cache
 directory, and the cells save their networks into the run directory: on several machines both must be a path
 every node sees (a shared filesystem). Workers load the plugins once per process and keep them.
 """
@@ -27,8 +28,8 @@ from harness.plan import Cell
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, threads: int) -> dict[str, Any]:
-    """One cell, in a Ray worker: the same ``run_cell`` as every executor."""
+def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, threads: int, epochs: Any = None) -> dict[str, Any]:
+    """One cell, in a Ray worker: the same ``run_cell`` as every executor; each finished epoch goes to ``epochs``."""
     import torch
 
     from harness.plugins import load_host
@@ -39,7 +40,8 @@ def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, thread
     if _WORKER_STATE.get("key") != key:
         host = load_host(**plugin_args)
         _WORKER_STATE.update(key=key, context=CellContext(RunConfig.from_dict(config_data), host))
-    return run_cell(Cell.from_dict(cell_data), _WORKER_STATE["context"], None)
+    progress = epochs.put_nowait if epochs is not None else None
+    return run_cell(Cell.from_dict(cell_data), _WORKER_STATE["context"], progress)
 
 
 class RayExecutor:
@@ -70,14 +72,16 @@ class RayExecutor:
         pending = list(cells)
         config_data = self.config.to_dict()
         slots = self.slots()
+        epochs = self._epoch_queue() if on_progress else None
         running: dict[Any, tuple[Cell, float]] = {}
         try:
             while pending or running:
                 while pending and len(running) < slots:
                     cell = pending.pop(0)
-                    ref = task.remote(config_data, self.plugin_args, cell.to_dict(), max(1, int(self.cpus)))
+                    ref = task.remote(config_data, self.plugin_args, cell.to_dict(), max(1, int(self.cpus)), epochs)
                     running[ref] = (cell, time.monotonic() + self.config.cell_timeout)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+                self._report_epochs(epochs, on_progress)
                 for ref in ready:
                     cell, _ = running.pop(ref)
                     on_result(cell, self._result(ref, cell))
@@ -87,9 +91,26 @@ class RayExecutor:
                         ray.cancel(ref, force=True)
                         running.pop(ref)
                         on_result(cell, timeout_result(cell, self.config.cell_timeout))
+            self._report_epochs(epochs, on_progress)
         finally:
             for ref in running:  # Ctrl-C or an error in the driver: nothing keeps running for a store nobody writes
                 ray.cancel(ref, force=True)
+            if epochs is not None:
+                epochs.shutdown()
+
+    @staticmethod
+    def _epoch_queue() -> Any:
+        """The channel the tasks report finished epochs on (an actor that takes no CPU a cell could use)."""
+        from ray.util.queue import Queue
+
+        return Queue(actor_options={"num_cpus": 0})
+
+    @staticmethod
+    def _report_epochs(epochs: Any, on_progress: ProgressCallback | None) -> None:
+        """Hands the epochs the tasks finished since the last look to the progress bar."""
+        if epochs is not None and on_progress is not None:
+            for finished in epochs.get_nowait_batch(epochs.qsize()):
+                on_progress(finished)
 
     def _result(self, ref: Any, cell: Cell) -> dict[str, Any]:
         """The cell's result, or its error when the task's worker or node died (Ray's reason, first line)."""

@@ -93,3 +93,26 @@ def _finished(store: Path) -> int:
 
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
         return conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+
+
+
+def test_epochs_finished_on_ray_move_the_epoch_bar(tmp_path, cache_dir, local_ray, monkeypatch):
+    import harness.session
+    from tqdm import tqdm
+
+    epochs: list[int] = []
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args, desc="", **kwargs):
+            self.counts_epochs = desc == "fine-tune epochs"
+            super().__init__(*args, desc=desc, **kwargs)
+
+        def update(self, n=1):
+            if self.counts_epochs:
+                epochs.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(harness.session, "tqdm", RecordingBar)
+    assert main([*GRID, "--executor", "ray", "--cpus-per-cell", "1", "--cache-dir", str(cache_dir),
+                 "--out", str(tmp_path / "ray")]) == 0
+    assert sum(epochs) == 2  # two cells of one fine-tune epoch each, reported from the Ray workers

@@ -16,11 +16,12 @@ every node sees (a shared filesystem). Workers load the plugins once per process
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import ConfigError, RunConfig
 from harness.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
 from harness.plan import Cell
 
@@ -44,6 +45,19 @@ def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, thread
     return run_cell(Cell.from_dict(cell_data), _WORKER_STATE["context"], progress)
 
 
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT nobody listens on is refused at once: Ray itself would keep retrying for many minutes."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ConfigError(f"--ray-address {address}: cannot join the Ray cluster ({reason}); is 'ray start --head' "
+                          "running there?") from None
+
+
 class RayExecutor:
     """Runs cells as Ray tasks with a per-cell time limit (see the module docstring)."""
 
@@ -55,8 +69,15 @@ class RayExecutor:
         self.plugin_args = plugin_args
         if not ray.is_initialized():
             # A local cluster (no address) gets the machine's CPUs; joining one takes what it has.
-            ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            _check_reachable(config.ray_address)
+            try:
+                ray.init(address=config.ray_address or None, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, TimeoutError) as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise ConfigError(f"--ray-address {config.ray_address}: cannot join the Ray cluster ({reason}); is "
+                                  "'ray start --head' running there, and, where the cluster uses token "
+                                  "authentication, is RAY_AUTH_MODE=token set here too?") from None
         self.cpus, self.gpus = config.cpus_per_cell, config.gpus_per_cell
 
     def slots(self) -> int:

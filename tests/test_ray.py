@@ -116,3 +116,10 @@ def test_epochs_finished_on_ray_move_the_epoch_bar(tmp_path, cache_dir, local_ra
     assert main([*GRID, "--executor", "ray", "--cpus-per-cell", "1", "--cache-dir", str(cache_dir),
                  "--out", str(tmp_path / "ray")]) == 0
     assert sum(epochs) == 2  # two cells of one fine-tune epoch each, reported from the Ray workers
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line(tmp_path, cache_dir, capsys):
+    code = main([*GRID, "--executor", "ray", "--ray-address", "127.0.0.1:1", "--cache-dir", str(cache_dir),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot join the Ray cluster" in err

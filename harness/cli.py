@@ -1,9 +1,10 @@
-"""The command line: ``harness run``, ``harness list``, ``harness report`` and ``harness compare``.
+"""The command line: ``harness run``, ``harness list``, ``harness report``, ``harness compare`` and ``harness export``.
 
 A shipped ``--preset``, a ``--config`` TOML file (same keys as the long flags), flags and
 plugin options are merged, in that order, into one :class:`~harness.config.RunConfig`. Every usage or configuration
 problem is one line on stderr and exit code 2; a run ends with 0 when every cell is
-``ok`` or ``unsupported`` and 1 when any cell errored or timed out.
+``ok`` or ``unsupported`` and 1 when any cell errored or timed out. ``harness export`` ends with 1 when the
+network cannot be written in the format or the written file does not match it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands t
     from harness.plugins import Host
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE = 0, 1, 2
+# harness export: the network cannot be exported, or the file it wrote does not match it.
+EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -134,6 +137,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="passes of the quiet latency phase over all networks, 3 rounds each [3]")
     train.add_argument("--no-dense-control", dest="dense_control", action="store_const", const=False,
                        help="do not fine-tune the dense baseline as a control (it is, by default, once per seed)")
+    train.add_argument("--save-models", action="store_const", const=True,
+                       help="keep every ok cell's fine-tuned network in RUN_DIR/models for 'harness export', and "
+                            "time each one and its dense baseline in ONNX Runtime too when onnxruntime is installed")
     execution = parser.add_argument_group("execution")
     execution.add_argument("--out", metavar="DIR", help="run directory [runs/TIMESTAMP]")
     execution.add_argument("--resume", metavar="DIR", help="finish an interrupted run: run only its missing cells")
@@ -155,6 +161,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     execution.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file (keys = long flags)")
     execution.add_argument("--preset", metavar="NAME",
                            help="start from a shipped study (see 'harness list'); --config and flags override it")
+
+
+# harness.export.FORMATS, spelled out here so that --help needs no torch (a test keeps them equal).
+EXPORT_FORMATS = ("pt", "torchscript", "onnx")
 
 
 def build_parser(host: Host | None) -> Parser:
@@ -192,6 +202,27 @@ def build_parser(host: Host | None) -> Parser:
     compare = sub.add_parser("compare", parents=[plugin_flag], help="show what changed between two runs",
                              description="Match the cells of two runs by id and list those that changed.")
     compare.add_argument("run_dirs", nargs=2, metavar="RUN_DIR")
+    export = sub.add_parser("export", parents=[plugin_flag],
+                            help="write a kept network (run with --save-models) as a deployable file, checked on "
+                                 "the test set",
+                            description="Write one cell's kept network as a torch.export program (pt), TorchScript "
+                                        "or ONNX, read the file back and compare its outputs with the kept network "
+                                        "on the cell's test set (max abs difference, float32, within 1e-4). Pick the "
+                                        "cell by id or with --best and constraints.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("cell_id", nargs="?", metavar="CELL_ID", help="as in the run's cells.csv")
+    export.add_argument("--format", dest="fmt", choices=EXPORT_FORMATS, default="onnx",
+                        help="pt: torch.export program (torch.export.load(FILE).module()); torchscript: "
+                             "torch.jit.load(FILE); onnx: for ONNX Runtime [onnx]")
+    export.add_argument("--out", metavar="FILE", help="[BACKEND-METHOD-TARGET-xRATIO-sSEED.pt2|.torchscript.pt|.onnx]")
+    export.add_argument("--best", metavar="METRIC",
+                        help="instead of CELL_ID: the kept decomposed network best by METRIC (acc_final, speedup, "
+                             "ort_speedup, compression, ...; latency_ms and params: lowest) within the constraints")
+    export.add_argument("--min-compression", type=float, metavar="X", help="with --best: compression at least X")
+    export.add_argument("--min-speedup", type=float, metavar="X", help="with --best: eager speedup at least X")
+    export.add_argument("--max-latency-ms", type=float, metavar="MS", help="with --best: eager latency at most MS")
+    export.add_argument("--max-drop", type=float, metavar="POINTS",
+                        help="with --best: final accuracy at most POINTS below the dense baseline")
     # Parsed by harness.bench itself (main hands it the rest of the command line); declared for --help.
     sub.add_parser("bench", add_help=False, help="reproduce the project's speed figures on this machine (see "
                    "harness bench --help)")
@@ -291,7 +322,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 # Settings that change how a run executes, not what it measures: the only ones --resume takes from the command line.
 RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor", "latency_passes", "ray_address", "cpus_per_cell",
-                     "gpus_per_cell")
+                     "gpus_per_cell", "save_models")
 
 
 def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, Any], host: Host,
@@ -430,6 +461,106 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if count < 1000 or unit == "MB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _export_choice(args: argparse.Namespace, cells: Any, run_dir: Path) -> Any:
+    """The cell ``harness export`` writes: by id, or the best kept decomposed network within the constraints."""
+    from harness.aggregate import decomposed_ok, with_delta
+    from harness.export import pick_cell
+
+    constraints = {"min_compression": args.min_compression, "max_latency_ms": args.max_latency_ms,
+                   "min_speedup": args.min_speedup, "max_drop_pp": args.max_drop}
+    if (args.cell_id is None) == (args.best is None):
+        raise UsageError("harness export: give a CELL_ID or --best METRIC, one of the two")
+    if args.cell_id is not None:
+        if any(value is not None for value in constraints.values()):
+            raise UsageError("harness export: --min-compression, --min-speedup, --max-latency-ms and --max-drop go "
+                             "with --best, not with a CELL_ID")
+        match = cells[cells["cell_id"] == args.cell_id]
+        if match.empty:
+            raise UsageError(f"harness export: no cell {args.cell_id!r} in {run_dir} (the ids are in its cells.csv)")
+        cell = match.iloc[0]
+        if cell["status"] != "ok":
+            raise UsageError(f"harness export: cell {args.cell_id!r} is {cell['status']}, not ok: nothing to export")
+        return cell
+    kept = with_delta(decomposed_ok(cells))
+    kept = kept[kept["model_file"].notna()] if "model_file" in kept.columns else kept.iloc[0:0]
+    if kept.empty:
+        raise UsageError(f"harness export: {run_dir} kept no decomposed network (run it with --save-models)")
+    if args.best not in kept.columns or not _numeric(kept[args.best]):
+        raise UsageError(f"harness export: --best {args.best!r} is not a metric of this run (e.g. acc_final, speedup, "
+                         f"compression{', ort_speedup' if 'ort_speedup' in kept.columns else ''})")
+    cell = pick_cell(kept, args.best, **constraints)
+    if cell is None:
+        given = ", ".join(f"{name} {value:g}" for name, value in constraints.items() if value is not None)
+        raise UsageError(f"harness export: no kept decomposed network of {run_dir} meets the constraints ({given})")
+    return cell
+
+
+def _numeric(column: Any) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(pd.to_numeric(column, errors="coerce").dropna())
+
+
+def cmd_export(host: Host, args: argparse.Namespace) -> int:
+    import torch
+
+    from harness import export, session
+    from harness.config import RunConfig
+    from harness.store import load_results
+
+    run_dir = Path(args.run_dir)
+    results = load_results(run_dir)
+    cell = _export_choice(args, results.cells, run_dir)
+    cell_id = cell["cell_id"]
+    model_file = cell.get("model_file")
+    if not isinstance(model_file, str):
+        raise UsageError(f"harness export: cell {cell_id!r} has no kept network: {run_dir} was run without "
+                         "--save-models")
+    path = run_dir / model_file
+    if not path.is_file():
+        raise UsageError(f"harness export: the kept network of {cell_id!r} is missing ({path})")
+    try:
+        model = export.load_model(path)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"harness export: reading {path} needs the module {exc.name!r} (the library its layers "
+                         "come from), which is not installed") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file: one line
+        raise UsageError(f"harness export: cannot read the kept network {path}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    config = RunConfig.from_dict(results.meta["config"])
+    config.datasets = [cell["dataset"]]
+    data = session.load_data(config, host, torch.device("cpu"))[cell["dataset"]]
+    out = Path(args.out) if args.out else export.default_out(cell, args.fmt)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"harness export: cannot write into {str(out.parent)!r}: {exc.strerror or exc}") from None
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"harness export: cannot write {str(out)!r}")
+    example = data.head("test", 2)[0]
+    # The ONNX graph the run timed in ONNX Runtime is this very export: copied, then checked like a new one.
+    timed = run_dir / cell["onnx_file"] if args.fmt == "onnx" and isinstance(cell.get("onnx_file"), str) else None
+    try:
+        check = export.export_and_check(model, example, args.fmt, out, (x for x, _ in data.test_batches(256)), timed)
+    except export.ExportFailed as exc:
+        print(f"harness export: {cell_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _echo(f"wrote {out} ({args.fmt}, {_size(check['bytes'])}) from cell {cell_id}")
+    verdict = "match" if check["match"] else "do NOT match"
+    bound = "≤" if check["match"] else ">"
+    _echo(f"read back from the file, its outputs {verdict} the kept network on {check['inputs']} test inputs: max abs "
+          f"difference {check['max_abs_diff']:.2e} {bound} {export.MATCH_TOLERANCE:g}")
+    return EXIT_OK if check["match"] else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -466,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(host, args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "export":
+            return cmd_export(host, args)
         return cmd_run(host, args, argv, plugin_args)
     except (UsageError, ConfigError, StoreError) as exc:
         print(f"harness: error: {exc}" if not str(exc).startswith("harness") else f"{exc}", file=sys.stderr)

@@ -82,6 +82,8 @@ class RunConfig:
     latency_batch: int = 32
     # Passes of the quiet latency phase over all networks (3 alternating rounds per network per pass).
     latency_passes: int = 3
+    # Keep every ok cell's fine-tuned network in the run directory (models/), for harness export and ORT latency.
+    save_models: bool = False
     keep_edges_dense: bool = True
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
     dense_control: bool = True
@@ -374,7 +376,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             if key == "cell_timeout" and number > MAX_CELL_TIMEOUT:
                 raise ConfigError(f"cell_timeout: {value!r} s is more than {MAX_CELL_TIMEOUT:g} s (30 days)")
             setattr(config, key, number)
-        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad", "no_train"):
+        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad", "no_train", "save_models"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} must be true or false")
             setattr(config, key, value)

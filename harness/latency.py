@@ -50,14 +50,15 @@ def load_network(path: Path, device: torch.device) -> nn.Module:
 def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
                     dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
                     write: Callable[[str], None], progress: Callable[[int], None] | None = None,
-                    passes: int = PASSES, rounds: int = ROUNDS_PER_PASS) -> int:
+                    passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False) -> int:
     """Measure the ``pending`` cells (``store.pending_latency()``); returns how many were measured.
 
     ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch. The phase
     makes ``passes`` passes over all the networks, ``rounds`` alternating dense/network rounds per network per
     pass, so each network's rounds are spread over the whole phase and a slow minute of the machine touches
     every network alike instead of one. A network that cannot be loaded or run is recorded as a latency error
-    on its cell, and the phase goes on.
+    on its cell, and the phase goes on. With ``keep`` (``--save-models``) each network moves to ``models/`` and
+    its cell records the file (``model_file``, relative to the run directory) and its size (``model_bytes``).
     """
     from harness.metrics import latency_pairs, latency_summary
 
@@ -86,8 +87,79 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
             store.update_metrics(cell_id, {**latency_summary(samples[cell_id]), "latency_pending": False,
                                            "latency_threads": torch.get_num_threads()})
             measured += 1
+        if keep:
+            _keep(run_dir, cell_id, store)
         network_path(run_dir, cell_id).unlink(missing_ok=True)
     folder = Path(run_dir) / NETWORKS
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     return measured
+
+
+def _keep(run_dir: Path, cell_id: str, store: Any) -> None:
+    """Move a measured network to ``models/`` (``--save-models``) and record where it is and its size."""
+    from harness.export import model_path
+
+    source, kept = network_path(run_dir, cell_id), model_path(run_dir, cell_id)
+    if not source.is_file():
+        return
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, kept)
+    store.update_metrics(cell_id, {"model_file": kept.relative_to(run_dir).as_posix(),
+                                   "model_bytes": kept.stat().st_size})
+
+
+def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
+                dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
+                write: Callable[[str], None], progress: Callable[[int], None] | None = None,
+                passes: int = PASSES, rounds: int = ROUNDS_PER_PASS) -> int:
+    """Time the ``kept`` cells' networks and their dense baselines in ONNX Runtime; returns how many were timed.
+
+    Each network is exported to ONNX once, into ``models/`` beside the kept network (the deployable file), and
+    each dense baseline once into ``models/dense-*.onnx``; then, as in the eager phase, ``passes`` passes over all
+    networks time the dense and the decomposed graph in alternating rounds on the CPU execution provider with
+    torch's thread count. The medians, IQRs and the speedup go to the cell with an ``ort_`` prefix; a network that
+    ONNX cannot express gets ``ort_error`` (the one line naming its layer) and the phase goes on.
+    """
+    from harness.export import ExportFailed, export_network, load_exported, model_path
+    from harness.metrics import latency_summary, paired_rounds
+
+    threads = torch.get_num_threads()
+    graphs: dict[str, tuple[Path, Path]] = {}
+    failed: dict[str, str] = {}
+    dense_graphs: dict[str, Path] = {}
+    for cell in kept:
+        cell_id = cell["cell_id"]
+        try:
+            dense, batch = dense_for(cell)
+            key = "/".join(str(cell[k]) for k in ("model", "dataset", "seed"))
+            if key not in dense_graphs:
+                dense_file = Path(run_dir) / "models" / f"dense-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
+                export_network(dense, batch, "onnx", dense_file)
+                dense_graphs[key] = dense_file
+            dense_file = dense_graphs[key]
+            network_file = model_path(run_dir, cell_id).with_suffix(".onnx")
+            export_network(load_network(model_path(run_dir, cell_id), torch.device("cpu")), batch, "onnx",
+                           network_file)
+            graphs[cell_id] = (dense_file, network_file)
+        except (ExportFailed, OSError, RuntimeError) as exc:
+            failed[cell_id] = str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {str(exc)[:300]}"
+            write(f"ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]}")
+    samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
+    for _ in range(passes):
+        for cell in kept:
+            cell_id = cell["cell_id"]
+            if cell_id in graphs and cell_id not in failed:
+                batch = dense_for(cell)[1].cpu()
+                dense_run, network_run = (load_exported(path, "onnx", threads) for path in graphs[cell_id])
+                samples[cell_id] += paired_rounds(lambda: dense_run(batch), lambda: network_run(batch), rounds)
+            if progress:
+                progress(1)
+    for cell in kept:
+        cell_id = cell["cell_id"]
+        if cell_id in failed:
+            store.update_metrics(cell_id, {"ort_error": failed[cell_id]})
+        else:
+            store.update_metrics(cell_id, {f"ort_{key}": value for key, value in latency_summary(samples[cell_id]).items()}
+                                 | {"onnx_file": graphs[cell_id][1].relative_to(run_dir).as_posix()})
+    return len(samples)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -42,6 +43,15 @@ def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def time_call(forward: Callable[[], object], min_run_time: float = 0.25, warmup: int = 3) -> float:
+    """Median wall time of ``forward()`` after ``warmup`` calls, in milliseconds (``torch.utils.benchmark``)."""
+    for _ in range(warmup):
+        forward()
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return measurement.median * 1e3
+
+
 def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float = 0.25, warmup: int = 3) -> float:
     """Median wall time of one forward pass over ``batch``, in milliseconds."""
     model.eval()
@@ -50,25 +60,37 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
         with torch.inference_mode():
             model(batch)
 
-    for _ in range(warmup):
-        forward()
-    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return measurement.median * 1e3
+    return time_call(forward, min_run_time=min_run_time, warmup=warmup)
 
 
-def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
+def paired_rounds(dense: Callable[[], object], other: Callable[[], object], rounds: int = 3,
                   min_run_time: float = 0.1) -> list[tuple[float, float]]:
-    """``rounds`` alternating (dense ms, other ms) measurements of two models on ``batch``, each one a median.
+    """``rounds`` alternating (dense ms, other ms) timings of two calls, each one a median.
 
     Alternating keeps a drift in machine load (a frequency change) from landing on one side of a ratio only.
     """
     pairs = []
     for index in range(rounds):
         warmup = 3 if index == 0 else 0  # caches and allocator settle once; later rounds start warm
-        pairs.append((measure_latency(dense, batch, min_run_time=min_run_time, warmup=warmup),
-                      measure_latency(other, batch, min_run_time=min_run_time, warmup=warmup)))
+        pairs.append((time_call(dense, min_run_time=min_run_time, warmup=warmup),
+                      time_call(other, min_run_time=min_run_time, warmup=warmup)))
     return pairs
+
+
+def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
+                  min_run_time: float = 0.1) -> list[tuple[float, float]]:
+    """``rounds`` alternating (dense ms, other ms) forward passes of two networks on ``batch`` (eval mode,
+    ``inference_mode``): see :func:`paired_rounds`."""
+
+    def forward(model: nn.Module) -> Callable[[], None]:
+        model.eval()
+
+        def run() -> None:
+            with torch.inference_mode():
+                model(batch)
+        return run
+
+    return paired_rounds(forward(dense), forward(other), rounds=rounds, min_run_time=min_run_time)
 
 
 def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, float]:

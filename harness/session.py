@@ -4,13 +4,15 @@ Data flows one way: the validated config is expanded into cells, missing dense
 baselines are trained (once, into the cache), cells declared unsupported are stored
 directly and the rest go to an executor; every finished cell is written to the store
 at once; when all are done, the networks the cells saved are timed one by one in this
-process alone (the quiet latency phase, :mod:`harness.latency`), and the report hooks
-rebuild the outputs from the store alone.
+process alone (the quiet latency phase, :mod:`harness.latency`) — with ``--save-models``
+they are kept, and timed in ONNX Runtime too — and the report hooks rebuild the outputs
+from the store alone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import platform
 import subprocess
@@ -29,7 +31,8 @@ from harness.baseline import WeightsError, baseline_path, ensure_baseline, load_
 from harness.config import ConfigError, RunConfig
 from harness.data import Data, DataUnavailable, resolve_dataset
 from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
-from harness.latency import measure_pending
+from harness.export import MODELS
+from harness.latency import measure_ort, measure_pending
 from harness.metrics import FLOP_CONVENTION
 from harness.models import resolve_model
 from harness.plan import Cell, not_planned_summary, plan_cells
@@ -168,10 +171,8 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                    device: torch.device, write: Callable[[str], None]) -> None:
     """Time every network the cells saved, serially, in this process alone (see :mod:`harness.latency`)."""
     pending = store.pending_latency()
-    if not pending:
+    if not pending and not (config.save_models and store.awaiting_ort()):
         return
-    write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
-          f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch})")
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
 
@@ -188,6 +189,17 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                                               device)
         return dense_models[key], batches[cell["dataset"]]
 
+    if pending:
+        write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
+              f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch})")
+        _time_eager(config, run_dir, store, pending, dense_for, write)
+    if config.save_models:
+        _deployment_phase(config, run_dir, store, device, dense_for, write)
+
+
+def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[dict[str, Any]],
+                dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
+                write: Callable[[str], None]) -> None:
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
               disable=None) as bar:
         start, timed = time.monotonic(), 0
@@ -200,7 +212,31 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                 print(f"latency pass {timed // len(pending)}/{config.latency_passes} done "
                       f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
 
-        measure_pending(run_dir, pending, store, dense_for, write, progress, passes=config.latency_passes)
+        measure_pending(run_dir, pending, store, dense_for, write, progress, passes=config.latency_passes,
+                        keep=config.save_models)
+
+
+def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: torch.device,
+                      dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
+                      write: Callable[[str], None]) -> None:
+    """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
+    beside their dense baselines when onnxruntime is installed and the run is on the CPU."""
+    kept = store.awaiting_ort()
+    if device.type == "cpu" and kept and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        write(f"timing {len(kept)} kept networks and their dense baselines in ONNX Runtime "
+              f"({config.latency_passes} passes, {torch.get_num_threads()} threads)")
+        with tqdm(total=len(kept) * config.latency_passes, desc="onnxruntime", unit="network", dynamic_ncols=True,
+                  disable=None) as bar:
+            measure_ort(run_dir, kept, store, dense_for, write, bar.update, passes=config.latency_passes)
+    elif kept and device.type == "cpu":
+        write("note: onnxruntime is not installed: kept networks are not timed in ONNX Runtime "
+              "(pip install 'tensor-harness[onnx]')")
+    folder = run_dir / MODELS
+    if folder.is_dir():
+        files = [path for path in folder.iterdir() if path.is_file()]
+        size = sum(path.stat().st_size for path in files)
+        write(f"kept networks: {len(files)} files, {size / 1e6:.1f} MB in {folder} (harness export RUN_DIR CELL_ID "
+              f"--format pt|torchscript|onnx --out FILE)")
 
 
 def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],

@@ -179,6 +179,15 @@ class Store:
         return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
                 for cell_id, model, dataset, seed, text in rows if (metrics := json.loads(text)).get("latency_pending")]
 
+    def awaiting_ort(self) -> list[dict[str, Any]]:
+        """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the same
+        form as :meth:`pending_latency`."""
+        rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
+        return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
+                for cell_id, model, dataset, seed, text in rows
+                if (metrics := json.loads(text)).get("model_file") and "ort_speedup" not in metrics
+                and "ort_error" not in metrics]
+
     def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into a finished cell's metrics, in one transaction."""
         with self.conn:

@@ -21,6 +21,7 @@ import html
 import math
 import numbers
 import re
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -109,6 +110,17 @@ def _table(frame: pd.DataFrame | None, table_id: str, drop_constant: bool = Fals
     caption = f'<p class="caption">{html.escape(caption, quote=False)}</p>' if caption else ""
     return (f'{caption}<div class="scroll"><table id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>\n{rows}\n</tbody></table></div>")
+
+
+def with_export_commands(answer: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The answer rows with the ``harness export`` command that writes each network (when the run kept it)
+    in place of its cell id."""
+    if answer.empty:
+        return answer
+    commands = [f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format onnx" if kept
+                else "not kept: run with --save-models to export it"
+                for cell, kept in zip(answer["cell_id"], answer["kept"])]
+    return answer.drop(columns=["cell_id", "kept"]).assign(**{"take it home": commands})
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -242,7 +254,7 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
                    "alternating rounds (median); Δ vs dense = "
                    "final accuracy − dense baseline accuracy in percentage points; a ± b = mean ± sample std over "
                    "seeds, n = number of seeds.")
-    answer = best_networks(results.comparable)
+    answer = with_export_commands(best_networks(results.comparable), results.run_dir)
     answer_html = (_table(answer, "best-networks-table") if not answer.empty
                    else '<p class="muted">No ok decomposed network: nothing to recommend.</p>')
     body = "\n".join([

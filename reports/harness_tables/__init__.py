@@ -108,6 +108,9 @@ def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.
     if "layers_decomposed" in ok.columns and (pd.to_numeric(ok["layers_decomposed"], errors="coerce")
                                               < pd.to_numeric(ok["layers_targeted"], errors="coerce")).any():
         summary = {**summary, "layers_decomposed": "layers decomposed", "layers_targeted": "of targeted"}
+    if "ort_speedup" in ok.columns and pd.to_numeric(ok["ort_speedup"], errors="coerce").notna().any():
+        # --save-models with onnxruntime: does the factorisation still pay off once ONNX Runtime runs the graph?
+        summary = {**summary, "ort_speedup": "ORT speedup ×"}
     return format_summary(seed_summary(ok, list(summary), GROUP), GROUP, summary, DIGITS)
 
 

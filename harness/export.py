@@ -19,6 +19,8 @@ import io
 import logging
 import os
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,10 +33,36 @@ FORMATS = ("pt", "torchscript", "onnx")
 MODELS = "models"
 # Float32 outputs of an exported network and the network it came from may differ by rounding only.
 MATCH_TOLERANCE = 1e-4
+# An export still running after this long is abandoned: the ONNX exporter's passes take minutes on graphs of
+# thousands of small ops (TedNet's CP Linear at x4 on LeNet-5 ran for more than six).
+EXPORT_TIME_LIMIT = 60.0
 
 
 class ExportFailed(Exception):
     """A network that a format cannot express; the message is one line naming the layer that fails."""
+
+
+class _OutOfTime(BaseException):  # not an Exception: exporters that catch those must not swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise :class:`_OutOfTime` in this thread after ``seconds`` (SIGALRM; no limit outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _OutOfTime()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def model_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
@@ -142,24 +170,30 @@ def _failing_layer(model: nn.Module, example: torch.Tensor, fmt: str, scratch: P
         if name not in inputs or not isinstance(inputs[name], torch.Tensor):
             continue
         try:
-            _write(copy.deepcopy(layer), inputs[name], fmt, scratch)
-        except Exception:  # noqa: BLE001 - any exporter error marks this layer as the one that fails
+            with _time_limit(EXPORT_TIME_LIMIT):
+                _write(copy.deepcopy(layer), inputs[name], fmt, scratch)
+        except (Exception, _OutOfTime):  # noqa: BLE001 - any exporter error marks this layer as the one that fails
             return f"{name} ({type(layer).__name__} from {type(layer).__module__})"
         finally:
             scratch.unlink(missing_ok=True)
     return None
 
 
-def export_network(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
+def export_network(model: nn.Module, example: torch.Tensor, fmt: str, path: Path,
+                   time_limit: float = EXPORT_TIME_LIMIT) -> None:
     """Write ``model`` (in eval mode, on the CPU) to ``path`` in ``fmt``; :class:`ExportFailed` when it cannot be.
 
     The exporters work on a copy, so that whatever a failed export leaves behind stays out of the network that
-    is measured and compared afterwards."""
+    is measured and compared afterwards; an export past ``time_limit`` seconds is abandoned (one line too)."""
     model = model.eval().cpu()
     example = example.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write(copy.deepcopy(model), example, fmt, path)
+        with _time_limit(time_limit):
+            _write(copy.deepcopy(model), example, fmt, path)
+    except _OutOfTime:
+        path.unlink(missing_ok=True)
+        raise ExportFailed(f"{fmt} export of the network did not finish in {time_limit:g} s") from None
     except Exception as exc:  # noqa: BLE001 - the exporters raise anything; the user gets one line
         path.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

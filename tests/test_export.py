@@ -178,3 +178,13 @@ def test_a_run_without_save_models_says_how_to_keep_them(tmp_path, cache_dir, ca
     assert main(["export", str(out), cell["cell_id"]]) == 2
     assert "run without --save-models" in capsys.readouterr().err
     assert "not kept: run with --save-models" in (out / "report.html").read_text()
+
+
+def test_an_export_past_its_time_limit_is_abandoned_in_one_line(tmp_path):
+    from harness.export import ExportFailed, export_network
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(200)])
+    with pytest.raises(ExportFailed, match="did not finish in 0.01 s"):
+        export_network(model, torch.randn(2, 8), "onnx", tmp_path / "slow.onnx", time_limit=0.01)
+    assert not (tmp_path / "slow.onnx").exists()
+    export_network(model[:2], torch.randn(2, 8), "pt", tmp_path / "quick.pt2")  # the limit is gone afterwards

@@ -102,7 +102,10 @@ def _program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedPr
 def _write(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
     with _quiet_exporters(), torch.no_grad():
         if fmt == "pt":
-            torch.export.save(_program(model, example), str(path))
+            # Through a buffer: torch.export.save warns about any file name not ending in .pt2 (--out is the user's).
+            buffer = io.BytesIO()
+            torch.export.save(_program(model, example), buffer)
+            path.write_bytes(buffer.getvalue())
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), str(path))
         elif fmt == "onnx":
@@ -116,7 +119,7 @@ def _write(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> Non
 def load_exported(path: Path, fmt: str, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The network in an exported file as a function of a batch, loaded the way a user would load it."""
     if fmt == "pt":
-        module = torch.export.load(str(path)).module()
+        module = torch.export.load(io.BytesIO(path.read_bytes())).module()
         return lambda batch: module(batch)
     if fmt == "torchscript":
         with warnings.catch_warnings():  # torch.jit.load's deprecation notice: TorchScript is what was asked for

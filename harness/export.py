@@ -6,8 +6,9 @@ neither harness nor that library: ``pt`` is a :func:`torch.export.export` progra
 gives an ``nn.Module``), ``torchscript`` a traced module (``torch.jit.load(FILE)``) and ``onnx`` an ONNX graph for
 ONNX Runtime. Every file is read back from disk and run on the test set beside the kept network; the largest absolute
 difference of their float32 outputs is the verdict (within :data:`MATCH_TOLERANCE` or not). A network a format cannot
-express is reported in one line naming the first of its layers that fails on its own (found by exporting the layers
-one by one with the inputs they saw), never with the exporter's traceback.
+express is reported in one line naming the innermost of its non-stock layers that fails on its own (found by exporting
+those layers one by one with the inputs they saw), never with the exporter's traceback; an export still running after
+:data:`EXPORT_TIME_LIMIT` seconds is abandoned, in one line too.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 import os
@@ -67,8 +66,10 @@ def _time_limit(seconds: float):
 
 
 def model_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
-    """Where ``--save-models`` keeps a cell's fine-tuned network."""
-    return Path(run_dir) / MODELS / f"{hashlib.sha1(cell_id.encode()).hexdigest()[:16]}.pt"
+    """Where ``--save-models`` keeps a cell's fine-tuned network: the file name it had in the latency phase."""
+    from harness.latency import network_path
+
+    return Path(run_dir) / MODELS / network_path(run_dir, cell_id).name
 
 
 def load_model(path: Path) -> nn.Module:

@@ -307,3 +307,31 @@ def test_registration_and_hook_through_pluggy():
     replacement = info.implementation("linear", "svd")(layer, make_request(layer, "svd", ratio=2))
     assert isinstance(replacement, nn.Sequential)
     assert replacement.decomposition_info["rank"] == 1  # 1*(8+4)+4 = 16 <= floor(36/2) < 2*(8+4)+4
+
+
+# ----------------------------------------------------------------------------- CP-ALS algebra
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 3, 2), (7, 4, 5), (4, 9)], ids=["4-way", "3-way", "matrix"])
+def test_mttkrp_without_khatri_rao_matches_the_unfolding_product(shape):
+    from harness.algebra import khatri_rao, mttkrp, unfold
+
+    generator = torch.Generator().manual_seed(0)
+    tensor = torch.randn(shape, generator=generator, dtype=torch.float64)
+    factors = [torch.randn(size, 5, generator=generator, dtype=torch.float64) for size in shape]
+    for mode in range(len(shape)):
+        expected = unfold(tensor, mode) @ khatri_rao([f for m, f in enumerate(factors) if m != mode])
+        torch.testing.assert_close(mttkrp(tensor, factors, mode), expected)
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 3, 3), (9, 8, 7)], ids=["kernel", "3-way"])
+def test_cp_als_error_from_grams_is_the_reconstruction_error(shape):
+    # The sweep's error comes from Gram matrices and float32 contractions, never from a reconstruction:
+    # it must still be the error of the factors returned, to well under the convergence tolerance's scale.
+    from harness.algebra import cp_als, cp_to_tensor
+
+    tensor = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fit = cp_als(tensor, 7, generator=torch.Generator().manual_seed(3), n_iter_max=40, n_restarts=1)
+    true = float(torch.linalg.vector_norm(tensor - cp_to_tensor(fit.weights, fit.factors)) / tensor.norm())
+    assert 0 < fit.rel_error < 1
+    assert abs(fit.rel_error - true) < 1e-6

@@ -9,6 +9,8 @@ Four studies, each measured for real (none is part of the test suite; ``harness 
 - ``latency``: how much of the FLOP bound the native conv structures realise: Tucker-2 and CP at x4 of
   128->128 and 256->256 3x3 convs at 28x28 and 56x56, batch 1 and 32, 1 and 2 threads, in the structure as
   built and in ``channels_last`` memory format; the factor values do not change the speed, so they are random.
+  Then where the time goes: each factor conv timed alone, its FLOP share against its time share and its FLOP
+  rate against the dense conv's.
 - ``jobs``: the same small grid run with ``--jobs 1`` and ``--jobs 2``: every cell's speedup from both runs
   side by side, and the dense control's speedup over itself.
 - ``main``: the wall time of the default ``harness run --backends all`` (slow: minutes to tens of minutes).
@@ -147,6 +149,60 @@ def latency_study() -> list[dict[str, Any]]:
     return rows
 
 
+def _stage_name(conv) -> str:
+    kind = f"{conv.kernel_size[0]}x{conv.kernel_size[1]}"
+    grouped = f", groups {conv.groups}" if conv.groups > 1 else ""
+    return f"{kind} {conv.in_channels}->{conv.out_channels}{grouped}"
+
+
+def stage_study(threads: int = 1) -> list[dict[str, Any]]:
+    """Where the time of the x4 structures goes: each factor conv timed alone on its own input, its share of the
+    structure's FLOPs next to its share of the time, and the FLOP rate it runs at against the dense conv's. A
+    stage whose rate is far below the dense conv's is what keeps the structure from its FLOP bound."""
+    import torch
+    from torch import nn
+
+    from harness import structures
+    from harness.metrics import count_flops, count_params
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for channels in (128, 256):
+        dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
+        budget = count_params(dense) // 4
+        rank_out, rank_in = structures.tucker2_budget_ranks(dense, budget)
+        cp_rank = structures.cp_budget_rank(dense, budget)
+        structures_at_x4 = {
+            "tucker2": structures.tucker2_conv_module(
+                dense, torch.randn(rank_out, rank_in, 3, 3, generator=generator),
+                torch.randn(channels, rank_out, generator=generator),
+                torch.randn(channels, rank_in, generator=generator)).eval(),
+            "cp": structures.cp_conv_module(dense, *(torch.randn(n, cp_rank, generator=generator)
+                                                     for n in (channels, channels, 3, 3))).eval(),
+        }
+        for side in (28, 56):
+            for batch in (1, 32):
+                x = torch.randn(batch, channels, side, side, generator=generator)
+                dense_flops = count_flops(dense, x) * batch
+                dense_ms = _time(dense, x, threads)
+                dense_rate = dense_flops / dense_ms / 1e6
+                for method, module in structures_at_x4.items():
+                    stage_input, stages = x, []
+                    with torch.inference_mode():
+                        for conv in module:
+                            stages.append((conv, stage_input))
+                            stage_input = conv(stage_input)
+                    timed = [(conv, count_flops(conv, inp) * batch, _time(conv, inp, threads)) for conv, inp in stages]
+                    total_flops = sum(f for _, f, _ in timed)
+                    total_ms = sum(ms for _, _, ms in timed)
+                    for conv, flops, ms in timed:
+                        rows.append({"conv": f"{channels}->{channels} 3x3", "input": f"{side}x{side}",
+                                     "batch": batch, "method": method, "stage": _stage_name(conv),
+                                     "FLOP share": flops / total_flops, "time share": ms / total_ms,
+                                     "GFLOP/s": flops / ms / 1e6, "dense GFLOP/s": dense_rate})
+    return rows
+
+
 def _run_grid(jobs: int, out: Path, cache: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "harness.cli", "run", "--backends", "native", "--methods", "svd,tucker2,tt",
@@ -211,6 +267,8 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
     if "latency" in chosen:
         _print("Realised speedup of native conv structures at x4 against their FLOP bound",
                latency_study(), write)
+        _print("Where their time goes: each factor conv timed alone (1 thread), its share of the structure's FLOPs "
+               "and time, and its FLOP rate against the dense conv's", stage_study(), write)
     if "jobs" in chosen:
         _print("The same grid with --jobs 1 and --jobs 2 (speedups from the quiet latency phase)",
                jobs_study(), write)

@@ -4,8 +4,8 @@ A latency measured while other workers train is noise (identical networks differ
 training worker), so cells do not time anything: each ok cell saves its fine-tuned network into the run
 directory (``networks/``) and is stored with ``latency_pending``. When every cell has finished, the driver —
 one process, nothing else running — makes three passes over the pending networks, each time loading a network
-beside its dense baseline and timing both in alternating rounds (:func:`harness.metrics.latency_pairs`: warm-up,
-each round a median under ``inference_mode``, CUDA synchronised), with the same threads whatever ``--jobs`` was.
+beside its dense baseline and timing both in alternating rounds (:func:`harness.metrics.latency_pairs`: warm-up and
+one calibration, then each round a short block of each under ``inference_mode``, CUDA synchronised), with the same threads whatever ``--jobs`` was.
 Spreading a network's rounds over the whole phase matters: on a shared machine the same network measured minutes
 apart differed by half. The medians, their interquartile ranges, the speedup (the median of the paired
 dense/network ratios) and its IQR go to the store, one transaction per cell, and the saved networks are deleted. A run killed before or during the phase keeps the pending cells; ``--resume``
@@ -26,8 +26,9 @@ from torch import nn
 from harness.files import write_atomically
 
 NETWORKS = "networks"
-# Passes over all networks, and alternating rounds per network per pass: 9 paired rounds per network in all.
-PASSES, ROUNDS_PER_PASS = 3, 3
+# Passes over all networks, and alternating rounds per network per pass: 21 paired rounds per network in all,
+# each round two ~20 ms blocks (harness.metrics.BLOCK_SECONDS), so a ms-scale network costs ~0.3 s per pass.
+PASSES, ROUNDS_PER_PASS = 3, 7
 
 
 def network_path(run_dir: str | os.PathLike, cell_id: str) -> Path:

@@ -5,7 +5,7 @@ where one multiply-add counts as two FLOPs and only matrix multiplications and
 convolutions are counted (activations, pooling and normalisation are not). Latency uses
 ``torch.utils.benchmark`` (which synchronises CUDA) under ``inference_mode`` after a
 warm-up, and reports the median; :func:`latency_pairs` alternates two networks over
-several rounds and :func:`latency_summary` reports each one's median and interquartile
+many short blocks and :func:`latency_summary` reports each one's median and interquartile
 range and the speedup as the median of the paired ratios. The reconstruction error of a replacement is measured
 by probing it, so it needs nothing from the backend beyond the module itself.
 """
@@ -63,22 +63,37 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
     return time_call(forward, min_run_time=min_run_time, warmup=warmup)
 
 
-def paired_rounds(dense: Callable[[], object], other: Callable[[], object], rounds: int = 3,
-                  min_run_time: float = 0.1) -> list[tuple[float, float]]:
-    """``rounds`` alternating (dense ms, other ms) timings of two calls, each one a median.
+# One timed block lasts about this long: long enough that a ms-scale network runs tens of calls in it, short
+# enough that many alternating blocks fit in the time one blocked_autorange per round used to take.
+BLOCK_SECONDS = 0.02
 
-    Alternating keeps a drift in machine load (a frequency change) from landing on one side of a ratio only.
+
+def _calls_per_block(timer: benchmark.Timer, seconds: float) -> int:
+    once = timer.timeit(1).median
+    return max(1, int(seconds / once)) if once > 0 else 1
+
+
+def paired_rounds(dense: Callable[[], object], other: Callable[[], object], rounds: int = 3,
+                  block_seconds: float = BLOCK_SECONDS, warmup: int = 3) -> list[tuple[float, float]]:
+    """``rounds`` alternating (dense ms, other ms) timings of two calls, each the mean call time over one block.
+
+    Each call is warmed up and calibrated once (how many calls fill ``block_seconds``), then the rounds alternate
+    one block of each, back to back, so a drift in machine load (a frequency change) lands on both sides of a
+    ratio alike. Calibrating once instead of per round (``blocked_autorange``) makes a round cost two blocks, so a
+    phase can afford several times the rounds for the same time, and the median over rounds rejects the blocks an
+    interruption spoiled. ``torch.utils.benchmark`` synchronises CUDA around each block.
     """
-    pairs = []
-    for index in range(rounds):
-        warmup = 3 if index == 0 else 0  # caches and allocator settle once; later rounds start warm
-        pairs.append((time_call(dense, min_run_time=min_run_time, warmup=warmup),
-                      time_call(other, min_run_time=min_run_time, warmup=warmup)))
-    return pairs
+    timers = []
+    for call in (dense, other):
+        for _ in range(warmup):
+            call()
+        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
+        timers.append((timer, _calls_per_block(timer, block_seconds)))
+    return [tuple(timer.timeit(number).median * 1e3 for timer, number in timers) for _ in range(rounds)]
 
 
 def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
-                  min_run_time: float = 0.1) -> list[tuple[float, float]]:
+                  block_seconds: float = BLOCK_SECONDS) -> list[tuple[float, float]]:
     """``rounds`` alternating (dense ms, other ms) forward passes of two networks on ``batch`` (eval mode,
     ``inference_mode``): see :func:`paired_rounds`."""
 
@@ -90,7 +105,7 @@ def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, round
                 model(batch)
         return run
 
-    return paired_rounds(forward(dense), forward(other), rounds=rounds, min_run_time=min_run_time)
+    return paired_rounds(forward(dense), forward(other), rounds=rounds, block_seconds=block_seconds)
 
 
 def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, float]:

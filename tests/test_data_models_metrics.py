@@ -115,3 +115,25 @@ def test_flops_follow_the_stated_convention():
 
 def test_latency_is_positive_milliseconds():
     assert 0 < measure_latency(nn.Linear(10, 10), torch.zeros(4, 10), min_run_time=0.01) < 1000
+
+
+def test_paired_rounds_time_each_call_in_calibrated_blocks():
+    import time
+
+    from harness.metrics import latency_summary, paired_rounds
+
+    calls = {"dense": 0, "other": 0}
+
+    def sleeper(name: str, seconds: float):
+        def call() -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+        return call
+
+    pairs = paired_rounds(sleeper("dense", 0.004), sleeper("other", 0.002), rounds=4, block_seconds=0.02)
+    assert len(pairs) == 4
+    summary = latency_summary(pairs)
+    assert 3.9 < summary["latency_dense_ms"] < 8 and 1.9 < summary["latency_ms"] < 5
+    assert 1.3 < summary["speedup"] < 2.3
+    # Warm-up and calibration once per call, then blocks of several calls each: not one call per round.
+    assert calls["dense"] >= 4 * 3 and calls["other"] >= 4 * 6

@@ -80,7 +80,7 @@ class RunConfig:
     clip_grad_norm: float = 5.0
     lr_schedule: str = "cosine"
     latency_batch: int = 32
-    # Passes of the quiet latency phase over all networks (3 alternating rounds per network per pass).
+    # Passes of the quiet latency phase over all networks (harness.latency.ROUNDS_PER_PASS rounds per network per pass).
     latency_passes: int = 3
     # Keep every ok cell's fine-tuned network in the run directory (models/), for harness export and ORT latency.
     save_models: bool = False

@@ -143,6 +143,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     execution = parser.add_argument_group("execution")
     execution.add_argument("--out", metavar="DIR", help="run directory [runs/TIMESTAMP]")
     execution.add_argument("--resume", metavar="DIR", help="finish an interrupted run: run only its missing cells")
+    execution.add_argument("--retry", metavar="STATUSES",
+                           help="with --resume: also run again the cells stored with these statuses (timeout, "
+                                "error; e.g. after a raised --cell-timeout or a machine that was busy)")
     execution.add_argument("--device", help="auto, cpu or cuda [auto]")
     execution.add_argument("--cell-timeout", metavar="SECONDS", help="stop a cell after this long [900]")
     execution.add_argument("--jobs", help="worker processes running cells in parallel [1]")
@@ -315,7 +318,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
         values.update(load_preset(args.preset))
     if args.config:
         values.update(load_toml(args.config))
-    skip = {"command", "plugins", "config", "preset", "resume", "_plugin_keys", "run_dir"}
+    skip = {"command", "plugins", "config", "preset", "resume", "retry", "_plugin_keys", "run_dir"}
     values.update({k: v for k, v in vars(args).items() if k not in skip and v is not None})
     return values
 
@@ -345,10 +348,28 @@ def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, A
                           "the missing cells of the run as it was set up; start a new run with --out for new settings")
 
 
+RETRYABLE = ("timeout", "error")
+
+
+def _retry_statuses(args: argparse.Namespace) -> tuple[str, ...]:
+    """The stored statuses ``--retry`` runs again: only with ``--resume``, only ones a rerun can change."""
+    if args.retry is None:
+        return ()
+    if not args.resume:
+        raise UsageError("harness run: --retry goes with --resume DIR (it reruns cells of a stored run)")
+    statuses = tuple(dict.fromkeys(s.strip() for s in args.retry.split(",") if s.strip()))
+    wrong = [s for s in statuses if s not in RETRYABLE]
+    if wrong or not statuses:
+        raise UsageError(f"harness run: --retry takes {' and/or '.join(RETRYABLE)}, not {args.retry!r} (ok, "
+                         "unsupported and over_budget cells would come out the same)")
+    return statuses
+
+
 def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: dict[str, list[str]]) -> int:
     from harness import session
 
     values = _config_values(args)
+    retry = _retry_statuses(args)
     if args.resume:
         run_dir = Path(args.resume)
         if not session.store_exists(run_dir):
@@ -371,7 +392,8 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
             config.out = str(run_dir)
         host.pm.hook.harness_configure.call_historic(kwargs={"config": config})
         try:
-            return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=bool(args.resume))
+            return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=bool(args.resume),
+                                   retry=retry)
         except KeyboardInterrupt:
             print(f"harness: interrupted; finished cells are kept (continue with --resume {run_dir})",
                   file=sys.stderr)

@@ -128,8 +128,9 @@ def default_run_dir() -> str:
 
 
 def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugin_args: dict[str, Any],
-            write: Callable[[str], None], resume: bool = False) -> int:
-    """Run (or resume) the cells of ``config`` into ``run_dir``; returns the exit code."""
+            write: Callable[[str], None], resume: bool = False, retry: tuple[str, ...] = ()) -> int:
+    """Run (or resume) the cells of ``config`` into ``run_dir``; returns the exit code. On resume, cells stored with
+    a status in ``retry`` run again and replace their stored rows."""
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
@@ -151,10 +152,12 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         store = Store.create(run_dir, {**run_metadata(config, host, argv, device),
                                        "not_planned": [record.to_dict() for record in plan.not_planned]})
     try:
-        done = store.finished_ids()
+        again = store.ids_with_status(retry) if retry else set()
+        done = store.finished_ids() - again
         pending = [c for c in cells if c.cell_id not in done]
+        retried = f", {len(again)} of them again ({', '.join(retry)})" if again else ""
         write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "
-              f"{len(pending)} to run)")
+              f"{len(pending)} to run{retried})")
         for cell in [c for c in pending if c.unsupported]:
             store.add_result(failed_result(cell, "unsupported", cell.unsupported))
         runnable = [c for c in pending if not c.unsupported]

@@ -172,6 +172,10 @@ class Store:
     def finished_ids(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT cell_id FROM cells")}
 
+    def ids_with_status(self, statuses: tuple[str, ...]) -> set[str]:
+        marks = ", ".join("?" * len(statuses))
+        return {row[0] for row in self.conn.execute(f"SELECT cell_id FROM cells WHERE status IN ({marks})", statuses)}
+
     def pending_latency(self) -> list[dict[str, Any]]:
         """Every cell whose network waits for the latency phase (cell_id, model, dataset, seed, metrics), in the
         order they finished."""

@@ -99,6 +99,30 @@ def test_cell_timeout_stops_the_cell_and_the_run_goes_on(tmp_path, fast_args):
     assert cells.loc["lowrank", "status"] == "ok"
 
 
+def test_resume_with_retry_runs_timed_out_cells_again(tmp_path, fast_args, capsys):
+    import sqlite3
+
+    out = tmp_path / "run"
+    assert main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+                 "--executor", "inprocess", "--out", str(out), *fast_args]) == 0
+    # As if the machine had been busy: the cell is stored as a timeout.
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute("UPDATE cells SET status = 'timeout', error = 'cell exceeded the time limit of 1 s'")
+    capsys.readouterr()
+    assert main(["-p", "fake_backend", "run", "--resume", str(out)]) == 1  # a plain resume keeps the timeout
+    assert "1 already done, 0 to run" in capsys.readouterr().out
+    assert main(["-p", "fake_backend", "run", "--resume", str(out), "--retry", "timeout,error"]) == 0
+    assert "0 already done, 1 to run, 1 of them again (timeout, error)" in capsys.readouterr().out
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells["status"]) == ["ok"] and cells["error"].isna().all()
+    # --retry only with --resume, and only for statuses a rerun can change: one line, exit 2.
+    for args, message in ((["--resume", str(out), "--retry", "ok"], "--retry takes timeout and/or error"),
+                          (["--backends", "fake", "--retry", "timeout"], "--retry goes with --resume")):
+        assert main(["-p", "fake_backend", "run", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path, fast_args, capsys):
     out = tmp_path / "run"
     args = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import timeit
 from collections.abc import Callable
 
 import torch
@@ -22,6 +24,7 @@ import torch
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 import torch.utils.benchmark as benchmark  # noqa: E402
 from torch import nn
+from torch.utils.benchmark.utils.timer import timer as synchronised_clock  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
 FLOP_CONVENTION = (
@@ -66,30 +69,46 @@ def measure_latency(model: nn.Module, batch: torch.Tensor, min_run_time: float =
 # One timed block lasts about this long: long enough that a ms-scale network runs tens of calls in it, short
 # enough that many alternating blocks fit in the time one blocked_autorange per round used to take.
 BLOCK_SECONDS = 0.02
+# Bounds for networks whose one forward takes seconds (TedNet's CP convs on ResNet-50 at 224x224: 6.7 s): warm-up
+# stops after this long (one call at least), and a pair's rounds stop once this long has gone by (one at least).
+WARMUP_SECONDS = 1.0
+ROUNDS_SECONDS = 4.0
 
 
-def _calls_per_block(timer: benchmark.Timer, seconds: float) -> int:
-    once = timer.timeit(1).median
-    return max(1, int(seconds / once)) if once > 0 else 1
+def _warm_up(call: Callable[[], object], calls: int, seconds: float) -> None:
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+        if time.perf_counter() - start > seconds:
+            return
 
 
 def paired_rounds(dense: Callable[[], object], other: Callable[[], object], rounds: int = 3,
-                  block_seconds: float = BLOCK_SECONDS, warmup: int = 3) -> list[tuple[float, float]]:
-    """``rounds`` alternating (dense ms, other ms) timings of two calls, each the mean call time over one block.
+                  block_seconds: float = BLOCK_SECONDS, warmup: int = 3, warmup_seconds: float = WARMUP_SECONDS,
+                  rounds_seconds: float = ROUNDS_SECONDS) -> list[tuple[float, float]]:
+    """Up to ``rounds`` alternating (dense ms, other ms) timings of two calls, each the mean call time over a block.
 
-    Each call is warmed up and calibrated once (how many calls fill ``block_seconds``), then the rounds alternate
-    one block of each, back to back, so a drift in machine load (a frequency change) lands on both sides of a
+    Each call is warmed up, then both are calibrated back to back (how many calls fill ``block_seconds``), then the
+    rounds alternate one block of each, so a drift in machine load (a frequency change) lands on both sides of a
     ratio alike. Calibrating once instead of per round (``blocked_autorange``) makes a round cost two blocks, so a
     phase can afford several times the rounds for the same time, and the median over rounds rejects the blocks an
-    interruption spoiled. ``torch.utils.benchmark`` synchronises CUDA around each block.
+    interruption spoiled. Where a single call fills a block on both sides the calibration is the first round, and
+    rounds stop after ``rounds_seconds`` (one at least), so a network that takes seconds per forward costs a few
+    calls per pass, not dozens. The clock is ``torch.utils.benchmark``'s, which synchronises CUDA.
     """
     timers = []
     for call in (dense, other):
-        for _ in range(warmup):
-            call()
-        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
-        timers.append((timer, _calls_per_block(timer, block_seconds)))
-    return [tuple(timer.timeit(number).median * 1e3 for timer, number in timers) for _ in range(rounds)]
+        _warm_up(call, warmup, warmup_seconds)
+        # The standard library's timeit (garbage collection off while timing) with torch.utils.benchmark's clock,
+        # which synchronises the accelerator; benchmark.Timer.timeit would add two warm-up calls to every block.
+        timers.append(timeit.Timer(stmt=call, timer=synchronised_clock))
+    start = time.perf_counter()
+    once = [timer.timeit(1) for timer in timers]
+    numbers = [max(1, int(block_seconds / seconds)) if seconds > 0 else 1 for seconds in once]
+    pairs = [(once[0] * 1e3, once[1] * 1e3)] if numbers == [1, 1] else []
+    while len(pairs) < rounds and not (pairs and time.perf_counter() - start > rounds_seconds):
+        pairs.append(tuple(timer.timeit(number) / number * 1e3 for timer, number in zip(timers, numbers)))
+    return pairs
 
 
 def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,

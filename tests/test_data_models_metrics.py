@@ -137,3 +137,25 @@ def test_paired_rounds_time_each_call_in_calibrated_blocks():
     assert 1.3 < summary["speedup"] < 2.3
     # Warm-up and calibration once per call, then blocks of several calls each: not one call per round.
     assert calls["dense"] >= 4 * 3 and calls["other"] >= 4 * 6
+
+
+def test_paired_rounds_of_slow_calls_stop_after_their_time_budget():
+    import time
+
+    from harness.metrics import paired_rounds
+
+    calls = {"dense": 0, "other": 0}
+
+    def sleeper(name: str, seconds: float):
+        def call() -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+        return call
+
+    # Each call fills a block by itself: the calibration is the first round, warm-up stops after one call, and
+    # the rounds stop once their budget is spent instead of running all seven.
+    pairs = paired_rounds(sleeper("dense", 0.05), sleeper("other", 0.03), rounds=7, block_seconds=0.02,
+                          warmup_seconds=0.01, rounds_seconds=0.1)
+    assert 1 <= len(pairs) < 7
+    assert all(45 < dense < 80 and 25 < other < 60 for dense, other in pairs)
+    assert calls["dense"] == 1 + len(pairs) and calls["other"] == 1 + len(pairs)

@@ -91,11 +91,12 @@ def test_declared_conv_gap_becomes_unsupported_before_backend_runs(tmp_path, fas
 def test_cell_timeout_stops_the_cell_and_the_run_goes_on(tmp_path, fast_args):
     out = tmp_path / "run"
     code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "hang,lowrank", "--targets",
-                 "linear", "--cell-timeout", "10", "--out", str(out), *fast_args])
+                 "linear", "--cell-timeout", "20", "--out", str(out), *fast_args])
     assert code == 1
     cells = pd.read_csv(out / "cells.csv").set_index("method")
     assert cells.loc["hang", "status"] == "timeout"
-    assert "time limit of 10 s" in cells.loc["hang", "error"]
+    # 20 s, not less: on a loaded 2-core machine a fresh worker's imports and one LeNet epoch took over 10 s.
+    assert "time limit of 20 s" in cells.loc["hang", "error"]
     assert cells.loc["lowrank", "status"] == "ok"
 
 

@@ -105,31 +105,44 @@ def _time(module, x, threads: int) -> float:
     return min(measure_latency(module, x, min_run_time=0.2) for _ in range(3))
 
 
+def _structures_at_x4(dense, generator) -> dict[str, Any]:
+    """The native Tucker-2 and CP replacements of ``dense`` at a quarter of its parameters, with random factors
+    (their values do not change the speed)."""
+    import torch
+
+    from harness import structures
+    from harness.metrics import count_params
+
+    channels = dense.out_channels
+    budget = count_params(dense) // 4
+    rank_out, rank_in = structures.tucker2_budget_ranks(dense, budget)
+    cp_rank = structures.cp_budget_rank(dense, budget)
+    return {
+        "tucker2": structures.tucker2_conv_module(
+            dense, torch.randn(rank_out, rank_in, 3, 3, generator=generator),
+            torch.linalg.qr(torch.randn(channels, rank_out, generator=generator))[0],
+            torch.linalg.qr(torch.randn(channels, rank_in, generator=generator))[0]).eval(),
+        "cp": structures.cp_conv_module(dense, *(torch.randn(n, cp_rank, generator=generator)
+                                                 for n in (channels, channels, 3, 3))).eval(),
+    }
+
+
 def latency_study() -> list[dict[str, Any]]:
     """Realised share of the FLOP bound of native Tucker-2 and CP at x4, as built and in channels_last."""
     import torch
     from torch import nn
 
-    from harness import structures
-    from harness.metrics import count_flops, count_params
+    from harness.metrics import count_flops
 
     rows = []
     generator = torch.Generator().manual_seed(0)
     for channels in (128, 256):
         dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
-        budget = count_params(dense) // 4
-        rank_out, rank_in = structures.tucker2_budget_ranks(dense, budget)
-        cp_rank = structures.cp_budget_rank(dense, budget)
-        tucker = structures.tucker2_conv_module(
-            dense, torch.randn(rank_out, rank_in, 3, 3, generator=generator),
-            torch.linalg.qr(torch.randn(channels, rank_out, generator=generator))[0],
-            torch.linalg.qr(torch.randn(channels, rank_in, generator=generator))[0]).eval()
-        cp = structures.cp_conv_module(dense, *(torch.randn(n, cp_rank, generator=generator)
-                                                for n in (channels, channels, 3, 3))).eval()
+        structures_at_x4 = _structures_at_x4(dense, generator)
         for side in (28, 56):
             for batch in (1, 32):
                 x = torch.randn(batch, channels, side, side, generator=generator)
-                for method, module in (("tucker2", tucker), ("cp", cp)):
+                for method, module in structures_at_x4.items():
                     bound = count_flops(dense, x) / count_flops(module, x)
                     for threads in (1, 2):
                         for layout in ("as built", "channels_last"):
@@ -162,24 +175,13 @@ def stage_study(threads: int = 1) -> list[dict[str, Any]]:
     import torch
     from torch import nn
 
-    from harness import structures
-    from harness.metrics import count_flops, count_params
+    from harness.metrics import count_flops
 
     rows = []
     generator = torch.Generator().manual_seed(0)
     for channels in (128, 256):
         dense = nn.Conv2d(channels, channels, 3, padding=1).eval()
-        budget = count_params(dense) // 4
-        rank_out, rank_in = structures.tucker2_budget_ranks(dense, budget)
-        cp_rank = structures.cp_budget_rank(dense, budget)
-        structures_at_x4 = {
-            "tucker2": structures.tucker2_conv_module(
-                dense, torch.randn(rank_out, rank_in, 3, 3, generator=generator),
-                torch.randn(channels, rank_out, generator=generator),
-                torch.randn(channels, rank_in, generator=generator)).eval(),
-            "cp": structures.cp_conv_module(dense, *(torch.randn(n, cp_rank, generator=generator)
-                                                     for n in (channels, channels, 3, 3))).eval(),
-        }
+        structures_at_x4 = _structures_at_x4(dense, generator)
         for side in (28, 56):
             for batch in (1, 32):
                 x = torch.randn(batch, channels, side, side, generator=generator)

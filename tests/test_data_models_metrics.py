@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pickle
 import struct
 
@@ -117,19 +119,23 @@ def test_latency_is_positive_milliseconds():
     assert 0 < measure_latency(nn.Linear(10, 10), torch.zeros(4, 10), min_run_time=0.01) < 1000
 
 
-def test_paired_rounds_time_each_call_in_calibrated_blocks():
+def counting_sleeper(calls: dict[str, int], name: str, seconds: float):
+    """A call that sleeps ``seconds`` and counts itself in ``calls[name]``: a stand-in network of known latency."""
     import time
 
+    calls[name] = 0
+
+    def call() -> None:
+        calls[name] += 1
+        time.sleep(seconds)
+    return call
+
+
+def test_paired_rounds_time_each_call_in_calibrated_blocks():
     from harness.metrics import latency_summary, paired_rounds
 
-    calls = {"dense": 0, "other": 0}
-
-    def sleeper(name: str, seconds: float):
-        def call() -> None:
-            calls[name] += 1
-            time.sleep(seconds)
-        return call
-
+    calls: dict[str, int] = {}
+    sleeper = functools.partial(counting_sleeper, calls)
     pairs = paired_rounds(sleeper("dense", 0.004), sleeper("other", 0.002), rounds=4, block_seconds=0.02)
     assert len(pairs) == 4
     summary = latency_summary(pairs)
@@ -140,18 +146,10 @@ def test_paired_rounds_time_each_call_in_calibrated_blocks():
 
 
 def test_paired_rounds_of_slow_calls_stop_after_their_time_budget():
-    import time
-
     from harness.metrics import paired_rounds
 
-    calls = {"dense": 0, "other": 0}
-
-    def sleeper(name: str, seconds: float):
-        def call() -> None:
-            calls[name] += 1
-            time.sleep(seconds)
-        return call
-
+    calls: dict[str, int] = {}
+    sleeper = functools.partial(counting_sleeper, calls)
     # Each call fills a block by itself: the calibration is the first round, warm-up stops after one call, and
     # the rounds stop once their budget is spent instead of running all seven.
     pairs = paired_rounds(sleeper("dense", 0.05), sleeper("other", 0.03), rounds=7, block_seconds=0.02,

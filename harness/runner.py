@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.allocator import keep_freed_memory
 from harness.backends import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
@@ -77,6 +78,7 @@ class CellContext:
     """What a worker keeps between cells: the plugins, the config and datasets already loaded."""
 
     def __init__(self, config: RunConfig, host: Host):
+        keep_freed_memory()  # every executor's cells train under the same allocation policy
         self.config = config
         self.host = host
         self.device = resolve_device(config.device)

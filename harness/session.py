@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import harness
+from harness.allocator import keep_freed_memory
 from harness.backends import OVER_BUDGET
 from harness.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
 from harness.config import ConfigError, RunConfig
@@ -134,6 +135,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
+    keep_freed_memory()  # the latency phase runs in this process, under the workers' allocation policy
     data = load_data(config, host, device)
     planning_models = build_planning_models(config, host, data)
     plan = plan_cells(config, host.backends, planning_models, host.rank_selectors)

@@ -148,7 +148,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                 "error; e.g. after a raised --cell-timeout or a machine that was busy)")
     execution.add_argument("--device", help="auto, cpu or cuda [auto]")
     execution.add_argument("--cell-timeout", metavar="SECONDS", help="stop a cell after this long [900]")
-    execution.add_argument("--jobs", help="worker processes running cells in parallel [1]")
+    execution.add_argument("--jobs", help="worker processes running cells in parallel [one per CPU core; 1 on a GPU]")
     execution.add_argument("--executor", help="process (workers, enforce the timeout), inprocess, or ray (each cell "
                                               "a Ray task, on this machine or a cluster) [process]")
     execution.add_argument("--ray-address", help="with --executor ray: the cluster to join, e.g. HEAD:6379 or auto "

@@ -92,7 +92,8 @@ class RunConfig:
     skip: list[str] = field(default_factory=list)
     device: str = "auto"
     cell_timeout: float = 900.0
-    jobs: int = 1
+    # None until build_config: --jobs, or harness.executors.default_jobs (one per core).
+    jobs: int | None = None
     executor: str = "process"
     # --executor ray: the cluster to join (none: start a local one) and what each cell's task asks for.
     ray_address: str | None = None
@@ -408,6 +409,10 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
         raise ConfigError("--ray-address, --cpus-per-cell and --gpus-per-cell go with --executor ray")
     if config.gpus_per_cell and not config.device.startswith("cuda"):
         raise ConfigError("--gpus-per-cell needs --device cuda")
+    if config.jobs is None:
+        from harness.executors import default_jobs  # imports torch, which this module does not need otherwise
+
+        config.jobs = default_jobs(config.device)
     return config
 
 

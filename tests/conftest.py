@@ -19,9 +19,10 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fast_args(cache_dir) -> list[str]:
-    """Flags for a small, quick run of the default model and data (without the dense control cell)."""
+    """Flags for a small, quick run of the default model and data (without the dense control cell), in one worker:
+    a test's few cells gain nothing from a second worker's start-up on a busy 2-core machine."""
     return ["--models", "lenet5", "--ratios", "4", "--epochs", "1", "--baseline-epochs", "1",
-            "--no-dense-control", "--latency-passes", "1", "--cache-dir", str(cache_dir)]
+            "--no-dense-control", "--latency-passes", "1", "--jobs", "1", "--cache-dir", str(cache_dir)]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -157,3 +157,20 @@ def test_unavailable_backend_is_listed_with_hint_and_skipped_by_all(capsys):
     assert "missing" in out and "unavailable (pip install nonexistent-lib)" in out
     code, _, err = run_cli(capsys, "-p", "fake_backend", "run", "--backends", "missing")
     assert code == 2 and "unavailable" in err
+
+
+def test_jobs_default_to_one_worker_per_available_core_and_one_on_a_gpu(monkeypatch):
+    import torch
+
+    from harness.config import build_config
+    from harness.executors import available_cores, threads_per_worker
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cores = available_cores()
+    assert build_config({}).jobs == cores
+    assert threads_per_worker(cores) == 1
+    assert build_config({"jobs": "3"}).jobs == 3
+    assert build_config({"device": "cuda"}).jobs == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert build_config({}).jobs == 1
+    assert build_config({"device": "cpu"}).jobs == cores

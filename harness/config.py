@@ -35,6 +35,7 @@ TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "l
 
 
 EXECUTORS = ("process", "inprocess", "ray")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 # Sensible upper bounds: a count beyond these is a typo, and would fail late (or never end) instead of now.
 MAX_COUNT = 1_000_000
 MAX_CELL_TIMEOUT = 30 * 24 * 3600.0
@@ -82,6 +83,9 @@ class RunConfig:
     latency_batch: int = 32
     # Passes of the quiet latency phase over all networks (harness.latency.ROUNDS_PER_PASS rounds per network per pass).
     latency_passes: int = 3
+    # Memory format of the networks and the batch in the latency phase: channels_last is NHWC, the layout
+    # oneDNN runs convs fastest in on CPU (harness bench --only latency measures both).
+    memory_format: str = "contiguous"
     # Keep every ok cell's fine-tuned network in the run directory (models/), for harness export and ORT latency.
     save_models: bool = False
     keep_edges_dense: bool = True
@@ -396,6 +400,8 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             raise ConfigError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ConfigError(f"unknown device {config.device!r} (choose auto, cpu or cuda)")
+    if config.memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"unknown memory format {config.memory_format!r} (choose {', '.join(MEMORY_FORMATS)})")
     if config.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"unknown lr schedule {config.lr_schedule!r} (choose cosine or constant)")
     if config.executor not in EXECUTORS:

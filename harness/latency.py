@@ -48,10 +48,20 @@ def load_network(path: Path, device: torch.device) -> nn.Module:
     return torch.load(path, map_location=device, weights_only=False).eval()
 
 
+def in_memory_format(module: nn.Module, batch: torch.Tensor, memory_format: str) -> tuple[nn.Module, torch.Tensor]:
+    """``module`` (in place) and ``batch`` in ``memory_format`` (``contiguous`` or ``channels_last``); a batch that
+    is not 4-D (no channels to put last) stays as it is, and so do the module's tensors that are not 4-D."""
+    if memory_format == "contiguous":
+        return module, batch
+    layout = getattr(torch, memory_format)
+    return module.to(memory_format=layout), batch.contiguous(memory_format=layout) if batch.dim() == 4 else batch
+
+
 def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
                     dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
                     write: Callable[[str], None], progress: Callable[[int], None] | None = None,
-                    passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False) -> int:
+                    passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False,
+                    memory_format: str = "contiguous") -> int:
     """Measure the ``pending`` cells (``store.pending_latency()``); returns how many were measured.
 
     ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch. The phase
@@ -60,6 +70,7 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
     every network alike instead of one. A network that cannot be loaded or run is recorded as a latency error
     on its cell, and the phase goes on. With ``keep`` (``--save-models``) each network moves to ``models/`` and
     its cell records the file (``model_file``, relative to the run directory) and its size (``model_bytes``).
+    Both networks and the batch are timed in ``memory_format`` (:func:`in_memory_format`), recorded on the cell.
     """
     from harness.metrics import latency_pairs, latency_summary
 
@@ -71,8 +82,9 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
             if cell_id in failed:
                 continue
             try:
-                dense, batch = dense_for(cell)
-                network = load_network(network_path(run_dir, cell_id), batch.device)
+                dense, batch = in_memory_format(*dense_for(cell), memory_format)
+                network, _ = in_memory_format(load_network(network_path(run_dir, cell_id), batch.device), batch,
+                                              memory_format)
                 samples[cell_id] += latency_pairs(dense, network, batch, rounds=rounds)
             except Exception as exc:  # noqa: BLE001 - one broken network must not stop the others' timing
                 failed[cell_id] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -86,7 +98,8 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
             store.update_metrics(cell_id, {"latency_pending": False, "latency_error": failed[cell_id]})
         else:
             store.update_metrics(cell_id, {**latency_summary(samples[cell_id]), "latency_pending": False,
-                                           "latency_threads": torch.get_num_threads()})
+                                           "latency_threads": torch.get_num_threads(),
+                                           "latency_memory_format": memory_format})
             measured += 1
         if keep:
             _keep(run_dir, cell_id, store)

@@ -196,7 +196,8 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
 
     if pending:
         write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
-              f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch})")
+              f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch}"
+              f"{', channels_last' if config.memory_format == 'channels_last' else ''})")
         _time_eager(config, run_dir, store, pending, dense_for, write)
     if config.save_models:
         _deployment_phase(config, run_dir, store, device, dense_for, write)
@@ -218,7 +219,7 @@ def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[di
                       f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
 
         measure_pending(run_dir, pending, store, dense_for, write, progress, passes=config.latency_passes,
-                        keep=config.save_models)
+                        keep=config.save_models, memory_format=config.memory_format)
 
 
 def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: torch.device,

@@ -229,6 +229,34 @@ def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_pat
     assert not (out / NETWORKS).exists()
 
 
+def test_in_memory_format_puts_conv_weights_and_a_4d_batch_in_nhwc():
+    import torch
+    from torch import nn
+
+    from harness.latency import in_memory_format
+    from harness.models import lenet5
+
+    model, x = lenet5((3, 32, 32), 10).eval(), torch.randn(2, 3, 32, 32)  # one channel would be NHWC already
+    with torch.inference_mode():
+        expected = model(x)
+        same, batch = in_memory_format(model, x, "channels_last")
+        conv = next(m for m in same.modules() if isinstance(m, nn.Conv2d))
+        assert same is model and batch.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(
+            memory_format=torch.channels_last)
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(same(batch), expected)
+        flat = torch.randn(2, 784)
+        assert in_memory_format(nn.Linear(784, 10), flat, "channels_last")[1] is flat
+
+
+def test_channels_last_latency_is_recorded_on_every_timed_cell(tmp_path, fast_args):
+    out = tmp_path / "run"
+    assert main(["run", "--backends", "native", "--methods", "tucker2", "--targets", "conv", "--memory-format",
+                 "channels_last", "--out", str(out), *fast_args]) == 0
+    row = pd.read_csv(out / "cells.csv").iloc[0]
+    assert row["status"] == "ok" and row["latency_memory_format"] == "channels_last" and row["speedup"] > 0
+
+
 def test_a_run_without_a_terminal_prints_a_line_per_finished_cell(tmp_path, cache_dir):
     import re
 

@@ -41,7 +41,7 @@ CELL_COLUMNS = [
     "error",
     "params_dense", "params", "compression", "budget", "budget_ok", "model_params_dense", "model_params",
     "flops_dense", "flops", "flop_speedup", "latency_dense_ms", "latency_ms", "latency_dense_iqr_ms",
-    "latency_iqr_ms", "speedup", "speedup_iqr", "latency_batch", "latency_threads",
+    "latency_iqr_ms", "speedup", "speedup_iqr", "latency_batch", "latency_threads", "latency_memory_format",
     "threads", "device", "decompose_s", "layers_targeted", "layers_decomposed", "acc_baseline", "acc_decomposed",
     "acc_final", "acc_best", "recon_error",
     "acc_drop", "recovery_epoch", "overfit_drop", "last_k_std",

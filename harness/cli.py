@@ -135,6 +135,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--latency-batch", help="batch size of the latency measurement [32]")
     train.add_argument("--latency-passes", metavar="N",
                        help="passes of the quiet latency phase over all networks, 7 alternating rounds each [3]")
+    train.add_argument("--latency-threads", metavar="N",
+                       help="torch threads of the latency phase; more than one times multi-threaded inference, "
+                            "which varies more from run to run [1]")
     train.add_argument("--memory-format", metavar="contiguous|channels_last",
                        help="memory format of the networks and the batch the latency phase times: channels_last is "
                             "NHWC, in which oneDNN runs convs (and factored ones most) fastest on CPU [contiguous]")

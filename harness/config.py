@@ -83,6 +83,10 @@ class RunConfig:
     latency_batch: int = 32
     # Passes of the quiet latency phase over all networks (harness.latency.ROUNDS_PER_PASS rounds per network per pass).
     latency_passes: int = 3
+    # Threads of the latency phase. One, as torch.utils.benchmark's Timer defaults to: on a 2-core machine the same
+    # sub-millisecond networks timed with two threads came out up to a third apart from one run to the next, with
+    # one thread within 3 %.
+    latency_threads: int = 1
     # Memory format of the networks and the batch in the latency phase: channels_last is NHWC, the layout
     # oneDNN runs convs fastest in on CPU (harness bench --only latency measures both).
     memory_format: str = "contiguous"
@@ -361,7 +365,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.seeds = _distinct(_parse_ints(value, "seeds", minimum=0), "seeds")
         elif key in ("epochs", "baseline_epochs"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
-        elif key in ("batch_size", "latency_batch", "latency_passes", "jobs", "image_size", "subset", "cpus_per_cell"):
+        elif key in ("batch_size", "latency_batch", "latency_passes", "latency_threads", "jobs", "image_size", "subset", "cpus_per_cell"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=1, maximum=MAX_COUNT)[0])
         elif key in ("data_workers", "gpus_per_cell"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])

@@ -178,6 +178,16 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
     pending = store.pending_latency()
     if not pending and not (config.save_models and store.awaiting_ort()):
         return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.latency_threads)
+    try:
+        _time_networks(config, host, data, run_dir, store, device, write, pending)
+    finally:  # the in-process executor trains in this process: give it its threads back
+        torch.set_num_threads(threads)
+
+
+def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+                   device: torch.device, write: Callable[[str], None], pending: list[dict[str, Any]]) -> None:
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
 

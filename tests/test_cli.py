@@ -24,6 +24,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["run", "--datasets", "imagenet"], "unknown dataset 'imagenet'"),
         (["run", "--methods", "magic"], "unknown method 'magic'"),
         (["run", "--targets", "everything"], "unknown target 'everything'"),
+        (["run", "--latency-threads", "0"], "latency_threads: 0 is below 1"),
         (["run", "--memory-format", "nhwc"], "unknown memory format 'nhwc' (choose contiguous, channels_last)"),
         (["run", "--datasets", "mnist", "--data-dir", "/nonexistent/dir"], "does not exist"),
         (["run", "--epochs", "-1"], "is below 0"),

@@ -216,6 +216,7 @@ def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_pat
     from harness.latency import ROUNDS_PER_PASS
 
     assert row["latency_pending"] == False and row["latency_rounds"] == ROUNDS_PER_PASS  # noqa: E712 - a CSV cell
+    assert row["latency_threads"] == 1  # --latency-threads defaults to one
     assert row["latency_iqr_ms"] >= 0 and row["speedup"] > 0 and row["speedup_iqr"] >= 0
     # A run killed after its cells but before the phase: the cell is pending and its network is on disk.
     store = Store(out)
@@ -255,6 +256,17 @@ def test_channels_last_latency_is_recorded_on_every_timed_cell(tmp_path, fast_ar
                  "channels_last", "--out", str(out), *fast_args]) == 0
     row = pd.read_csv(out / "cells.csv").iloc[0]
     assert row["status"] == "ok" and row["latency_memory_format"] == "channels_last" and row["speedup"] > 0
+
+
+def test_latency_threads_time_the_phase_and_are_given_back(tmp_path, fast_args):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "run"
+    assert main(["run", "--backends", "native", "--methods", "svd", "--targets", "linear", "--latency-threads", "2",
+                 "--executor", "inprocess", "--out", str(out), *fast_args]) == 0
+    assert pd.read_csv(out / "cells.csv").iloc[0]["latency_threads"] == 2
+    assert torch.get_num_threads() == before
 
 
 def test_a_run_without_a_terminal_prints_a_line_per_finished_cell(tmp_path, cache_dir):

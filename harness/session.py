@@ -186,6 +186,11 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         torch.set_num_threads(threads)
 
 
+def _threads() -> str:
+    count = torch.get_num_threads()
+    return f"{count} thread{'s' if count != 1 else ''}"
+
+
 def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
                    device: torch.device, write: Callable[[str], None], pending: list[dict[str, Any]]) -> None:
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
@@ -206,7 +211,7 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
 
     if pending:
         write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
-              f"({config.latency_passes} passes, {torch.get_num_threads()} threads, batch {config.latency_batch}"
+              f"({config.latency_passes} passes, {_threads()}, batch {config.latency_batch}"
               f"{', channels_last' if config.memory_format == 'channels_last' else ''})")
         _time_eager(config, run_dir, store, pending, dense_for, write)
     if config.save_models:
@@ -240,7 +245,7 @@ def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: to
     kept = store.awaiting_ort()
     if device.type == "cpu" and kept and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         write(f"timing {len(kept)} kept networks and their dense baselines in ONNX Runtime "
-              f"({config.latency_passes} passes, {torch.get_num_threads()} threads)")
+              f"({config.latency_passes} passes, {_threads()})")
         with tqdm(total=len(kept) * config.latency_passes, desc="onnxruntime", unit="network", dynamic_ncols=True,
                   disable=None) as bar:
             measure_ort(run_dir, kept, store, dense_for, write, bar.update, passes=config.latency_passes)

@@ -365,7 +365,8 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             config.seeds = _distinct(_parse_ints(value, "seeds", minimum=0), "seeds")
         elif key in ("epochs", "baseline_epochs"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
-        elif key in ("batch_size", "latency_batch", "latency_passes", "latency_threads", "jobs", "image_size", "subset", "cpus_per_cell"):
+        elif key in ("batch_size", "latency_batch", "latency_passes", "latency_threads", "jobs", "image_size", "subset",
+                     "cpus_per_cell"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=1, maximum=MAX_COUNT)[0])
         elif key in ("data_workers", "gpus_per_cell"):
             setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])

@@ -13,7 +13,8 @@ Four studies, each measured for real (none is part of the test suite; ``harness 
   rate against the dense conv's.
 - ``jobs``: the same small grid run with ``--jobs 1`` and ``--jobs 2``: every cell's speedup from both runs
   side by side, and the dense control's speedup over itself.
-- ``main``: the wall time of the default ``harness run --backends all`` (slow: minutes to tens of minutes).
+- ``main``: the wall time of the default ``harness run --backends all`` (slow: minutes to tens of minutes), and
+  where it went: the cells phase against the rest, and the cell-seconds of each backend and method.
 """
 
 from __future__ import annotations
@@ -228,16 +229,47 @@ def jobs_study() -> list[dict[str, Any]]:
     return rows
 
 
-def main_study() -> list[dict[str, Any]]:
+def main_study() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--backends", "all", "--out",
                                  str(Path(folder) / "run"), "--cache-dir", str(Path(folder) / "cache")],
                                 capture_output=True, text=True)
         wall = time.perf_counter() - start
+        breakdown = time_breakdown(Path(folder) / "run", wall) if result.returncode == 0 else []
     summary = [line for line in result.stdout.splitlines() if line.startswith("cells:")]
     return [{"command": "harness run --backends all", "exit": result.returncode, "wall s": wall,
-             "cells": summary[0] if summary else "?"}]
+             "cells": summary[0] if summary else "?"}], breakdown
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' if number != 1 else ''}"
+
+
+def time_breakdown(run_dir: Path, wall: float) -> list[dict[str, Any]]:
+    """Where a finished run's ``wall`` seconds went, from its store: the cells phase (first cell's start to last
+    cell's end, each start being its end less its ``cell_s``), the rest (baselines, latency phase, report), and
+    the cell-seconds of each backend and method, largest first, with how many worker-seconds the phase left idle
+    (``jobs`` workers times the phase, less the cell-seconds: the cost of a long cell finishing alone)."""
+    from harness.store import load_results
+
+    results = load_results(run_dir)
+    timed = results.cells[results.cells["cell_s"].notna()]
+    ends = timed["finished_at"].astype(float)
+    phase = float(ends.max() - (ends - timed["cell_s"]).min()) if len(timed) else 0.0
+    total = float(timed["cell_s"].sum())
+    workers = int(results.meta.get("config", {}).get("jobs") or 1)
+    rows = [{"part": "wall", "seconds": wall},
+            {"part": f"cells phase ({_count(len(timed), 'cell')}, {_count(workers, 'worker')})",
+             "seconds": phase},
+            {"part": "  worker-seconds left idle in it", "seconds": workers * phase - total},
+            {"part": "the rest: baselines, latency phase, report", "seconds": wall - phase},
+            {"part": "cell-seconds, all cells", "seconds": total, "share": 1.0}]
+    groups = timed.groupby(["backend", "method"])["cell_s"].agg(["size", "sum"]).sort_values("sum", ascending=False)
+    for (backend, method), (count, seconds) in groups.iterrows():
+        rows.append({"part": f"  {backend} {method} ({_count(int(count), 'cell')})", "seconds": float(seconds),
+                     "share": float(seconds) / total if total else 0.0})
+    return rows
 
 
 def _print(title: str, rows: list[dict[str, Any]], write: Callable[[str], None]) -> None:
@@ -275,5 +307,8 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
         _print("The same grid with --jobs 1 and --jobs 2 (speedups from the quiet latency phase)",
                jobs_study(), write)
     if "main" in chosen:
-        _print("The default main job", main_study(), write)
+        summary, breakdown = main_study()
+        _print("The default main job", summary, write)
+        if breakdown:
+            _print("Where its wall time went (from the run's store)", breakdown, write)
     return 0

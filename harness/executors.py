@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from harness.config import RunConfig
+from harness.deadline import deadline
 from harness.plan import Cell
 
 ResultCallback = Callable[[Cell, dict[str, Any]], None]
@@ -77,26 +78,15 @@ class InProcessExecutor:
     def run(self, cells: Iterable[Cell], on_result: ResultCallback, on_progress: ProgressCallback | None = None) -> None:
         from harness.runner import run_cell
 
-        use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
         for cell in cells:
-            if use_timer:
-                previous = signal.signal(signal.SIGALRM, _raise_timeout)
-                signal.setitimer(signal.ITIMER_REAL, self.config.cell_timeout)
             try:
-                result = run_cell(cell, self.context, on_progress)
+                with deadline(self.config.cell_timeout, _CellTimeout):
+                    result = run_cell(cell, self.context, on_progress)
             except SystemExit as exc:  # a plugin calling sys.exit() fails its cell, not the run
                 result = failed_result(cell, "error", f"the cell called sys.exit({exc.code!r})")
             except _CellTimeout:
                 result = timeout_result(cell, self.config.cell_timeout)
-            finally:
-                if use_timer:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
             on_result(cell, result)
-
-
-def _raise_timeout(signum, frame):
-    raise _CellTimeout()
 
 
 def die_with_parent(parent: int) -> None:

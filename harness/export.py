@@ -19,8 +19,6 @@ import io
 import logging
 import os
 import shutil
-import signal
-import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from harness.deadline import deadline
 
 FORMATS = ("pt", "torchscript", "onnx")
 MODELS = "models"
@@ -44,25 +44,6 @@ class ExportFailed(Exception):
 
 class _OutOfTime(BaseException):  # not an Exception: exporters that catch those must not swallow it
     pass
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Raise :class:`_OutOfTime` in this thread after ``seconds`` (SIGALRM; no limit outside the main thread)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _OutOfTime()
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def model_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
@@ -175,7 +156,7 @@ def _failing_layer(model: nn.Module, example: torch.Tensor, fmt: str, scratch: P
         if name not in inputs or not isinstance(inputs[name], torch.Tensor):
             continue
         try:
-            with _time_limit(EXPORT_TIME_LIMIT):
+            with deadline(EXPORT_TIME_LIMIT, _OutOfTime):
                 _write(copy.deepcopy(layer), inputs[name], fmt, scratch)
         except (Exception, _OutOfTime):  # noqa: BLE001 - any exporter error marks this layer as the one that fails
             return f"{name} ({type(layer).__name__} from {type(layer).__module__})"
@@ -194,7 +175,7 @@ def export_network(model: nn.Module, example: torch.Tensor, fmt: str, path: Path
     example = example.cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _time_limit(time_limit):
+        with deadline(time_limit, _OutOfTime):
             _write(copy.deepcopy(model), example, fmt, path)
     except _OutOfTime:
         path.unlink(missing_ok=True)

@@ -206,6 +206,17 @@ def test_padded_ranks_keep_the_tensor_and_can_train():
     assert cores[1].grad[:, :, 10:].abs().sum() > 0
 
 
+def test_a_ring_wider_than_its_first_unfolding_is_swept_compact_and_padded_trainable():
+    # r0 r1 = 100 columns for an unfolding of rank 4: the zero rows were once swept too (24.5 GB on ResNet-18's
+    # 512x512x3x3 kernels at x4), and the closing bond's extra slots were zero on both sides, a saddle.
+    generator = torch.Generator().manual_seed(0)
+    tensor = torch.randn(4, 6, 5, 7, dtype=torch.float64, generator=generator)
+    cores = tr_svd(tensor, [10, 10, 30, 8], generator)
+    assert [tuple(core.shape) for core in cores] == [(10, 4, 10), (10, 6, 30), (30, 5, 8), (8, 7, 10)]
+    assert relative_error(tensor, chain_to_tensor(cores)) < 1e-12
+    assert cores[0][1:].abs().sum() > 0 and cores[-1][:, :, 1:].abs().sum() == 0
+
+
 # ----------------------------------------------------------------------------- every method runs
 
 

@@ -98,6 +98,20 @@ def test_effective_weight_of_a_conv_is_its_weight(kwargs):
     assert reconstruction_error(conv, conv) < 1e-5
 
 
+@pytest.mark.parametrize("dense", [nn.Conv2d(64, 32, 3, padding=1), nn.Conv2d(16, 8, 5, stride=2), nn.Linear(300, 40)])
+def test_effective_weight_probes_in_chunks_of_bounded_size(dense, monkeypatch):
+    # All impulses in one batch once asked TedNet's TT conv for 18.9 GB on ResNet-18; chunks keep a probe small.
+    import harness.metrics
+
+    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 4096)
+    sizes = []
+    dense.register_forward_pre_hook(lambda module, args: sizes.append(args[0][0].numel() * len(args[0])))
+    torch.manual_seed(0)
+    assert torch.allclose(effective_weight(dense, dense), dense.weight, atol=1e-5)
+    per_input = sizes[0]  # the zero input that measures the bias comes first
+    assert len(sizes) > 3 and max(sizes) <= max(4096, per_input)
+
+
 def test_effective_weight_sees_a_low_rank_replacement():
     torch.manual_seed(0)
     dense = nn.Linear(20, 10)

@@ -17,6 +17,8 @@ import math
 import time
 import timeit
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -148,6 +150,80 @@ def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, float]:
 # memory per input by cin*kh*kw (4,608 for a 512-channel 3x3 conv) or in_features (25,088 for VGG's first Linear):
 # TedNet's TT conv asked for 18.9 GB on ResNet-18's layer4 that way.
 PROBE_ELEMENTS = 1 << 20
+# An exact probe costs one forward per input feature: for tltorch's block-TT on VGG-11's 25,088-input Linear that is
+# more than 13 minutes. Past this projected time the error is estimated from SKETCH_INPUTS random inputs instead.
+PROBE_SECONDS = 30.0
+SKETCH_INPUTS = 64
+# Not 0: weights drawn after torch.manual_seed(0), as runs and tests seed them, would be the very same numbers as the
+# random inputs, and an estimate from inputs correlated with the error it measures is biased (by 23 % in one test).
+SKETCH_SEED = 8_675_309
+
+
+@dataclass
+class _Probe:
+    """How to probe a replacement of ``dense``: one input's shape, the impulse inputs, and the response read off."""
+
+    shape: tuple[int, ...]
+    count: int  # impulses: one per entry of a row of the weight
+    impulses: Callable[[torch.Tensor], torch.Tensor]  # impulse indices -> a batch of inputs
+    read: Callable[[torch.Tensor], torch.Tensor]  # a batch of outputs -> (batch, out) responses
+    weight_of: Callable[[torch.Tensor], torch.Tensor]  # (count, out) responses -> a weight shaped like dense's
+    zero: torch.Tensor  # one all-zero input, on dense's device and in its dtype
+
+
+def _probe(dense: nn.Module) -> _Probe:
+    param = next(dense.parameters())
+    device, dtype = param.device, param.dtype
+    if isinstance(dense, nn.Linear):
+        n = dense.in_features
+
+        def linear_impulses(index: torch.Tensor) -> torch.Tensor:
+            probe = torch.zeros(len(index), n, device=device, dtype=dtype)
+            probe[torch.arange(len(index), device=device), index.to(device)] = 1.0
+            return probe
+
+        return _Probe((n,), n, linear_impulses, lambda out: out, lambda responses: responses.T,
+                      torch.zeros(1, n, device=device, dtype=dtype))
+    if isinstance(dense, nn.Conv2d):
+        cout, cin, kh, kw = dense.weight.shape
+        (sh, sw), (dh, dw) = dense.stride, dense.dilation
+        if isinstance(dense.padding, str):
+            ph = dh * (kh - 1) // 2 if dense.padding == "same" else 0
+            pw = dw * (kw - 1) // 2 if dense.padding == "same" else 0
+        else:
+            ph, pw = dense.padding
+        # The first output pixel whose window lies entirely inside the unpadded input.
+        oi, oj = math.ceil(ph / sh), math.ceil(pw / sw)
+        top, left = oi * sh - ph, oj * sw - pw
+        height, width = top + dh * (kh - 1) + 1 + ph, left + dw * (kw - 1) + 1 + pw
+        c, u, v = torch.meshgrid(torch.arange(cin), torch.arange(kh), torch.arange(kw), indexing="ij")
+        c, u, v = c.flatten(), top + dh * u.flatten(), left + dw * v.flatten()
+
+        def conv_impulses(index: torch.Tensor) -> torch.Tensor:
+            probe = torch.zeros(len(index), cin, height, width, device=device, dtype=dtype)
+            probe[torch.arange(len(index)), c[index], u[index], v[index]] = 1.0
+            return probe
+
+        return _Probe((cin, height, width), cin * kh * kw, conv_impulses, lambda out: out[:, :, oi, oj],
+                      lambda responses: responses.T.reshape(cout, cin, kh, kw),
+                      torch.zeros(1, cin, height, width, device=device, dtype=dtype))
+    raise TypeError(f"no effective weight for {type(dense).__name__}")
+
+
+def _responses(module: nn.Module, probe: _Probe, seconds: float | None = None) -> torch.Tensor | None:
+    """``module``'s responses to every impulse, less its response to zero (the bias), in chunks of at most
+    :data:`PROBE_ELEMENTS` input elements; None as soon as the whole probe is projected to take over ``seconds``."""
+    bias = probe.read(module(probe.zero))
+    step = max(1, PROBE_ELEMENTS // probe.zero.numel())
+    start_time, responses = time.perf_counter(), []
+    for start in range(0, probe.count, step):
+        index = torch.arange(start, min(probe.count, start + step))
+        responses.append(probe.read(module(probe.impulses(index))) - bias)
+        done = start + len(index)
+        if seconds is not None and done < probe.count:
+            if (time.perf_counter() - start_time) * probe.count / done > seconds:
+                return None
+    return torch.cat(responses)
 
 
 def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:
@@ -160,45 +236,41 @@ def effective_weight(module: nn.Module, dense: nn.Module) -> torch.Tensor:
     elements, so the memory a probe needs stays that of a small batch whatever the layer's
     size. Only valid for replacements that are linear maps of the same geometry.
     """
-    param = next(dense.parameters())
-    device, dtype = param.device, param.dtype
+    probe = _probe(dense)
     with torch.inference_mode():
-        if isinstance(dense, nn.Linear):
-            n = dense.in_features
-            zero = torch.zeros(1, n, device=device, dtype=dtype)
-            bias = module(zero)
-            step, columns = max(1, PROBE_ELEMENTS // n), []
-            for start in range(0, n, step):
-                rows = torch.arange(start, min(n, start + step), device=device)
-                probe = torch.zeros(len(rows), n, device=device, dtype=dtype)
-                probe[torch.arange(len(rows), device=device), rows] = 1.0
-                columns.append(module(probe) - bias)
-            return torch.cat(columns).T
-        if isinstance(dense, nn.Conv2d):
-            cout, cin, kh, kw = dense.weight.shape
-            (sh, sw), (dh, dw) = dense.stride, dense.dilation
-            if isinstance(dense.padding, str):
-                ph = dh * (kh - 1) // 2 if dense.padding == "same" else 0
-                pw = dw * (kw - 1) // 2 if dense.padding == "same" else 0
-            else:
-                ph, pw = dense.padding
-            # The first output pixel whose window lies entirely inside the unpadded input.
-            oi, oj = math.ceil(ph / sh), math.ceil(pw / sw)
-            top, left = oi * sh - ph, oj * sw - pw
-            height, width = top + dh * (kh - 1) + 1 + ph, left + dw * (kw - 1) + 1 + pw
-            c, u, v = torch.meshgrid(torch.arange(cin), torch.arange(kh), torch.arange(kw), indexing="ij")
-            c, u, v = c.flatten(), top + dh * u.flatten(), left + dw * v.flatten()
-            zero = torch.zeros(1, cin, height, width, device=device, dtype=dtype)
-            bias = module(zero)[:, :, oi, oj]
-            step = max(1, PROBE_ELEMENTS // zero.numel())
-            responses = []
-            for start in range(0, cin * kh * kw, step):
-                index = torch.arange(start, min(cin * kh * kw, start + step))
-                probe = torch.zeros(len(index), cin, height, width, device=device, dtype=dtype)
-                probe[torch.arange(len(index)), c[index], u[index], v[index]] = 1.0
-                responses.append(module(probe)[:, :, oi, oj] - bias)
-            return torch.cat(responses).T.reshape(cout, cin, kh, kw)
-    raise TypeError(f"no effective weight for {type(dense).__name__}")
+        return probe.weight_of(_responses(module, probe))
+
+
+def replacement_error(module: nn.Module, dense: nn.Module, seconds: float | None = None,
+                      inputs: int | None = None) -> tuple[float, dict[str, Any] | None]:
+    """The relative Frobenius error of the weight ``module`` applies against ``dense``'s, and how it was measured.
+
+    Exact (:func:`effective_weight`, and None for how) unless the probe is projected to take more than
+    ``seconds``; then it is estimated from ``inputs`` Gaussian inputs in the probe's geometry, as
+    ``E ||(W_module - W) x||^2 = ||W_module - W||_F^2``, and the second value says so and gives the estimate's
+    standard error (from the spread of the ``inputs`` squared differences).
+    """
+    seconds = PROBE_SECONDS if seconds is None else seconds
+    inputs = SKETCH_INPUTS if inputs is None else inputs
+    probe = _probe(dense)
+    weight = dense.weight.detach()
+    with torch.inference_mode():
+        responses = _responses(module, probe, seconds)
+        if responses is not None:
+            return relative_error(weight, probe.weight_of(responses).to(weight.dtype)), None
+        generator = torch.Generator().manual_seed(SKETCH_SEED)
+        x = torch.randn((inputs, *probe.shape), generator=generator, dtype=weight.dtype).to(weight.device)
+        bias = probe.read(module(probe.zero)) - probe.read(dense(probe.zero))
+        step = max(1, PROBE_ELEMENTS // probe.zero.numel())
+        diffs = [probe.read(module(chunk)) - probe.read(dense(chunk)) - bias for chunk in x.split(step)]
+    squares = torch.cat(diffs).double().pow(2).sum(dim=1)
+    norm_sq = float(weight.double().pow(2).sum()) or 1e-30
+    estimate = float(squares.mean())
+    relative = math.sqrt(estimate / norm_sq)
+    stderr_sq = float(squares.std()) / math.sqrt(inputs) if inputs > 1 else float("nan")
+    stderr = stderr_sq / (2 * math.sqrt(estimate * norm_sq)) if estimate > 0 else 0.0
+    return relative, {"estimated_from_random_inputs": inputs, "stderr": stderr,
+                      "why": f"an exact probe ({probe.count} inputs) was projected to take over {seconds:g} s"}
 
 
 def relative_error(target: torch.Tensor, approx: torch.Tensor) -> float:

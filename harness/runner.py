@@ -39,12 +39,7 @@ from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import Data, resolve_dataset
 from harness.latency import network_path, save_network
-from harness.metrics import (
-    count_flops,
-    count_params,
-    effective_weight,
-    relative_error,
-)
+from harness.metrics import count_flops, count_params, replacement_error
 from harness.models import resolve_model
 from harness.plan import AUTO, Cell, LayerPlan
 from harness.plugins import Host, format_exception
@@ -241,10 +236,10 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     Returns the replacement, the seconds all candidates took together (auto's honest cost), their output and the
     record of the choice. A candidate raising ``Unsupported`` is skipped; when all do, so does the layer.
     """
-    dense_weight = layer.weight.detach()
     tried: list[tuple[str, float, bool]] = []
     errors: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    estimated: dict[str, dict[str, Any]] = {}  # the candidates whose error was estimated, not probed exactly
     best, seconds, printed = None, 0.0, []
     for method in candidates:
         start = time.perf_counter()
@@ -257,7 +252,9 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
             seconds += time.perf_counter() - start
         if out:
             printed.append(f"[{method}]\n{out}")
-        error = relative_error(dense_weight, effective_weight(replacement, layer).to(dense_weight.dtype))
+        error, estimate = replacement_error(replacement, layer)
+        if estimate is not None:
+            estimated[method] = estimate
         budget = request.max_params
         tried.append((method, error, budget is None or count_params(replacement) <= budget))
         errors[method] = error
@@ -269,6 +266,8 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     record = {"chosen": pick_best(tried), "errors": errors, "candidates": [m for m, _, _ in tried]}
     if skipped:
         record["skipped"] = skipped
+    if estimated:
+        record["estimated"] = estimated
     return best, seconds, "".join(printed), record
 
 
@@ -314,11 +313,12 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         decompose_s += seconds
         dense_weight = layer.weight.detach()
         layer_weight_sq = float(dense_weight.pow(2).sum())
+        estimate = None
         if auto is not None:  # auto already probed the replacement it chose
             layer_error_sq = auto["errors"][method] ** 2 * layer_weight_sq
         elif init == "decompose":
-            diff = effective_weight(replacement, layer).to(dense_weight.dtype) - dense_weight
-            layer_error_sq = float(diff.pow(2).sum())
+            layer_error, estimate = replacement_error(replacement, layer)
+            layer_error_sq = layer_error ** 2 * layer_weight_sq
         else:  # a layer trained from scratch approximates nothing, and may not even be a linear map
             layer_error_sq = float("nan")
         error_sq += layer_error_sq
@@ -326,6 +326,8 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         info = {**_json_safe(getattr(replacement, "decomposition_info", {}) or {}), "method": method}
         if auto is not None:
             info["auto"] = _json_safe(auto)
+        if estimate is not None:
+            info["recon_error_estimate"] = estimate
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
         result["layers"].append({

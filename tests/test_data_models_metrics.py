@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pickle
@@ -112,6 +113,27 @@ def test_effective_weight_probes_in_chunks_of_bounded_size(dense, monkeypatch):
     assert len(sizes) > 3 and max(sizes) <= max(4096, per_input)
 
 
+@pytest.mark.parametrize("dense", [nn.Linear(120, 60), nn.Conv2d(12, 16, 3, stride=2, padding=1)])
+def test_a_probe_too_slow_to_finish_gives_a_labelled_estimate_of_the_error(dense, monkeypatch):
+    # tltorch's block-TT on VGG-11's 25,088-input Linear needs a forward per input feature: over 13 minutes exact.
+    import harness.metrics
+    from harness.metrics import replacement_error
+
+    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 256)  # several chunks, so the first projects the rest
+
+    torch.manual_seed(0)
+    noisy = copy.deepcopy(dense)
+    with torch.no_grad():
+        noisy.weight.add_(0.3 * noisy.weight.std() * torch.randn_like(noisy.weight))
+        noisy.bias.add_(1.0)  # a different bias is not a different weight
+    exact, how = replacement_error(noisy, dense)
+    assert how is None and exact == pytest.approx(reconstruction_error(noisy, dense), rel=1e-6)
+    estimate, how = replacement_error(noisy, dense, seconds=0.0, inputs=512)
+    assert how["estimated_from_random_inputs"] == 512 and "projected" in how["why"]
+    assert 0 < how["stderr"] < 0.05 * exact
+    assert abs(estimate - exact) < 4 * how["stderr"]
+
+
 def test_effective_weight_sees_a_low_rank_replacement():
     torch.manual_seed(0)
     dense = nn.Linear(20, 10)
@@ -171,3 +193,24 @@ def test_paired_rounds_of_slow_calls_stop_after_their_time_budget():
     assert 1 <= len(pairs) < 7
     assert all(45 < dense < 80 and 25 < other < 60 for dense, other in pairs)
     assert calls["dense"] == 1 + len(pairs) and calls["other"] == 1 + len(pairs)
+
+
+def test_a_cell_records_which_layers_errors_were_estimated(tmp_path, fast_args, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    import harness.metrics
+    from harness.cli import main
+
+    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 20_000)
+    monkeypatch.setattr(harness.metrics, "PROBE_SECONDS", 0.0)  # every probe with more than one chunk is too slow
+    out = tmp_path / "run"
+    assert main(["run", "--backends", "native", "--methods", "svd", "--targets", "linear", "--no-train",
+                 "--executor", "inprocess", "--out", str(out), *fast_args]) == 0
+    layers = pd.read_csv(out / "layers.csv")
+    estimated = [json.loads(info).get("recon_error_estimate") for info in layers["info"]]
+    assert any(estimated) and not all(estimated)  # 400 inputs take several chunks, 120 one
+    for (_, row), estimate in zip(layers.iterrows(), estimated):
+        if estimate:
+            assert estimate["estimated_from_random_inputs"] == 64 and 0 < estimate["stderr"] < 0.1 * row["recon_error"]

@@ -182,13 +182,20 @@ def tr_svd(tensor: Tensor, ranks: Sequence[int], generator: torch.Generator) -> 
 def chain_to_tensor(cores: Sequence[Tensor]) -> Tensor:
     """The dense tensor a tensor ring (or train, with end ranks 1) of cores ``(r_k, n_k, r_{k+1})`` describes."""
     shape = [core.shape[1] for core in cores]
+    if len(cores) == 1:
+        return torch.diagonal(cores[0], dim1=0, dim2=2).sum(-1)
+    # Split the ring where its two halves' sizes balance, and build one open train per value of the closing index:
+    # memory stays at a (left, r) and an (r, right) matrix. Building left to right instead holds (N / n_d, r), 5 GB
+    # for VGG-11's 25,088-input Linear at x4.
+    split = min(range(1, len(cores)), key=lambda m: max(math.prod(shape[:m]), math.prod(shape[m:])))
     total = None
-    # One open train per value of the closing index: memory stays at one train's (N, r), not (r_0, N, r).
     for a in range(cores[0].shape[0]):
-        out = cores[0][a]  # (n_1, r_1): the modes seen so far merged into the rows
-        for core in cores[1:-1]:
-            out = (out @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[2])
-        last = cores[-1][:, :, a] if len(cores) > 1 else None
-        train = out @ last if last is not None else out[:, a]
+        left = cores[0][a]  # (n_1, r_1): the modes seen so far merged into the rows
+        for core in cores[1:split]:
+            left = (left @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[2])
+        right = cores[-1][:, :, a]  # (r_{d-1}, n_d): the modes seen so far merged into the columns
+        for core in reversed(cores[split:-1]):
+            right = (core.reshape(-1, core.shape[2]) @ right).reshape(core.shape[0], -1)
+        train = left @ right
         total = train if total is None else total + train
     return total.reshape(shape)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.metrics import count_params  # noqa: F401 - part of the plugin API through this module
+
 LAYER_KINDS = ("linear", "conv2d")
 
 # Conv features a backend may declare it cannot handle; see conv_features().
@@ -133,7 +135,11 @@ class DecomposeRequest:
     ``budget``, when set, is the layer's parameter budget chosen by the cell's rank
     selector (see :mod:`harness.selection`); ``max_params`` is then ``budget`` and
     ``ratio`` stays filled for information only. ``options`` carries method-specific
-    settings (e.g. tensorized shapes).
+    settings (e.g. tensorized shapes). ``rebuild`` is set when the host only needs the
+    replacement's structure, to load a saved state dict into (a kept network being
+    rebuilt for export or timing): a backend may then skip fitting work, such as CP-ALS
+    sweeps, as long as every parameter and buffer gets the name and shape a real
+    decomposition of this request would give it.
     """
 
     backend: str
@@ -147,6 +153,7 @@ class DecomposeRequest:
     options: dict[str, Any] = field(default_factory=dict)
     dense_params: int = 0
     budget: int | None = None
+    rebuild: bool = False
 
     def pick_rank(self, param_count: Callable[[int], int], full: int | None) -> int:
         """The rank of a one-rank format this request asks for, given the replacement's ``param_count(rank)``.
@@ -178,10 +185,6 @@ class DecomposeRequest:
         if self.ratio is None:
             return None
         return math.floor(self.dense_params / self.ratio)
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def layer_kind(layer: nn.Module) -> str | None:

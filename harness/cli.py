@@ -466,6 +466,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not (0 <= args.threshold < float("inf") and 0 <= args.relative_threshold < float("inf")):
         raise UsageError("harness compare: thresholds must be finite numbers, not negative")
     first, second = (load_results(path) for path in args.run_dirs)
+    for line in first.warnings + second.warnings:
+        print(line, file=sys.stderr)
     comparison = compare_runs(first, second, args.threshold, args.relative_threshold)
     changed = comparison.changed
     _echo(f"A = {args.run_dirs[0]}  ({first.meta.get('command', '?')})")
@@ -538,14 +540,15 @@ def _numeric(column: Any) -> bool:
 
 
 def cmd_export(host: Host, args: argparse.Namespace) -> int:
-    import torch
-
     from harness import export, session
-    from harness.config import RunConfig
+    from harness.models import ModelUnavailable
+    from harness.networks import NetworkInvalid
     from harness.store import load_results
 
     run_dir = Path(args.run_dir)
     results = load_results(run_dir)
+    for line in results.warnings:
+        print(line, file=sys.stderr)
     cell = _export_choice(args, results.cells, run_dir)
     cell_id = cell["cell_id"]
     model_file = cell.get("model_file")
@@ -556,16 +559,11 @@ def cmd_export(host: Host, args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"harness export: the kept network of {cell_id!r} is missing ({path})")
     try:
-        model = export.load_model(path)
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"harness export: reading {path} needs the module {exc.name!r} (the library its layers "
-                         "come from), which is not installed") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged file: one line
-        raise UsageError(f"harness export: cannot read the kept network {path}: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
-    config = RunConfig.from_dict(results.meta["config"])
-    config.datasets = [cell["dataset"]]
-    data = session.load_data(config, host, torch.device("cpu"))[cell["dataset"]]
+        model, data = session.kept_network(run_dir, results.meta, cell, host, path)
+    except NetworkInvalid as exc:
+        raise UsageError(f"harness export: {exc}") from None
+    except ModelUnavailable as exc:
+        raise UsageError(f"harness export: the model of {cell_id!r} cannot be built here: {exc}") from None
     out = Path(args.out) if args.out else export.default_out(cell, args.fmt)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -207,11 +207,15 @@ class ProcessExecutor:
             elif not alive:
                 code = worker["process"].exitcode
                 self._stop_worker(wid, kill=True)
+                why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
                 if cell is not None:
-                    why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
                     on_result(cell, failed_result(cell, "error", f"worker process died (exit code {code}){why}"))
-                elif not worker["ready"]:
-                    raise RuntimeError(f"a worker process failed to start (exit code {code})")
+                elif not worker["ready"] and pending:
+                    # It died loading the plugins (the OOM killer, a plugin's crash): the cell it was about to take
+                    # pays for it, so a worker that can never start fails each cell once, never the whole run.
+                    cell = pending.pop(0)
+                    on_result(cell, failed_result(cell, "error",
+                                                  f"worker process died while starting (exit code {code}){why}"))
             else:
                 continue
             if pending:

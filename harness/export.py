@@ -1,7 +1,7 @@
 """Deployable files from a run's kept networks: a torch.export program, TorchScript or ONNX, checked on the test set.
 
-``harness run --save-models`` keeps every ok cell's fine-tuned network in the run directory (``models/``: the whole
-module as the cell left it, so loading it needs the backend's library). This module turns one into a file that needs
+``harness run --save-models`` keeps every ok cell's fine-tuned network in the run directory (``models/``: its tensors
+as data, rebuilt through the cell's backend by :mod:`harness.networks`). This module turns one into a file that needs
 neither harness nor that library: ``pt`` is a :func:`torch.export.export` program (``torch.export.load(FILE).module()``
 gives an ``nn.Module``), ``torchscript`` a traced module (``torch.jit.load(FILE)``) and ``onnx`` an ONNX graph for
 ONNX Runtime. Every file is read back from disk and run on the test set beside the kept network; the largest absolute
@@ -48,14 +48,9 @@ class _OutOfTime(BaseException):  # not an Exception: exporters that catch those
 
 def model_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
     """Where ``--save-models`` keeps a cell's fine-tuned network: the file name it had in the latency phase."""
-    from harness.latency import network_path
+    from harness.networks import network_path
 
     return Path(run_dir) / MODELS / network_path(run_dir, cell_id).name
-
-
-def load_model(path: Path) -> nn.Module:
-    # A file the run wrote itself: the module's classes (tltorch's, TedNet's) need a full unpickle.
-    return torch.load(path, map_location="cpu", weights_only=False).eval()
 
 
 @contextlib.contextmanager

@@ -2,9 +2,9 @@
 
 A latency measured while other workers train is noise (identical networks differed by ±0.5× beside a
 training worker), so cells do not time anything: each ok cell saves its fine-tuned network into the run
-directory (``networks/``) and is stored with ``latency_pending``. When every cell has finished, the driver —
-one process, nothing else running — makes three passes over the pending networks, each time loading a network
-beside its dense baseline and timing both in alternating rounds (:func:`harness.metrics.latency_pairs`: warm-up and
+directory (``networks/``, as data: :mod:`harness.networks`) and is stored with ``latency_pending``. When every cell has finished, the driver —
+one process, nothing else running — makes three passes over the pending networks, each time rebuilding a network
+(kept in memory between passes while they fit) beside its dense baseline and timing both in alternating rounds (:func:`harness.metrics.latency_pairs`: warm-up and
 one calibration, then each round a short block of each under ``inference_mode``, CUDA synchronised), with the same threads whatever ``--jobs`` was.
 Spreading a network's rounds over the whole phase matters: on a shared machine the same network measured minutes
 apart differed by half. The medians, their interquartile ranges, the speedup (the median of the paired
@@ -23,29 +23,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.files import write_atomically
+from harness.networks import NETWORKS, held_bytes, network_path
 
-NETWORKS = "networks"
+__all__ = ["NETWORKS", "PASSES", "ROUNDS_PER_PASS", "measure_ort", "measure_pending", "network_path"]
 # Passes over all networks, and alternating rounds per network per pass: 21 paired rounds per network in all,
 # each round two ~20 ms blocks (harness.metrics.BLOCK_SECONDS), so a ms-scale network costs ~0.3 s per pass.
 PASSES, ROUNDS_PER_PASS = 3, 7
 
 
-def network_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
-    """Where a cell's fine-tuned network waits for the latency phase."""
-    return Path(run_dir) / NETWORKS / f"{hashlib.sha1(cell_id.encode()).hexdigest()[:16]}.pt"
+# Rebuilt networks kept in memory between passes, up to this many bytes of tensors; past it, a network is rebuilt
+# from its file on each pass (a replay costs the backend's structure-only decomposition).
+KEEP_REBUILT_BYTES = 2 << 30
+
+NetworkLoader = Callable[[dict[str, Any], Path], nn.Module]
 
 
-def save_network(model: nn.Module, path: Path) -> None:
-    """The whole module (architecture and weights, any backend's layers) on the CPU, written atomically."""
-    device = next(model.parameters()).device
-    write_atomically(path, lambda handle: torch.save(model.cpu(), handle))
-    model.to(device)
+class _Rebuilt:
+    """The rebuilt networks of a phase, kept while they fit :data:`KEEP_REBUILT_BYTES`."""
 
+    def __init__(self, load: NetworkLoader) -> None:
+        self.load, self.kept, self.bytes = load, {}, 0
 
-def load_network(path: Path, device: torch.device) -> nn.Module:
-    # A file this run wrote itself: the module's classes (tltorch's, TedNet's) need a full unpickle.
-    return torch.load(path, map_location=device, weights_only=False).eval()
+    def __call__(self, cell: dict[str, Any], path: Path) -> nn.Module:
+        cell_id = cell["cell_id"]
+        if cell_id in self.kept:
+            return self.kept[cell_id]
+        network = self.load(cell, path)
+        size = held_bytes(network)
+        if self.bytes + size <= KEEP_REBUILT_BYTES:
+            self.kept[cell_id], self.bytes = network, self.bytes + size
+        return network
 
 
 def in_memory_format(module: nn.Module, batch: torch.Tensor, memory_format: str) -> tuple[nn.Module, torch.Tensor]:
@@ -58,13 +65,14 @@ def in_memory_format(module: nn.Module, batch: torch.Tensor, memory_format: str)
 
 
 def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
-                    dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
+                    dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                     write: Callable[[str], None], progress: Callable[[int], None] | None = None,
                     passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False,
                     memory_format: str = "contiguous") -> int:
     """Measure the ``pending`` cells (``store.pending_latency()``); returns how many were measured.
 
-    ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch. The phase
+    ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch, and
+    ``load(cell, path)`` the network saved at ``path``, rebuilt from data (:mod:`harness.networks`). The phase
     makes ``passes`` passes over all the networks, ``rounds`` alternating dense/network rounds per network per
     pass, so each network's rounds are spread over the whole phase and a slow minute of the machine touches
     every network alike instead of one. A network that cannot be loaded or run is recorded as a latency error
@@ -76,6 +84,7 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
 
     samples: dict[str, list[tuple[float, float]]] = {cell["cell_id"]: [] for cell in pending}
     failed: dict[str, str] = {}
+    load = _Rebuilt(load)
     for _ in range(passes):
         for cell in pending:
             cell_id = cell["cell_id"]
@@ -83,8 +92,8 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
                 continue
             try:
                 dense, batch = in_memory_format(*dense_for(cell), memory_format)
-                network, _ = in_memory_format(load_network(network_path(run_dir, cell_id), batch.device), batch,
-                                              memory_format)
+                network = load(cell, network_path(run_dir, cell_id)).to(batch.device)
+                network, _ = in_memory_format(network, batch, memory_format)
                 samples[cell_id] += latency_pairs(dense, network, batch, rounds=rounds)
             except Exception as exc:  # noqa: BLE001 - one broken network must not stop the others' timing
                 failed[cell_id] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -124,7 +133,7 @@ def _keep(run_dir: Path, cell_id: str, store: Any) -> None:
 
 
 def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
-                dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]],
+                dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None], progress: Callable[[int], None] | None = None,
                 passes: int = PASSES, rounds: int = ROUNDS_PER_PASS) -> int:
     """Time the ``kept`` cells' networks and their dense baselines in ONNX Runtime; returns how many were timed.
@@ -137,6 +146,7 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
     """
     from harness.export import ExportFailed, export_network, load_exported, model_path
     from harness.metrics import latency_summary, paired_rounds
+    from harness.networks import NetworkInvalid
 
     threads = torch.get_num_threads()
     graphs: dict[str, tuple[Path, Path]] = {}
@@ -153,10 +163,9 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
                 dense_graphs[key] = dense_file
             dense_file = dense_graphs[key]
             network_file = model_path(run_dir, cell_id).with_suffix(".onnx")
-            export_network(load_network(model_path(run_dir, cell_id), torch.device("cpu")), batch, "onnx",
-                           network_file)
+            export_network(load(cell, model_path(run_dir, cell_id)), batch, "onnx", network_file)
             graphs[cell_id] = (dense_file, network_file)
-        except (ExportFailed, OSError, RuntimeError) as exc:
+        except (ExportFailed, NetworkInvalid, OSError, RuntimeError) as exc:
             failed[cell_id] = str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {str(exc)[:300]}"
             write(f"ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]}")
     samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}

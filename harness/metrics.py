@@ -35,8 +35,21 @@ FLOP_CONVENTION = (
 )
 
 
+def _is_normalisation(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+
+
 def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """The numbers ``module`` holds: its parameters and its buffers, except the running statistics of
+    normalisation layers (BatchNorm's mean and variance, which every network carries alike).
+
+    A buffer counts, persistent or not: a replacement that keeps the dense kernel in ``register_buffer`` holds it
+    as surely as one that trains it, and is held to its budget for it."""
+    held = sum(p.numel() for p in module.parameters())
+    for owner in module.modules():
+        if not _is_normalisation(owner):
+            held += sum(b.numel() for b in owner.buffers(recurse=False) if b is not None)
+    return held
 
 
 def count_flops(model: nn.Module, sample: torch.Tensor) -> int:

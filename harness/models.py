@@ -12,6 +12,7 @@ num_classes)`` when it takes two arguments or ``build()`` when it takes none.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -142,11 +143,42 @@ def torchvision_builder(name: str) -> Callable[[InputShape, int], nn.Module]:
     return build
 
 
+# Set by user_code_outside while a stored run's model is rebuilt: the folder the run was started from (where its
+# relative model names pointed) and the run directory, from which no code is ever imported.
+_RUN_CWD: str | None = None
+_NO_CODE_FROM: str | None = None
+
+
+@contextlib.contextmanager
+def user_code_outside(run_dir: str | os.PathLike, run_cwd: str | None):
+    """While a stored run's network is rebuilt: relative model names that do not resolve here resolve against
+    ``run_cwd``, the folder the run was started from, and nothing inside ``run_dir`` is imported (a run directory
+    is data: a model file planted in it is refused, never run)."""
+    global _RUN_CWD, _NO_CODE_FROM
+    saved = _RUN_CWD, _NO_CODE_FROM
+    _RUN_CWD, _NO_CODE_FROM = run_cwd, os.path.realpath(run_dir)
+    try:
+        yield
+    finally:
+        _RUN_CWD, _NO_CODE_FROM = saved
+
+
+def _refuse_inside_run_dir(path: str | None, name: str) -> None:
+    if _NO_CODE_FROM and path:
+        real = os.path.realpath(path)
+        if real == _NO_CODE_FROM or real.startswith(_NO_CODE_FROM + os.sep):
+            raise ModelUnavailable(f"{name} is inside the run directory ({real}): harness never runs code from a "
+                                   "run directory")
+
+
 def _load_file(path: str):
     """Import a ``.py`` file as a module (kept in ``sys.modules`` under a name derived from its path)."""
     absolute = os.path.abspath(path)
+    if not os.path.isfile(absolute) and _RUN_CWD and not os.path.isabs(path):
+        absolute = os.path.abspath(os.path.join(_RUN_CWD, path))
     if not os.path.isfile(absolute):
         raise ModelUnavailable(f"no such file: {path}")
+    _refuse_inside_run_dir(absolute, path)
     name = "harness_user_model_" + "".join(c if c.isalnum() else "_" for c in absolute)
     if name in sys.modules:
         return sys.modules[name]
@@ -173,6 +205,10 @@ def user_builder(location: str, attribute: str) -> Callable[[InputShape, int], n
         else:
             if os.getcwd() not in sys.path and "" not in sys.path:
                 sys.path.insert(0, os.getcwd())
+            if _RUN_CWD and importlib.util.find_spec(location.split(".")[0]) is None and _RUN_CWD not in sys.path:
+                sys.path.append(_RUN_CWD)
+            top = importlib.util.find_spec(location.split(".")[0])
+            _refuse_inside_run_dir(top.origin if top else None, location)
             module = importlib.import_module(location)
     except ModelUnavailable:
         raise

@@ -38,9 +38,9 @@ from harness.backends import OVER_BUDGET, DecomposeRequest, OverBudget, Unsuppor
 from harness.baseline import baseline_path, load_baseline
 from harness.config import RunConfig
 from harness.data import Data, resolve_dataset
-from harness.latency import network_path, save_network
 from harness.metrics import count_flops, count_params, replacement_error
 from harness.models import resolve_model
+from harness.networks import network_path, save_network
 from harness.plan import AUTO, Cell, LayerPlan
 from harness.plugins import Host, format_exception
 from harness.selection import (
@@ -179,19 +179,22 @@ def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
     return selector
 
 
-def _call_backend(ctx: CellContext, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
-    """The backend's replacement for ``layer`` (on the cell's device), the seconds it took and what it printed."""
+def _call_backend(ctx: CellContext | Host, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
+    """The backend's replacement for ``layer`` (on the cell's device), the seconds it took and what it printed.
+
+    ``ctx`` is a worker's context, or a bare host (a replay: on the CPU)."""
+    host, device = (ctx.host, ctx.device) if hasattr(ctx, "device") else (ctx, torch.device("cpu"))
     captured = io.StringIO()
-    synchronize(ctx.device)
+    synchronize(device)
     start = time.perf_counter()
     with contextlib.redirect_stdout(captured):
-        replacement = ctx.host.decompose(layer, request)
-    synchronize(ctx.device)
+        replacement = host.decompose(layer, request)
+    synchronize(device)
     seconds = time.perf_counter() - start
-    return replacement.to(ctx.device), seconds, captured.getvalue()
+    return replacement.to(device), seconds, captured.getvalue()
 
 
-def decompose_padded(ctx: CellContext, layer: nn.Linear, request: DecomposeRequest,
+def decompose_padded(ctx: CellContext | Host, layer: nn.Linear, request: DecomposeRequest,
                      padding: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[nn.Module, float, str]:
     """Decompose a zero-padded copy of ``layer`` with the padded factors as shapes and wrap it to ``layer``'s sizes.
 
@@ -279,6 +282,34 @@ def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: st
             "stdout": None}
 
 
+def layer_request(cell: Cell, plan: LayerPlan, layer: nn.Module, budget: int | None, device: str,
+                  rebuild: bool = False) -> DecomposeRequest:
+    """What the backend is asked for one planned layer: the same in a cell and in its replay."""
+    return DecomposeRequest(backend=cell.backend, method=plan.method, layer_path=plan.path, kind=plan.kind,
+                            ratio=cell.ratio, seed=cell.seed, device=device, options=dict(plan.options),
+                            dense_params=count_params(layer), budget=budget, rebuild=rebuild)
+
+
+def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[dict[str, Any]]) -> None:
+    """Replace ``model``'s layers (on the CPU) as the finished ``cell`` did: each layer its rows record as decomposed
+    is asked of the backend again, with the budget and the method (``auto``'s choice) the row records and
+    ``rebuild`` set, so the backend may skip the fitting whose values the saved state dict replaces anyway."""
+    recorded = {row["layer"]: row for row in rows}
+    for plan in cell.layers:
+        row = recorded.get(plan.path)
+        if plan.dense is not None or row is None or row["info"].get("left_dense") is not None:
+            continue
+        layer = model.get_submodule(plan.path)
+        method = row["info"].get("method") or plan.method
+        request = layer_request(cell, plan, layer, row["max_params"], "cpu", rebuild=True)
+        request = dataclasses.replace(request, method=method)
+        if plan.padding is not None and plan.method != AUTO:
+            replacement = decompose_padded(host, layer, request, plan.padding)[0]
+        else:
+            replacement = _call_backend(host, layer, request)[0]
+        _replace(model, plan.path, replacement)
+
+
 def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
     """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer."""
     device, metrics = ctx.device, result["metrics"]
@@ -293,9 +324,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         if plan.dense is not None:
             result["layers"].append(_dense_row(plan, layer, None, plan.dense))
             continue
-        request = DecomposeRequest(backend=cell.backend, method=plan.method, layer_path=plan.path, kind=plan.kind,
-                                   ratio=cell.ratio, seed=cell.seed, device=str(device), options=dict(plan.options),
-                                   dense_params=count_params(layer), budget=budget.params)
+        request = layer_request(cell, plan, layer, budget.params, str(device))
         method, init, auto = plan.method, plan.init, None
         try:
             if plan.method == AUTO:
@@ -395,7 +424,7 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         model_params=count_params(model), flops=count_flops(model, sample),
     )
     # Timed later, in the quiet latency phase (harness.latency): never beside other workers' training.
-    save_network(model, network_path(config.out, cell.cell_id))
+    metrics["network_sha256"] = save_network(model, network_path(config.out, cell.cell_id), data.input_shape)
     metrics["latency_pending"] = True
     if metrics["acc_baseline"] is not None:
         metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],

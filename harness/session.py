@@ -33,16 +33,17 @@ from harness.config import ConfigError, RunConfig
 from harness.data import Data, DataUnavailable, resolve_dataset
 from harness.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
 from harness.export import MODELS
-from harness.latency import measure_ort, measure_pending
+from harness.latency import NetworkLoader, measure_ort, measure_pending
+from harness.networks import load_cell_network
 from harness.metrics import FLOP_CONVENTION
 from harness.models import resolve_model
 from harness.plan import Cell, not_planned_summary, plan_cells
 from harness.plugins import Host, format_exception
 from harness.runner import resolve_device
-from harness.store import STORE_NAME, Store, load_results
+from harness.store import DAMAGED, STORE_NAME, Store, load_results
 
 # Statuses that make `harness run` exit 1: the cell failed, or its backend broke the budget it promised.
-FAILED_STATUSES = ("error", "timeout", OVER_BUDGET)
+FAILED_STATUSES = ("error", "timeout", OVER_BUDGET, DAMAGED)
 
 
 def git_commit() -> str | None:
@@ -73,6 +74,8 @@ def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.d
     return {
         "config": config.to_dict(),
         "command": " ".join(["harness", *argv]),
+        # Where relative model names (./mynet.py:build, mynet:build) pointed: a kept network is rebuilt from them.
+        "cwd": os.getcwd(),
         "started_at": dt.datetime.now().isoformat(timespec="seconds"),
         "harness_version": harness.__version__,
         "git_commit": git_commit(),
@@ -209,17 +212,20 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                                               device)
         return dense_models[key], batches[cell["dataset"]]
 
+    def load(cell: dict[str, Any], path: Path) -> torch.nn.Module:
+        return load_cell_network(store.cell_record(cell["cell_id"]), path, host, dense_for(cell)[0])
+
     if pending:
         write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
               f"({config.latency_passes} passes, {_threads()}, batch {config.latency_batch}"
               f"{', channels_last' if config.memory_format == 'channels_last' else ''})")
-        _time_eager(config, run_dir, store, pending, dense_for, write)
+        _time_eager(config, run_dir, store, pending, dense_for, load, write)
     if config.save_models:
-        _deployment_phase(config, run_dir, store, device, dense_for, write)
+        _deployment_phase(config, run_dir, store, device, dense_for, load, write)
 
 
 def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[dict[str, Any]],
-                dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
+                dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None]) -> None:
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
               disable=None) as bar:
@@ -233,13 +239,13 @@ def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[di
                 print(f"latency pass {timed // len(pending)}/{config.latency_passes} done "
                       f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
 
-        measure_pending(run_dir, pending, store, dense_for, write, progress, passes=config.latency_passes,
+        measure_pending(run_dir, pending, store, dense_for, load, write, progress, passes=config.latency_passes,
                         keep=config.save_models, memory_format=config.memory_format)
 
 
 def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: torch.device,
                       dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
-                      write: Callable[[str], None]) -> None:
+                      load: NetworkLoader, write: Callable[[str], None]) -> None:
     """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
     beside their dense baselines when onnxruntime is installed and the run is on the CPU."""
     kept = store.awaiting_ort()
@@ -248,7 +254,7 @@ def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: to
               f"({config.latency_passes} passes, {_threads()})")
         with tqdm(total=len(kept) * config.latency_passes, desc="onnxruntime", unit="network", dynamic_ncols=True,
                   disable=None) as bar:
-            measure_ort(run_dir, kept, store, dense_for, write, bar.update, passes=config.latency_passes)
+            measure_ort(run_dir, kept, store, dense_for, load, write, bar.update, passes=config.latency_passes)
     elif kept and device.type == "cpu":
         write("note: onnxruntime is not installed: kept networks are not timed in ONNX Runtime "
               "(pip install 'tensor-harness[onnx]')")
@@ -344,6 +350,8 @@ def _duration(seconds: float) -> str:
 def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:
     """Rebuild every report from the store and print the terminal summary; returns the exit code."""
     results = load_results(run_dir)
+    for line in results.warnings:
+        write(line)
     for impl in host.pm.hook.harness_report.get_hookimpls():
         try:
             impl.function(results=results, run_dir=str(run_dir))
@@ -356,6 +364,47 @@ def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:
             write(f"summary of plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
     failed = results.cells["status"].isin(FAILED_STATUSES).sum() if len(results.cells) else 0
     return 1 if failed else 0
+
+
+def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: torch.device
+                  ) -> tuple[torch.nn.Module, bool]:
+    """The dense network a stored cell started from, and whether it is that very baseline: the verified cache
+    entry when it is there, else the model built afresh from the cell's seed (and ``--weights``), which
+    rebuilds every architecture whose structure does not depend on the trained weights."""
+    from harness.baseline import CacheInvalid, build_seeded, load_weights
+
+    spec = resolve_model(cell["model"], host.models)
+    build = lambda: spec.build(data.input_shape, data.num_classes)  # noqa: E731 - a thunk for the cache's API
+    weights = config.weights_for(cell["model"])
+    path = baseline_path(config.cache_dir, cell["model"], cell["dataset"], int(cell["seed"]),
+                         config.training_spec(), weights if weights and os.path.isfile(weights) else None)
+    try:
+        return load_baseline(path, build, device), True
+    except (CacheInvalid, OSError):
+        model = build_seeded(build, int(cell["seed"]))
+        if weights and os.path.isfile(weights):
+            try:
+                load_weights(model, weights)
+            except WeightsError:
+                pass  # the structure is what the rebuild needs; the probe check decides
+        return model.to(device).eval(), False
+
+
+def kept_network(run_dir: Path, meta: dict[str, Any], cell: Any, host: Host, path: Path
+                 ) -> tuple[torch.nn.Module, Data]:
+    """A stored cell's saved network at ``path`` rebuilt on the CPU (:mod:`harness.networks`), and the cell's
+    data; :class:`harness.networks.NetworkInvalid` or :class:`harness.models.ModelUnavailable` in one line when
+    it cannot be. The run's model code is imported as the run named it, never from inside ``run_dir``."""
+    from harness.models import user_code_outside
+    from harness.store import read_cell
+
+    config = RunConfig.from_dict(meta["config"])
+    config.datasets = [cell["dataset"]]
+    data = load_data(config, host, torch.device("cpu"))[cell["dataset"]]
+    with user_code_outside(run_dir, meta.get("cwd")):
+        base, is_baseline = dense_network(config, host, cell, data, torch.device("cpu"))
+        model = load_cell_network(read_cell(run_dir, cell["cell_id"]), path, host, base, is_baseline)
+    return model, data
 
 
 def store_exists(run_dir: Path) -> bool:

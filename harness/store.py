@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,10 @@ KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed
 # Key columns added after the first release, with the value that rows of older stores stand for
 # (tensorize "": the default balanced d = 3 shapes, the only ones before the setting existed).
 ADDED_KEY_COLUMNS = {"rank_selection": "ratio", "tensorize": ""}
+# The cell as planned (its resolved per-layer plan included), JSON: what a kept network is rebuilt from.
+SPEC_COLUMN = "spec"
+# The status of a stored cell whose row cannot be read back (its JSON is damaged): listed, never compared.
+DAMAGED = "damaged"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +38,7 @@ CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY, backend TEXT, model TEXT, dataset TEXT, method TEXT, target TEXT,
     ratio REAL, seed INTEGER, init TEXT, status TEXT NOT NULL, error TEXT, traceback TEXT,
     metrics TEXT NOT NULL, finished_at REAL NOT NULL, rank_selection TEXT NOT NULL DEFAULT 'ratio',
-    tensorize TEXT NOT NULL DEFAULT '');
+    tensorize TEXT NOT NULL DEFAULT '', spec TEXT);
 CREATE TABLE IF NOT EXISTS epochs (
     cell_id TEXT NOT NULL, epoch INTEGER NOT NULL, train_loss REAL, test_loss REAL, test_acc REAL, epoch_s REAL,
     PRIMARY KEY (cell_id, epoch));
@@ -94,6 +98,48 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
+
+
+def _metrics(text: Any) -> dict[str, Any] | None:
+    """A stored cell's metrics, or None where its JSON is damaged."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-journal")
+
+
+def connect_for_reading(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and writes nothing of its own.
+
+    A driver killed inside a cell's transaction leaves a hot journal beside the store, which only a connection
+    that may write can roll back (a read-only one fails with "attempt to write a readonly database"); SQLite
+    rolls it back on the first read, restoring the last committed state. So where such a journal is present and
+    the store is writable, the connection opens read-write with ``query_only`` on; elsewhere it is read-only."""
+    if journal_path(path).exists() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _cell_record(conn: sqlite3.Connection, cell_id: str) -> dict[str, Any] | None:
+    """One stored cell as a kept network's rebuild needs it: its spec (None for stores from before specs were
+    kept), metrics and layer rows (``info`` parsed)."""
+    row = conn.execute(f"SELECT {SPEC_COLUMN}, metrics FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+    if row is None:
+        return None
+    spec, metrics = row
+    layers = []
+    for layer, kind, params_dense, params, max_params, info in conn.execute(
+            "SELECT layer, kind, params_dense, params, max_params, info FROM layers WHERE cell_id = ?", (cell_id,)):
+        layers.append({"layer": layer, "kind": kind, "params_dense": params_dense, "params": params,
+                       "max_params": max_params, "info": _metrics(info) or {}})
+    return {"spec": _metrics(spec) if spec else None, "metrics": _metrics(metrics) or {}, "layers": layers}
 
 
 def _finite(value: Any) -> Any:
@@ -157,6 +203,8 @@ class Store:
                 if column not in present:
                     # Appended last, as in SCHEMA, so old and new stores have the same column order.
                     self.conn.execute(f"ALTER TABLE cells ADD COLUMN {column} TEXT NOT NULL DEFAULT '{default}'")
+            if SPEC_COLUMN not in present:
+                self.conn.execute(f"ALTER TABLE cells ADD COLUMN {SPEC_COLUMN} TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -168,6 +216,10 @@ class Store:
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    def cell_record(self, cell_id: str) -> dict[str, Any] | None:
+        """See :func:`read_cell`."""
+        return _cell_record(self.conn, cell_id)
 
     def finished_ids(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT cell_id FROM cells")}
@@ -181,7 +233,8 @@ class Store:
         order they finished."""
         rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
         return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
-                for cell_id, model, dataset, seed, text in rows if (metrics := json.loads(text)).get("latency_pending")]
+                for cell_id, model, dataset, seed, text in rows
+                if (metrics := _metrics(text) or {}).get("latency_pending")]
 
     def awaiting_ort(self) -> list[dict[str, Any]]:
         """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the same
@@ -189,14 +242,14 @@ class Store:
         rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
         return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
                 for cell_id, model, dataset, seed, text in rows
-                if (metrics := json.loads(text)).get("model_file") and "ort_speedup" not in metrics
+                if (metrics := _metrics(text) or {}).get("model_file") and "ort_speedup" not in metrics
                 and "ort_error" not in metrics]
 
     def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into a finished cell's metrics, in one transaction."""
         with self.conn:
             (text,) = self.conn.execute("SELECT metrics FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
-            metrics = {**json.loads(text), **{k: _finite(v) for k, v in values.items()}}
+            metrics = {**(_metrics(text) or {}), **{k: _finite(v) for k, v in values.items()}}
             self.conn.execute("UPDATE cells SET metrics = ? WHERE cell_id = ?", (json.dumps(metrics), cell_id))
 
     def add_result(self, result: dict[str, Any]) -> None:
@@ -206,12 +259,12 @@ class Store:
         with self.conn:
             self.conn.execute("DELETE FROM epochs WHERE cell_id = ?", (cell_id,))
             self.conn.execute("DELETE FROM layers WHERE cell_id = ?", (cell_id,))
-            columns = ["cell_id", *KEY_COLUMNS, "status", "error", "traceback", "metrics", "finished_at"]
+            columns = ["cell_id", *KEY_COLUMNS, "status", "error", "traceback", "metrics", "finished_at", SPEC_COLUMN]
             keys = [cell.get(k, ADDED_KEY_COLUMNS.get(k)) for k in KEY_COLUMNS]
             self.conn.execute(
                 f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                 (cell_id, *keys, result["status"], result["error"], result.get("traceback"), json.dumps(metrics),
-                 time.time()))
+                 time.time(), json.dumps(cell)))
             self.conn.executemany(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
                 [(cell_id, e["epoch"], _finite(e["train_loss"]), _finite(e["test_loss"]), e["test_acc"], e["epoch_s"])
@@ -251,7 +304,7 @@ class RunResults:
       library and version), ``plugins``, ``device``, ``device_name``, ``threads``, ``cpu_count``, ``seeds``,
       ``flop_convention`` and ``not_planned`` (combinations the planner left out and why).
     - ``cells``: one row per finished cell: the key columns (:data:`KEY_COLUMNS`), ``cell_id``, ``status``
-      (``ok``, ``unsupported``, ``error``, ``timeout``, ``diverged``, ``over_budget``), ``error`` and every
+      (``ok``, ``unsupported``, ``error``, ``timeout``, ``diverged``, ``over_budget``, ``damaged``), ``error`` and every
       metric the runner measured (``params``, ``compression``, ``acc_final``, ``speedup``, ...).
     - ``epochs``: one row per cell and fine-tuning epoch; ``layers``: one row per decomposed layer; both
       carry the key columns of their cell.
@@ -264,6 +317,8 @@ class RunResults:
     cells: pd.DataFrame
     epochs: pd.DataFrame
     layers: pd.DataFrame
+    # One line per stored row that could not be read back (its cell is listed with status "damaged").
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def comparable(self) -> pd.DataFrame:
@@ -278,7 +333,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise StoreError(f"{str(run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = connect_for_reading(path)
         try:
             check_integrity(conn, path)
             return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
@@ -297,7 +352,7 @@ def load_results(run_dir: str | Path) -> RunResults:
     if not path.is_file():
         raise StoreError(f"{str(run_dir)!r} is not a run directory (no {STORE_NAME} in it)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = connect_for_reading(path)
         check_integrity(conn, path)
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         raw = pd.read_sql_query("SELECT * FROM cells ORDER BY finished_at", conn)
@@ -309,11 +364,35 @@ def load_results(run_dir: str | Path) -> RunResults:
     for column, default in ADDED_KEY_COLUMNS.items():
         if column not in raw.columns:  # a store from before the column, opened read-only: fill what it meant
             raw[column] = default
-    metrics = pd.DataFrame([json.loads(m) for m in raw["metrics"]], index=raw.index)
+    if SPEC_COLUMN in raw.columns:  # the rebuild's input (read_cell), not a result
+        raw = raw.drop(columns=[SPEC_COLUMN])
+    parsed, warnings = [], []
+    for index, text in zip(raw.index, raw["metrics"]):
+        values = _metrics(text)
+        if values is None:
+            warnings.append(f"warning: the stored row of cell {raw.at[index, 'cell_id']} is damaged (its metrics are "
+                            "not valid JSON); it is listed as damaged and left out of every comparison")
+            raw.at[index, "status"], raw.at[index, "error"] = DAMAGED, "its stored metrics cannot be read"
+        parsed.append(values or {})
+    metrics = pd.DataFrame(parsed, index=raw.index)
     # A metric named like a stored column would duplicate it; the column wins.
     metrics = metrics.drop(columns=[c for c in metrics.columns if c in raw.columns])
     cells = pd.concat([raw.drop(columns=["metrics"]), metrics], axis=1)
     keys = cells.set_index("cell_id")[KEY_COLUMNS]
     epochs = epochs.join(keys, on="cell_id")
     layers = layers.join(keys, on="cell_id")
-    return RunResults(run_dir=run_dir, meta=meta, cells=cells, epochs=epochs, layers=layers)
+    return RunResults(run_dir=run_dir, meta=meta, cells=cells, epochs=epochs, layers=layers, warnings=warnings)
+
+
+def read_cell(run_dir: str | Path, cell_id: str) -> dict[str, Any] | None:
+    """One stored cell's ``spec`` (the :class:`harness.plan.Cell` as a dict; None in stores from before it was
+    kept), ``metrics`` and ``layers`` (rows with ``info`` parsed), or None when the run has no such cell."""
+    path = Path(run_dir) / STORE_NAME
+    try:
+        conn = connect_for_reading(path)
+        try:
+            return _cell_record(conn, cell_id)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{str(path)!r} cannot be read: {str(exc).splitlines()[0][:300]}") from None

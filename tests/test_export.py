@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from harness.cli import EXPORT_FORMATS, main
-from harness.export import FORMATS, MATCH_TOLERANCE, load_model
+from harness.export import FORMATS, MATCH_TOLERANCE
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -46,6 +46,18 @@ def kept_run(tmp_path_factory, cache_dir):
                  "--skip", ",".join(SKIP), "--latency-passes", "1", "--save-models", "--cache-dir", str(cache_dir), "--out", str(out)])
     assert code == 0
     yield out, pd.read_csv(out / "cells.csv")
+
+
+def kept(out, cell_id):
+    """A kept network as harness export rebuilds it: from the store's plan and the file's tensors."""
+    from harness.plugins import load_host
+    from harness.session import kept_network
+    from harness.store import load_results
+
+    results = load_results(out)
+    cell = results.cells.set_index("cell_id").loc[cell_id]
+    cell = {**cell.to_dict(), "cell_id": cell_id}
+    return kept_network(out, results.meta, cell, load_host(extra_modules=["sealed_backend"]), out / cell["model_file"])[0]
 
 
 def _importable(name: str) -> bool:
@@ -114,7 +126,7 @@ print(json.dumps({{"outputs": outputs, "loaded": loaded}}))
     assert report["loaded"] == []
     for row in cells[cells["backend"] != "sealed"].itertuples():
         with torch.inference_mode():
-            expected = load_model(out / row.model_file)(sample)
+            expected = kept(out, row.cell_id)(sample)
         got = torch.tensor(report["outputs"][row.cell_id])
         assert (got - expected).abs().max().item() <= MATCH_TOLERANCE, (row.cell_id, fmt)
 

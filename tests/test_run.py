@@ -201,33 +201,35 @@ def test_resume_refuses_other_settings_and_takes_the_same_ones(tmp_path, fast_ar
     assert err.count("\n") == 1 and "with other settings (rank_selection, ratios)" in err
 
 
-def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_path, fast_args):
-    from harness.latency import NETWORKS, network_path, save_network
-    from harness.models import lenet5
-    from harness.store import Store
+def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_path, fast_args, monkeypatch):
+    from harness import session
+    from harness.latency import ROUNDS_PER_PASS
+    from harness.networks import NETWORKS, network_path
 
     out = tmp_path / "run"
-    code = main(["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
-                 "--out", str(out), *fast_args])
-    assert code == 0
+    args = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
+            "--out", str(out), *fast_args]
+    assert main(args) == 0
     cells = pd.read_csv(out / "cells.csv")
     assert not (out / NETWORKS).exists()  # every saved network was timed, then removed
     row = cells.iloc[0]
-    from harness.latency import ROUNDS_PER_PASS
-
     assert row["latency_pending"] == False and row["latency_rounds"] == ROUNDS_PER_PASS  # noqa: E712 - a CSV cell
     assert row["latency_threads"] == 1  # --latency-threads defaults to one
     assert row["latency_iqr_ms"] >= 0 and row["speedup"] > 0 and row["speedup_iqr"] >= 0
-    # A run killed after its cells but before the phase: the cell is pending and its network is on disk.
-    store = Store(out)
-    cell_id = row["cell_id"]
-    store.update_metrics(cell_id, {"latency_pending": True, "speedup": None})
-    store.close()
-    save_network(lenet5((1, 28, 28), 10), network_path(out, cell_id))
-    assert main(["-p", "fake_backend", "run", "--resume", str(out)]) == 0
-    resumed = pd.read_csv(out / "cells.csv").iloc[0]
+    # A run killed after its cells but before the phase: the cell is pending and its network is on disk, as data.
+    killed = tmp_path / "killed"
+
+    def kill(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "_latency_phase", kill)
+    assert main([*args[:-len(fast_args) - 2], "--out", str(killed), *fast_args]) == 130
+    monkeypatch.undo()
+    assert network_path(killed, row["cell_id"]).is_file()
+    assert main(["-p", "fake_backend", "run", "--resume", str(killed)]) == 0
+    resumed = pd.read_csv(killed / "cells.csv").iloc[0]
     assert resumed["latency_pending"] == False and resumed["speedup"] > 0  # noqa: E712
-    assert not (out / NETWORKS).exists()
+    assert not (killed / NETWORKS).exists()
 
 
 def test_in_memory_format_puts_conv_weights_and_a_4d_batch_in_nhwc():

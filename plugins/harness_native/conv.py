@@ -65,9 +65,10 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         layer,
         rank,
         generator=request.generator(),
-        n_iter_max=int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+        # A rebuild keeps only the structure: the saved factors are loaded over these.
+        n_iter_max=1 if request.rebuild else int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
         tol=float(options.get("tol", CP_ALS["tol"])),
-        n_restarts=int(options.get("n_restarts", 2)),
+        n_restarts=1 if request.rebuild else int(options.get("n_restarts", 2)),
     )
 
 

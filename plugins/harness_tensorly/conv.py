@@ -85,7 +85,8 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         rank,
         seed=request.seed,
         init=str(options.get("init", "svd")),
-        n_iter_max=int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+        # A rebuild keeps only the structure: the saved factors are loaded over these.
+        n_iter_max=1 if request.rebuild else int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
         tol=float(options.get("tol", CP_ALS["tol"])),
     )
 

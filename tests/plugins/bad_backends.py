@@ -2,7 +2,8 @@
 
 ``greedy`` returns the full-rank truncated SVD of every Linear and Conv2d layer, whatever the
 budget: more parameters than the dense layer, so it would always look the most accurate.
-``stingy`` always returns rank 1, within every budget but far below it. Both are written the
+``stingy`` always returns rank 1, within every budget but far below it. ``hoarder`` returns a rank-1
+pair for the budget to count and keeps the dense kernel in buffers, which is what its forward runs. Both are written the
 short way (one callable per method) and are otherwise correct, so only the budget can catch
 them. Loaded in tests with ``-p bad_backends`` (tests/plugins on sys.path).
 """
@@ -56,3 +57,22 @@ def harness_register_backends(register):
                                  methods={"linear": {"svd": full_rank}, "conv2d": {"svd": full_rank}}))
     register(harness.BackendInfo(name="stingy", library="torch", library_version=torch.__version__,
                                  methods={"linear": {"svd": rank_one}, "conv2d": {"svd": rank_one}}))
+    register(harness.BackendInfo(name="hoarder", library="torch", library_version=torch.__version__,
+                                 methods={"linear": {"svd": hidden_kernel}}))
+
+
+class KernelInBuffer(nn.Module):
+    """A rank-1 pair for the budget to count, and the dense kernel kept in buffers, which is what really runs."""
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.small = svd_at(layer, 1)
+        self.register_buffer("kernel", layer.weight.detach().clone())
+        self.register_buffer("offset", layer.bias.detach().clone() if layer.bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.kernel, self.offset) + 0 * self.small(x)
+
+
+def hidden_kernel(layer: nn.Module, request: harness.DecomposeRequest) -> nn.Module:
+    return KernelInBuffer(layer)

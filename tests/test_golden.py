@@ -1,0 +1,72 @@
+"""A golden run: the same command gives the same cells.csv and layers.csv values, timing columns aside.
+
+Recorded before the host was restructured into layers (issue 25) and kept since, so a refactoring that changes what
+the harness computes — a budget, a rank, an accuracy, an error — fails here, however the code is laid out. Four
+backends on LeNet-5 at x4 with one fine-tuning epoch (TedNet's slow Linear BTT and CP cells left out), values
+compared exactly up to float rounding. After a change that is meant to change results, record the run anew:
+``python tests/test_golden.py RUN_DIR`` writes the golden files from a run made with :data:`COMMAND`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
+COMMAND = ["run", "--backends", "native,tensorly,tltorch,tednet", "--models", "lenet5", "--ratios", "4", "--epochs",
+           "1", "--baseline-epochs", "1", "--targets", "conv,linear", "--skip",
+           "tednet/*/*/btt/linear/*,tednet/*/*/cp/linear/*", "--latency-passes", "1"]
+KEYS = {"cells": ["cell_id"], "layers": ["cell_id", "layer"]}
+
+
+def timing(column: str) -> bool:
+    """Columns that measure time (or hash a file), which no two runs share."""
+    return (column.endswith(("_s", "_ms")) or column.startswith(("speedup", "latency_")) or
+            column in ("finished_at", "network_sha256", "traceback"))
+
+
+def values(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    kept = table[[c for c in table.columns if not timing(c)]]
+    return kept.sort_values(KEYS[name]).reset_index(drop=True)
+
+
+def differences(golden: pd.DataFrame, got: pd.DataFrame) -> list[str]:
+    if len(golden) != len(got):
+        return [f"{len(got)} rows where {len(golden)} were recorded"]
+    found = []
+    for column in golden.columns:
+        if column not in got.columns:
+            found.append(f"{column}: missing")
+            continue
+        want, have = golden[column], got[column]
+        if pd.api.types.is_numeric_dtype(want) and pd.api.types.is_numeric_dtype(have):
+            same = np.isclose(want.astype(float), have.astype(float), rtol=1e-9, atol=0, equal_nan=True)
+        else:
+            same = (want.fillna("").astype(str) == have.fillna("").astype(str)).to_numpy()
+        if not same.all():
+            row = int(np.flatnonzero(~same)[0])
+            found.append(f"{column}: {want.iloc[row]!r} recorded, {have.iloc[row]!r} now ({golden.iloc[row, 0]})")
+    return found
+
+
+def test_the_golden_run_gives_the_recorded_values(tmp_path, cache_dir):
+    pytest.importorskip("tltorch")
+    pytest.importorskip("tednet")
+    from harness.cli import main
+
+    out = tmp_path / "run"
+    assert main([*COMMAND, "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
+    for name in ("cells", "layers"):
+        golden = pd.read_csv(GOLDEN / f"lenet5-x4.{name}.csv")
+        got = values(pd.read_csv(out / f"{name}.csv"), name)
+        assert differences(golden, got) == [], name
+
+
+if __name__ == "__main__":  # record: python tests/test_golden.py RUN_DIR
+    run_dir = Path(sys.argv[1])
+    for name in ("cells", "layers"):
+        values(pd.read_csv(run_dir / f"{name}.csv"), name).to_csv(GOLDEN / f"lenet5-x4.{name}.csv", index=False)

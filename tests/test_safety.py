@@ -65,7 +65,7 @@ def common(cache_dir) -> list[str]:
 @pytest.fixture(scope="module")
 def kept_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("safety") / "run"
-    assert main([*common(cache_dir), "--save-models", "--out", str(out)]) == 0
+    assert main([*common(cache_dir), "--save-models", "--executor", "inprocess", "--out", str(out)]) == 0
     cells = pd.read_csv(out / "cells.csv")
     decomposed = cells[cells["method"] == "svd"].iloc[0]
     return out, decomposed["cell_id"], out / decomposed["model_file"]
@@ -110,7 +110,7 @@ def test_code_planted_in_networks_is_never_run_by_resume(tmp_path, cache_dir, mo
 
     run_dir = tmp_path / "killed"
     monkeypatch.setattr(session, "_latency_phase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert main([*common(cache_dir), "--no-dense-control", "--out", str(run_dir)]) == 130
+    assert main([*common(cache_dir), "--no-dense-control", "--executor", "inprocess", "--out", str(run_dir)]) == 130
     monkeypatch.undo()
     cell_id = pd.read_sql_query("SELECT cell_id FROM cells", sqlite3.connect(run_dir / STORE_NAME))["cell_id"][0]
     pending = network_path(run_dir, cell_id)
@@ -376,10 +376,11 @@ def build_net(input_shape, num_classes):
 EXPORTER = """
 import sys
 from harness.cli import main
-run_dir, cell_id, folder = sys.argv[1:4]
-for fmt, suffix in (("pt", ".pt2"), ("torchscript", ".ts.pt"), ("onnx", ".onnx")):
-    code = main(["export", run_dir, cell_id, "--format", fmt, "--out", f"{folder}/net{suffix}"])
-    print(f"exit {fmt} {code}", flush=True)
+run_dir, folder, *cells = sys.argv[1:]
+for index, cell_id in enumerate(cells):
+    for fmt, suffix in (("pt", ".pt2"), ("torchscript", ".ts.pt"), ("onnx", ".onnx")):
+        code = main(["export", run_dir, cell_id, "--format", fmt, "--out", f"{folder}/net{index}{suffix}"])
+        print(f"exit {index} {fmt} {code}", flush=True)
 """
 
 
@@ -391,20 +392,19 @@ def test_kept_networks_of_every_models_form_export_in_a_fresh_process(tmp_path, 
     monkeypatch.chdir(work)
     models = "torchvision:mobilenet_v3_small,./mynet.py:build_net,mynet:build_net"
     assert main(["run", "--no-train", "--datasets", "random:3x32x32", "--models", models, "--backends", "native",
-                 "--methods", "svd", "--targets", "all", "--ratios", "4", "--no-dense-control", "--latency-passes",
-                 "1", "--jobs", "1", "--save-models", "--cache-dir", str(cache_dir), "--out", "run"]) == 0
+                 "--methods", "svd", "--targets", "linear", "--ratios", "4", "--no-dense-control", "--latency-passes",
+                 "1", "--executor", "inprocess", "--save-models", "--cache-dir", str(cache_dir), "--out", "run"]) == 0
     cells = pd.read_csv(work / "run" / "cells.csv")
     assert len(cells) == 3 and (cells["status"] == "ok").all()
     (work / "exporter.py").write_text(EXPORTER)
-    for index, cell_id in enumerate(cells["cell_id"]):
-        folder = tmp_path / f"exported{index}"
-        folder.mkdir()
-        done = subprocess.run([sys.executable, str(work / "exporter.py"), str(work / "run"), cell_id, str(folder)],
-                              capture_output=True, text=True, cwd=work, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
+    # A process that has seen neither the run nor the user's classes: they come back from the stored spec alone.
+    done = subprocess.run([sys.executable, str(work / "exporter.py"), str(work / "run"), str(tmp_path),
+                           *cells["cell_id"]], capture_output=True, text=True, cwd=work, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for index in range(len(cells)):
         for fmt in ("pt", "torchscript", "onnx"):
-            assert f"exit {fmt} 0" in done.stdout, (cell_id, done.stdout, done.stderr[-2000:])
-        assert done.stdout.count("outputs match the kept network") == 3
+            assert f"exit {index} {fmt} 0" in done.stdout, (index, done.stdout, done.stderr[-2000:])
+    assert done.stdout.count("outputs match the kept network") == 9
 
 
 def test_a_model_file_inside_the_run_directory_is_never_imported(kept_run, tmp_path, capsys):

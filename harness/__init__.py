@@ -14,9 +14,9 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("harness")
 
 # The plugin API, imported on first use: the modules behind it import torch, which `harness --help` never needs.
-_LAZY = {name: "harness.backends" for name in
+_LAZY = {name: "harness.contract.backend" for name in
          ("FULL_RANK", "BackendInfo", "DecomposeRequest", "Unsupported", "fill_ranks", "largest_fitting")}
-_LAZY.update({name: "harness.selection" for name in ("LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer")})
+_LAZY.update({name: "harness.contract.selection" for name in ("LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer")})
 
 
 def __getattr__(name: str) -> Any:

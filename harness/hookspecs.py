@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from harness.backends import BackendInfo, DecomposeRequest
-    from harness.config import RunConfig
-    from harness.data import DatasetSpec
-    from harness.models import ModelSpec
-    from harness.selection import RankSelector
-    from harness.store import RunResults
+    from harness.contract.backend import BackendInfo, DecomposeRequest
+    from harness.config.settings import RunConfig
+    from harness.run.data import DatasetSpec
+    from harness.run.models import ModelSpec
+    from harness.contract.selection import RankSelector
+    from harness.results.store import RunResults
 
 hookspec = pluggy.HookspecMarker("harness")
 
@@ -92,7 +92,7 @@ def harness_register_rank_selectors(register: Callable[[RankSelector], None]) ->
     ``harness run --rank-selection NAME[:ARG]`` picks it, and in the worker, before the
     first layer is decomposed, the runner calls its ``budgets(SelectionInput)`` once per
     cell and passes each layer's answer as ``DecomposeRequest.budget``. ``budgets`` returns
-    one positive int (or :class:`harness.selection.LayerBudget`) per layer; an exception
+    one positive int (or :class:`harness.contract.selection.LayerBudget`) per layer; an exception
     there marks the cell ``error``. Returns nothing.
     """
 
@@ -111,8 +111,8 @@ def harness_register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     """Declare datasets: call ``register(DatasetSpec(name, load, description))`` for each.
 
     Called once when the plugin manager starts. ``load(data_dir, download)`` returns
-    :class:`harness.data.DataSplits` (train and test tensors in memory) or raises
-    :class:`harness.data.DataUnavailable` with a one-line explanation. Returns nothing.
+    :class:`harness.run.data.DataSplits` (train and test tensors in memory) or raises
+    :class:`harness.run.data.DataUnavailable` with a one-line explanation. Returns nothing.
     """
 
 

@@ -14,7 +14,7 @@ from trained weights, the parameter budget (never over it, and never more than
 :data:`UNUSED_BUDGET` of it left unused while the next rank up would still fit), output
 shapes under stride, padding, dilation and odd kernels, the bias, a ``state_dict`` round
 trip, determinism under a seed, backward, and that declared conv gaps raise
-:class:`harness.Unsupported`. Requests go through :meth:`harness.plugins.Host.decompose`,
+:class:`harness.Unsupported`. Requests go through :meth:`harness.run.host.Host.decompose`,
 exactly as in a run. Methods that train from scratch skip the exactness checks; an
 unavailable backend skips everything, with its install hint as the reason.
 :func:`decompose` is the same path for a backend's own tests.
@@ -30,7 +30,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.backends import (
+from harness.contract.backend import (
     DecomposeRequest,
     Unsupported,
     check_budget,
@@ -38,7 +38,7 @@ from harness.backends import (
     count_params,
     layer_kind,
 )
-from harness.metrics import relative_error
+from harness.measure.metrics import relative_error
 
 RATIOS = (2.0, 4.0, 8.0)
 # A replacement may leave at most this share of its budget unused when the next rank up would still fit.
@@ -68,7 +68,7 @@ _HOSTS: dict[str | None, Any] = {}
 
 def _host(plugin_module: str | None):
     """The plugin host (every installed plugin, plus ``plugin_module``), loaded once per module."""
-    from harness.plugins import load_host
+    from harness.run.host import load_host
 
     if plugin_module not in _HOSTS:
         _HOSTS[plugin_module] = load_host(extra_modules=[plugin_module] if plugin_module else [])
@@ -77,7 +77,7 @@ def _host(plugin_module: str | None):
 
 def decompose(layer: nn.Module, request: DecomposeRequest, plugin_module: str | None = None) -> nn.Module:
     """``layer``'s replacement as a run gets it: through the host, which refuses undeclared methods and declared
-    conv gaps, then checked against the request's budget (:class:`harness.backends.OverBudget`)."""
+    conv gaps, then checked against the request's budget (:class:`harness.contract.backend.OverBudget`)."""
     replacement = _host(plugin_module).decompose(layer, request)
     check_budget(replacement, request)
     return replacement

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.aggregate import format_summary, mean_std, seed_summary
-from harness.findings import all_findings, control_stability, regime, target_payoff
-from harness.store import KEY_COLUMNS, RunResults
+from harness.results.aggregate import format_summary, mean_std, seed_summary
+from harness.results.findings import all_findings, control_stability, regime, target_payoff
+from harness.results.store import KEY_COLUMNS, RunResults
 
 BASELINE = 98.0
 ACC_LOSS = {"a": 2.0, "b": 0.5, "c": 3.0}

@@ -10,7 +10,7 @@ import pytest
 STEPS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from harness.allocator import keep_freed_memory
+    from harness.core.allocator import keep_freed_memory
     assert keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def _page_faults(policy: str) -> int:
 
 
 def test_large_intermediates_are_reused_without_page_faults():
-    from harness.allocator import keep_freed_memory
+    from harness.core.allocator import keep_freed_memory
 
     if not keep_freed_memory():
         pytest.skip("the policy is glibc's, and this C library is another")

@@ -19,11 +19,11 @@ from torch import nn
 
 import harness_tednet
 from harness import DecomposeRequest, Unsupported
-from harness.backends import count_params
-from harness.plugins import load_host
+from harness.contract.backend import count_params
+from harness.run.host import load_host
 from harness.testing import decompose as host_decompose
 from harness_tednet.library import TedNetLayer, build_quietly, tednet_class
-from harness.metrics import relative_error
+from harness.measure.metrics import relative_error
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_svd
 
 pytest.importorskip("tednet")

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import harness_tensorly
-from harness import BackendInfo, DecomposeRequest, Unsupported, structures
-from harness.backends import count_params, largest_fitting
-from harness.plugins import load_host
+from harness import BackendInfo, DecomposeRequest, Unsupported
+from harness.tensor import structures
+from harness.contract.backend import count_params, largest_fitting
+from harness.run.host import load_host
 from harness.testing import decompose as host_decompose
 from harness_tensorly import tensorly_ops
 
@@ -242,7 +243,7 @@ def _param_formula(layer: nn.Module, method: str, request: DecomposeRequest):
         return (lambda r: structures.svd_params(layer.in_features, layer.out_features, r, bias),
                 lambda r: [r + 1] if r < cap else [])
     if method == "tt" and isinstance(layer, nn.Linear):
-        from harness.shapes import tensorized_shapes
+        from harness.tensor.shapes import tensorized_shapes
 
         shapes = tensorized_shapes(layer.in_features, layer.out_features, request.options)
         caps = structures.tt_linear_max_ranks(*shapes)

@@ -25,11 +25,11 @@ from torch import nn
 
 import harness_tltorch
 from harness import DecomposeRequest, Unsupported
-from harness.backends import count_params
-from harness.shapes import tensorized_shapes
+from harness.contract.backend import count_params
+from harness.tensor.shapes import tensorized_shapes
 from harness.testing import LINEAR_SHAPE, BackendConformance, make_layer, sample_input
 from harness.testing import decompose as host_decompose
-from harness.plugins import load_host
+from harness.run.host import load_host
 from harness_tltorch import library
 
 # Tiny layers: on a busy 2-core machine extra OpenMP threads only spin.
@@ -558,7 +558,7 @@ def test_factorized_linear_forward_is_fast(method):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cp_runs_the_same_sweep_budget_as_every_backend(backend):
     """parafac's own default is 100 sweeps; the host's CP budget (300, tol 1e-8) is every backend's."""
-    from harness.backends import CP_ALS
+    from harness.contract.backend import CP_ALS
 
     conv = seeded(lambda: nn.Conv2d(6, 16, **GEOMETRY))
     info = decompose(conv, "cp", backend, rank=20).decomposition_info

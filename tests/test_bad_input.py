@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 
 # A quick valid run of the test backend, without data-dependent work: its store is what the damaged-store cases damage.
 QUICK = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
@@ -114,7 +114,7 @@ def test_a_store_killed_before_its_configuration_is_started_again(tmp_path, cach
     """A store with its schema but no metadata (a kill between the two, by older versions) is not a dead end."""
     import sqlite3
 
-    from harness.store import SCHEMA
+    from harness.results.store import SCHEMA
 
     out = tmp_path / "run"
     out.mkdir()
@@ -128,7 +128,7 @@ def test_a_store_killed_before_its_configuration_is_started_again(tmp_path, cach
 
 
 def test_a_new_store_is_made_whole_or_not_at_all(tmp_path):
-    from harness.store import STORE_NAME, Store
+    from harness.results.store import STORE_NAME, Store
 
     store = Store.create(tmp_path / "run", {"config": {"seeds": [0]}})
     assert store.meta() == {"config": {"seeds": [0]}}

@@ -6,8 +6,8 @@ import time
 
 import pandas as pd
 
-from harness.bench import time_breakdown
-from harness.cli import main
+from harness.cli.bench import time_breakdown
+from harness.cli.main import main
 
 
 def test_time_breakdown_accounts_for_every_cell_second(tmp_path, fast_args):

@@ -8,8 +8,8 @@ import pytest
 from torch import nn
 
 from harness import DecomposeRequest, Unsupported, fill_ranks, largest_fitting
-from harness.backends import count_params
-from harness.shapes import balanced_factors, tensorized_shapes
+from harness.contract.backend import count_params
+from harness.tensor.shapes import balanced_factors, tensorized_shapes
 
 
 def test_largest_fitting_is_the_largest_rank_within_budget():

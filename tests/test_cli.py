@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -85,7 +85,7 @@ def test_top_level_help_imports_neither_torch_nor_pandas():
     import subprocess
     import sys
 
-    code = ("import sys, contextlib, io\nfrom harness.cli import main\n"
+    code = ("import sys, contextlib, io\nfrom harness.cli.main import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "    try:\n        main(['--help'])\n    except SystemExit as exc:\n        assert exc.code == 0\n"
             "assert 'usage: harness' in out.getvalue()\n"
@@ -115,7 +115,7 @@ def test_a_misspelled_p_plugin_is_one_line_and_exit_2(capsys):
 def test_an_installed_plugin_that_fails_to_import_is_listed_not_fatal(capsys, monkeypatch):
     import importlib.metadata
 
-    from harness import plugins
+    from harness.run import host as plugins
 
     broken = importlib.metadata.EntryPoint("broken", "no_such_installed_module", plugins.ENTRY_POINT_GROUP)
     real = plugins.entry_points
@@ -139,7 +139,7 @@ def test_blocking_a_plugin_lists_it_as_blocked(capsys):
 def test_p_loads_a_module_from_the_current_folder_or_a_file(capsys, tmp_path, monkeypatch):
     (tmp_path / "my_local_plugin.py").write_text(
         "import harness\n"
-        "from harness.models import ModelSpec, lenet5\n\n"
+        "from harness.run.models import ModelSpec, lenet5\n\n"
         "@harness.hookimpl\n"
         "def harness_register_models(register):\n"
         "    register(ModelSpec('local-lenet', lenet5, 'LeNet-5 from a plugin in the current folder'))\n")
@@ -165,8 +165,8 @@ def test_unavailable_backend_is_listed_with_hint_and_skipped_by_all(capsys):
 def test_jobs_default_to_one_worker_per_available_core_and_one_on_a_gpu(monkeypatch):
     import torch
 
-    from harness.config import build_config
-    from harness.executors import available_cores, threads_per_worker
+    from harness.config.settings import build_config
+    from harness.run.executors import available_cores, threads_per_worker
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cores = available_cores()

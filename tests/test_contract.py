@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, Unsupported
-from harness.backends import OverBudget, check_budget, count_params
-from harness.cli import main
-from harness.config import build_config, validate_names
-from harness.plan import not_planned_summary, plan_cells
-from harness.plugins import load_host
-from harness.store import load_results
+from harness.contract.backend import OverBudget, check_budget, count_params
+from harness.cli.main import main
+from harness.config.settings import build_config, validate_names
+from harness.plan.planner import not_planned_summary, plan_cells
+from harness.run.host import load_host
+from harness.results.store import load_results
 
 matplotlib.use("Agg")
 
@@ -57,8 +57,8 @@ def test_no_report_ranks_an_over_budget_cell(over_budget_run, capsys):
     from harness_html import render
     from harness_tables import summary_table
 
-    from harness import plots
-    from harness.findings import all_findings
+    from harness.results import plots
+    from harness.results.findings import all_findings
 
     _, out = over_budget_run
     results = load_results(out)
@@ -155,7 +155,7 @@ def test_the_default_plan_has_no_undeclared_method_cells():
     host = load_host()
     config = build_config({"backends": "all"})
     validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
-    from harness.models import lenet5
+    from harness.run.models import lenet5
 
     plan = plan_cells(config, host.backends, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)},
                       host.rank_selectors)

@@ -8,9 +8,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from harness.cli import main
-from harness.config import build_config, load_preset, preset_names
-from harness.store import load_results
+from harness.cli.main import main
+from harness.config.settings import build_config, load_preset, preset_names
+from harness.results.store import load_results
 
 
 def _run(out, fast_args, *extra) -> int:
@@ -74,10 +74,10 @@ def test_unknown_lr_schedule_is_one_line(capsys):
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_shipped_preset_is_a_valid_config_with_a_description(name):
-    from harness.config import preset_description
+    from harness.config.settings import preset_description
 
-    from harness.config import validate_names
-    from harness.plugins import load_host
+    from harness.config.settings import validate_names
+    from harness.run.host import load_host
 
     assert preset_description(name)
     config = build_config(load_preset(name))

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.cli import main
-from harness.store import load_results
+from harness.cli.main import main
+from harness.results.store import load_results
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.data import DataUnavailable, load_cifar10, load_fashion_mnist, load_mnist, load_mnist_embedded
-from harness.metrics import count_flops, effective_weight, measure_latency, reconstruction_error
-from harness.models import lenet5, mlp, vgg_small
-from harness.plan import target_layers
+from harness.run.data import DataUnavailable, load_cifar10, load_fashion_mnist, load_mnist, load_mnist_embedded
+from harness.measure.metrics import count_flops, effective_weight, measure_latency, reconstruction_error
+from harness.run.models import lenet5, mlp, vgg_small
+from harness.plan.planner import target_layers
 
 
 def test_embedded_mnist_is_a_deterministic_stratified_split():
@@ -102,9 +102,9 @@ def test_effective_weight_of_a_conv_is_its_weight(kwargs):
 @pytest.mark.parametrize("dense", [nn.Conv2d(64, 32, 3, padding=1), nn.Conv2d(16, 8, 5, stride=2), nn.Linear(300, 40)])
 def test_effective_weight_probes_in_chunks_of_bounded_size(dense, monkeypatch):
     # All impulses in one batch once asked TedNet's TT conv for 18.9 GB on ResNet-18; chunks keep a probe small.
-    import harness.metrics
+    import harness.measure.metrics
 
-    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 4096)
+    monkeypatch.setattr(harness.measure.metrics, "PROBE_ELEMENTS", 4096)
     sizes = []
     dense.register_forward_pre_hook(lambda module, args: sizes.append(args[0][0].numel() * len(args[0])))
     torch.manual_seed(0)
@@ -116,10 +116,10 @@ def test_effective_weight_probes_in_chunks_of_bounded_size(dense, monkeypatch):
 @pytest.mark.parametrize("dense", [nn.Linear(120, 60), nn.Conv2d(12, 16, 3, stride=2, padding=1)])
 def test_a_probe_too_slow_to_finish_gives_a_labelled_estimate_of_the_error(dense, monkeypatch):
     # tltorch's block-TT on VGG-11's 25,088-input Linear needs a forward per input feature: over 13 minutes exact.
-    import harness.metrics
-    from harness.metrics import replacement_error
+    import harness.measure.metrics
+    from harness.measure.metrics import replacement_error
 
-    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 256)  # several chunks, so the first projects the rest
+    monkeypatch.setattr(harness.measure.metrics, "PROBE_ELEMENTS", 256)  # several chunks, so the first projects the rest
 
     torch.manual_seed(0)
     noisy = copy.deepcopy(dense)
@@ -168,7 +168,7 @@ def counting_sleeper(calls: dict[str, int], name: str, seconds: float):
 
 
 def test_paired_rounds_time_each_call_in_calibrated_blocks():
-    from harness.metrics import latency_summary, paired_rounds
+    from harness.measure.metrics import latency_summary, paired_rounds
 
     calls: dict[str, int] = {}
     sleeper = functools.partial(counting_sleeper, calls)
@@ -182,7 +182,7 @@ def test_paired_rounds_time_each_call_in_calibrated_blocks():
 
 
 def test_paired_rounds_of_slow_calls_stop_after_their_time_budget():
-    from harness.metrics import paired_rounds
+    from harness.measure.metrics import paired_rounds
 
     calls: dict[str, int] = {}
     sleeper = functools.partial(counting_sleeper, calls)
@@ -200,11 +200,11 @@ def test_a_cell_records_which_layers_errors_were_estimated(tmp_path, fast_args, 
 
     import pandas as pd
 
-    import harness.metrics
-    from harness.cli import main
+    import harness.measure.metrics
+    from harness.cli.main import main
 
-    monkeypatch.setattr(harness.metrics, "PROBE_ELEMENTS", 20_000)
-    monkeypatch.setattr(harness.metrics, "PROBE_SECONDS", 0.0)  # every probe with more than one chunk is too slow
+    monkeypatch.setattr(harness.measure.metrics, "PROBE_ELEMENTS", 20_000)
+    monkeypatch.setattr(harness.measure.metrics, "PROBE_SECONDS", 0.0)  # every probe with more than one chunk is too slow
     out = tmp_path / "run"
     assert main(["run", "--backends", "native", "--methods", "svd", "--targets", "linear", "--no-train",
                  "--executor", "inprocess", "--out", str(out), *fast_args]) == 0

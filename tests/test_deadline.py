@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from harness.deadline import deadline
+from harness.core.deadline import deadline
 
 
 class OutOfTime(BaseException):

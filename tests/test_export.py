@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.cli import EXPORT_FORMATS, main
-from harness.export import FORMATS, MATCH_TOLERANCE
+from harness.cli.main import EXPORT_FORMATS, main
+from harness.run.export import FORMATS, MATCH_TOLERANCE
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -50,9 +50,9 @@ def kept_run(tmp_path_factory, cache_dir):
 
 def kept(out, cell_id):
     """A kept network as harness export rebuilds it: from the store's plan and the file's tensors."""
-    from harness.plugins import load_host
-    from harness.session import kept_network
-    from harness.store import load_results
+    from harness.run.host import load_host
+    from harness.run.session import kept_network
+    from harness.results.store import load_results
 
     results = load_results(out)
     cell = results.cells.set_index("cell_id").loc[cell_id]
@@ -192,7 +192,7 @@ def test_a_run_without_save_models_says_how_to_keep_them(tmp_path, cache_dir, ca
 
 
 def test_an_export_past_its_time_limit_is_abandoned_in_one_line(tmp_path):
-    from harness.export import ExportFailed, export_network
+    from harness.run.export import ExportFailed, export_network
 
     model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(200)])
     with pytest.raises(ExportFailed, match="did not finish in 0.01 s"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.findings import (
+from harness.results.findings import (
     SINGLE_SEED_TIE_PP,
     all_findings,
     best_backends,
@@ -22,7 +22,7 @@ from harness.findings import (
     speedup_vs_flops,
     target_payoff,
 )
-from harness.store import RunResults
+from harness.results.store import RunResults
 
 
 def cell(backend: str, acc: float, speedup: float = 1.5, seed: int = 0, *, target: str = "conv",
@@ -134,9 +134,9 @@ def test_siblings_of_one_library_are_not_presented_as_rivals():
 def test_backends_built_from_the_same_modules_are_not_speed_rivals():
     rows = [cell("native", 97.0, speedup=1.80, iqr=0.01), cell("tensorly", 97.0, speedup=1.20, iqr=0.01)]
     found = {f.key: f for f in all_findings(results(rows, {"native": "torch", "tensorly": "tensorly"},
-                                                    {"native": "harness.structures", "tensorly": "harness.structures"}))}
+                                                    {"native": "harness.tensor.structures", "tensorly": "harness.tensor.structures"}))}
     text = found["best_speedup"].text
-    assert "build their networks from the same modules (harness.structures)" in text and "noise" in text
+    assert "build their networks from the same modules (harness.tensor.structures)" in text and "noise" in text
 
 
 def test_one_seed_steadiness_leads_below_the_threshold_are_ties():

@@ -57,7 +57,7 @@ def golden_run(folder: Path) -> Path:
     """The golden command into ``folder``, with a cache of its own, one thread in this process."""
     import torch
 
-    from harness.cli import main
+    from harness.cli.main import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,8 +14,8 @@ import pytest
 from matplotlib.image import imread
 from test_aggregate_findings import planted_results
 
-from harness import plots
-from harness.findings import all_findings
+from harness.results import plots
+from harness.results.findings import all_findings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TABLE_IDS = ("metadata-table", "dense-baselines", "dense-control", "summary", "budget-deviations", "not-ok")
@@ -255,7 +255,7 @@ def test_long_finding_tables_fold_away_and_short_ones_stay_open():
     import pandas as pd
     from harness_html import FOLD_ROWS, _finding_html
 
-    from harness.findings import Finding
+    from harness.results.findings import Finding
 
     long = Finding("k", "T", "text", {}, pd.DataFrame({"a": range(FOLD_ROWS + 1)}))
     short = Finding("k", "T", "text", {}, pd.DataFrame({"a": range(FOLD_ROWS)}))

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from harness.backends import BackendInfo
-from harness.cli import main
-from harness.config import ConfigError, build_config, validate_names
-from harness.mixing import Mix, check_labels
-from harness.runner import pick_best
-from harness.models import lenet5
-from harness.plan import layer_methods, plan_cells
-from harness.store import load_results
+from harness.contract.backend import BackendInfo
+from harness.cli.main import main
+from harness.config.settings import ConfigError, build_config, validate_names
+from harness.config.mixing import Mix, check_labels
+from harness.run.runner import pick_best
+from harness.run.models import lenet5
+from harness.plan.planner import layer_methods, plan_cells
+from harness.results.store import load_results
 
 # LeNet-5's targeted layers with the edges kept dense: one conv ("0.3") and two Linear ("2", "4").
 CONV, FC1, FC2 = "0.3", "2", "4"
@@ -173,8 +173,8 @@ def test_auto_skips_unsupported_candidates_and_is_unsupported_when_all_are():
     import torch
     from torch import nn
 
-    from harness.backends import DecomposeRequest, Unsupported
-    from harness.runner import _auto
+    from harness.contract.backend import DecomposeRequest, Unsupported
+    from harness.run.runner import _auto
 
     def decompose_layer(layer, request):
         if request.method != "copy":
@@ -195,7 +195,7 @@ def test_auto_skips_unsupported_candidates_and_is_unsupported_when_all_are():
 
 
 def test_label_kinds_inverts_the_kind_slots_of_a_label():
-    from harness.mixing import label_kinds
+    from harness.config.mixing import label_kinds
 
     assert label_kinds(Mix.parse("conv=tucker2,linear=svd").label) == ("tucker2", "svd")
     assert label_kinds(Mix.parse("linear=tt,fc1=svd").label) == (None, "tt")

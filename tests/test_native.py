@@ -13,9 +13,10 @@ import harness
 import harness.hookspecs
 import harness_native
 from harness.testing import decompose as host_decompose
-from harness import BackendInfo, DecomposeRequest, Unsupported, structures
-from harness.backends import count_params
-from harness.shapes import balanced_factors
+from harness import BackendInfo, DecomposeRequest, Unsupported
+from harness.tensor import structures
+from harness.contract.backend import count_params
+from harness.tensor.shapes import balanced_factors
 
 # CP-ALS needs no accuracy where only the parameter count is checked.
 FAST_CP = {"n_iter_max": 5, "n_restarts": 0}
@@ -314,7 +315,7 @@ def test_registration_and_hook_through_pluggy():
 
 @pytest.mark.parametrize("shape", [(6, 5, 3, 2), (7, 4, 5), (4, 9)], ids=["4-way", "3-way", "matrix"])
 def test_mttkrp_without_khatri_rao_matches_the_unfolding_product(shape):
-    from harness.algebra import khatri_rao, mttkrp, unfold
+    from harness.tensor.algebra import khatri_rao, mttkrp, unfold
 
     generator = torch.Generator().manual_seed(0)
     tensor = torch.randn(shape, generator=generator, dtype=torch.float64)
@@ -328,7 +329,7 @@ def test_mttkrp_without_khatri_rao_matches_the_unfolding_product(shape):
 def test_cp_als_error_from_grams_is_the_reconstruction_error(shape):
     # The sweep's error comes from Gram matrices and float32 contractions, never from a reconstruction:
     # it must still be the error of the factors returned, to well under the convergence tolerance's scale.
-    from harness.algebra import cp_als, cp_to_tensor
+    from harness.tensor.algebra import cp_als, cp_to_tensor
 
     tensor = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     fit = cp_als(tensor, 7, generator=torch.Generator().manual_seed(3), n_iter_max=40, n_restarts=1)

@@ -60,12 +60,12 @@ def test_the_example_runs_from_its_folder_with_p(tmp_path, cache_dir):
         "class TestLowrankUninstalled(BackendConformance):\n"
         "    backend = 'lowrank'\n    plugin_module = 'harness_lowrank'\n")
     env = dict(os.environ)
-    listed = subprocess.run([sys.executable, "-m", "harness.cli", "-p", "harness_lowrank", "list"], cwd=folder,
+    listed = subprocess.run([sys.executable, "-m", "harness.cli.main", "-p", "harness_lowrank", "list"], cwd=folder,
                             env=env, capture_output=True, text=True, timeout=600)
     assert listed.returncode == 0, listed.stderr
     assert "harness_lowrank    harness_lowrank (loaded with -p): harness_register_backends" in listed.stdout
     out = tmp_path / "run"
-    ran = subprocess.run([sys.executable, "-m", "harness.cli", "-p", "harness_lowrank", "run", "--backends",
+    ran = subprocess.run([sys.executable, "-m", "harness.cli.main", "-p", "harness_lowrank", "run", "--backends",
                           "lowrank", "--targets", "linear", "--ratios", "4", "--epochs", "1", "--baseline-epochs",
                           "1", "--no-dense-control", "--latency-passes", "1", "--cache-dir", str(cache_dir), "--out",
                           str(out)],
@@ -94,7 +94,7 @@ def installed(tmp_path_factory) -> dict[str, str]:
 
 
 def harness(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from harness import rank_selection
-from harness.rank_selection import (
+from harness.tensor import spectra as rank_selection
+from harness.tensor.spectra import (
     allocate_budget,
     energy_options,
     energy_rank,
@@ -22,7 +22,7 @@ from harness.rank_selection import (
     unfolding,
     vbmf_rank,
 )
-from harness.structures import svd_params
+from harness.tensor.structures import svd_params
 
 
 def generator(seed: int) -> torch.Generator:

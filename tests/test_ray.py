@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 
 ray = pytest.importorskip("ray")
 
@@ -97,7 +97,7 @@ def _finished(store: Path) -> int:
 
 
 def test_epochs_finished_on_ray_move_the_epoch_bar(tmp_path, cache_dir, local_ray, monkeypatch):
-    import harness.session
+    import harness.run.session
     from tqdm import tqdm
 
     epochs: list[int] = []
@@ -112,7 +112,7 @@ def test_epochs_finished_on_ray_move_the_epoch_bar(tmp_path, cache_dir, local_ra
                 epochs.append(n)
             return super().update(n)
 
-    monkeypatch.setattr(harness.session, "tqdm", RecordingBar)
+    monkeypatch.setattr(harness.run.session, "tqdm", RecordingBar)
     assert main([*GRID, "--executor", "ray", "--cpus-per-cell", "1", "--cache-dir", str(cache_dir),
                  "--out", str(tmp_path / "ray")]) == 0
     assert sum(epochs) == 2  # two cells of one fine-tune epoch each, reported from the Ray workers

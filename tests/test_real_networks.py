@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from harness.baseline import WeightsError, baseline_path, load_weights
-from harness.cli import main
-from harness.config import ConfigError, build_config
-from harness.data import FolderData
-from harness.models import ModelUnavailable, lenet5, resolve_model
-from harness.store import load_results
+from harness.run.baseline import WeightsError, baseline_path, load_weights
+from harness.cli.main import main
+from harness.config.settings import ConfigError, build_config
+from harness.run.data import FolderData
+from harness.run.models import ModelUnavailable, lenet5, resolve_model
+from harness.results.store import load_results
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -209,8 +209,8 @@ def test_weights_are_loaded_checked_and_keyed_by_their_hash(tmp_path, cache_dir)
     code, results = run(tmp_path, cache_dir, "--weights", str(first), "--baseline-epochs", "0",
                         "--backends", "native", "--methods", "svd", "--targets", "linear")
     assert code == 0
-    from harness.data import load_mnist_embedded
-    from harness.training import evaluate_test
+    from harness.run.data import load_mnist_embedded
+    from harness.run.training import evaluate_test
 
     expected = evaluate_test(model.eval(), load_mnist_embedded())[1]
     assert results.cells["acc_baseline"].iloc[0] == pytest.approx(expected)

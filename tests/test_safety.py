@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
-from harness.networks import NETWORKS, file_sha256, network_path
-from harness.store import STORE_NAME, Store, journal_path, load_results
+from harness.cli.main import main
+from harness.run.networks import NETWORKS, file_sha256, network_path
+from harness.results.store import STORE_NAME, Store, journal_path, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_code_planted_in_models_is_never_run_by_export_or_report(kept_run, tmp_p
 
 
 def test_code_planted_in_networks_is_never_run_by_resume(tmp_path, cache_dir, monkeypatch, capsys):
-    from harness import session
+    from harness.run import session
 
     run_dir = tmp_path / "killed"
     monkeypatch.setattr(session, "_latency_phase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -186,7 +186,7 @@ def test_a_kernel_hidden_in_a_buffer_is_over_budget(tmp_path, cache_dir):
 def test_the_kit_counts_buffers_too():
     import torch
 
-    from harness.backends import DecomposeRequest, OverBudget, check_budget, count_params
+    from harness.contract.backend import DecomposeRequest, OverBudget, check_budget, count_params
     from harness.testing import decompose
 
     layer = torch.nn.Linear(64, 48)
@@ -204,7 +204,7 @@ def test_the_kit_counts_buffers_too():
 
 WRITER = """
 import copy, json, os, signal, sys
-from harness.store import Store
+from harness.results.store import Store
 run_dir, kill_at, first, count, template = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 template = json.load(open(template))
 store = Store(run_dir)
@@ -375,7 +375,7 @@ def build_net(input_shape, num_classes):
 
 EXPORTER = """
 import sys
-from harness.cli import main
+from harness.cli.main import main
 run_dir, folder, *cells = sys.argv[1:]
 for index, cell_id in enumerate(cells):
     for fmt, suffix in (("pt", ".pt2"), ("torchscript", ".ts.pt"), ("onnx", ".onnx")):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import harness
-from harness import rank_selection
-from harness.cli import main
-from harness.config import RunConfig, validate_names
-from harness.models import lenet5
-from harness.plan import Cell, plan_cells
-from harness.selection import (
+from harness.tensor import spectra as rank_selection
+from harness.cli.main import main
+from harness.config.settings import RunConfig, validate_names
+from harness.run.models import lenet5
+from harness.plan.planner import Cell, plan_cells
+from harness.contract.selection import (
     LayerBudget,
     RankSelector,
     SelectionError,
@@ -27,8 +27,8 @@ from harness.selection import (
     normalize_spec,
     spec_label,
 )
-from harness.selectors import SELECTORS
-from harness.store import load_results
+from harness.run.selectors import SELECTORS
+from harness.results.store import load_results
 
 BUILTIN = {selector.name: selector for selector in SELECTORS}
 PLANTED_SPECTRUM = [10.0, 8.0, 6.0, 5.0, 4.0]
@@ -345,7 +345,7 @@ def test_sensitivity_without_data_is_a_one_line_error(planted):
 
 
 def test_probe_ranks_are_capped_and_keep_both_ends():
-    from harness.selectors import MAX_PROBES, _candidate_ranks, _probe_ranks
+    from harness.run.selectors import MAX_PROBES, _candidate_ranks, _probe_ranks
 
     wide = _layer("wide", torch.randn(300, 400, dtype=torch.float64), "linear")
     ranks = _probe_ranks(wide, wide.dense_params)
@@ -359,9 +359,9 @@ def test_probe_ranks_are_capped_and_keep_both_ends():
 
 
 def test_loss_probe_swaps_one_weight_and_puts_it_back():
-    from harness.data import DataSplits
-    from harness.runner import _loss_probe
-    from harness.training import evaluate
+    from harness.run.data import DataSplits
+    from harness.run.runner import _loss_probe
+    from harness.run.training import evaluate
 
     torch.manual_seed(0)
     model = lenet5((1, 28, 28), 10)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.stability import recovery_epoch, stability_metrics
+from harness.measure.stability import recovery_epoch, stability_metrics
 
 
 def test_recovery_epoch_cases():

@@ -12,8 +12,8 @@ import sqlite3
 
 import pytest
 
-from harness.plan import Cell
-from harness.store import STORE_NAME, Store, load_results
+from harness.plan.planner import Cell
+from harness.results.store import STORE_NAME, Store, load_results
 
 BASE_TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,4 +1,4 @@
-"""Direct tests of the shared stock-module builders and formulas in :mod:`harness.structures`.
+"""Direct tests of the shared stock-module builders and formulas in :mod:`harness.tensor.structures`.
 
 Each builder gets factors of a kernel (or weight) they represent exactly, so the built
 module must reproduce the dense layer under any geometry; the parameter formulas must
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness import structures
-from harness.backends import count_params
+from harness.tensor import structures
+from harness.contract.backend import count_params
 
 # Geometries that break a builder which puts the stride, padding or dilation on the wrong sub-conv.
 GEOMETRIES = [

@@ -19,8 +19,8 @@ import pytest
 from matplotlib.figure import Figure
 from test_aggregate_findings import _cell, _control, planted_results
 
-from harness import plots
-from harness.findings import (
+from harness.results import plots
+from harness.results.findings import (
     MIXED,
     all_findings,
     categories,
@@ -28,7 +28,7 @@ from harness.findings import (
     rank_selection_at_equal_params,
     target_payoff,
 )
-from harness.store import KEY_COLUMNS, RunResults
+from harness.results.store import KEY_COLUMNS, RunResults
 
 STUDY_PLOTS = ("rank_selection_study", "accuracy_vs_rank", "tensorize_sweep")
 NEW_FINDINGS = ("rank_selection_at_equal_params", "mixed_vs_single")

@@ -11,7 +11,7 @@ import sys
 HIDE = ("import sys\n"
         "for name in ('tensorly', 'tltorch', 'tednet', 'opt_einsum'):\n"
         "    sys.modules[name] = None  # makes `import name` raise ImportError\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from harness import BackendInfo, hookimpl
-from harness.structures import stock_method
+from harness.tensor.structures import stock_method
 from harness_native import conv, linear
 
 NAME = "native"
@@ -44,7 +44,7 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             init="decompose",
             # TT-matrix views the features as tensors (linear.decompose_tt); SVD does not.
             tensorized_methods=frozenset({"tt"}),
-            modules="harness.structures",
+            modules="harness.tensor.structures",
             description="Truncated SVD, TT-matrix, CP-ALS, Tucker-2 (HOOI) and TT-SVD in plain PyTorch.",
         )
     )

@@ -1,8 +1,8 @@
 """Native decompositions of ``nn.Conv2d``: CP, Tucker-2 and tensor-train, as chains of stock convs.
 
 Each method factorises the kernel ``W (Cout, Cin, kh, kw)`` in plain PyTorch (see
-``tensor_ops.py``, and the host's CP-ALS in :mod:`harness.algebra`) and hands the factors to the shared builders of
-:mod:`harness.structures`, which lay them into an ``nn.Sequential`` of ``nn.Conv2d``
+``tensor_ops.py``, and the host's CP-ALS in :mod:`harness.tensor.algebra`) and hands the factors to the shared builders of
+:mod:`harness.tensor.structures`, which lay them into an ``nn.Sequential`` of ``nn.Conv2d``
 layers (the same kernels every backend computing the format gets). CP (Lebedev et al.,
 2015) becomes a 1x1 conv, a ``(kh, 1)`` and a ``(1, kw)`` depthwise conv and a 1x1 conv;
 Tucker-2 (Kim et al., 2016) a 1x1 conv, the ``(kh, kw)`` core conv and a 1x1 conv; TT a
@@ -18,10 +18,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import DecomposeRequest, structures
-from harness.algebra import cp_als, cp_to_tensor
-from harness.backends import CP_ALS, param_budget, weight64
-from harness.metrics import relative_error
+from harness import DecomposeRequest
+
+from harness.tensor import structures
+from harness.tensor.algebra import cp_als, cp_to_tensor
+from harness.contract.backend import CP_ALS, param_budget, weight64
+from harness.measure.metrics import relative_error
 from harness_native.tensor_ops import partial_tucker, tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- CP

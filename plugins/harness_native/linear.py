@@ -1,13 +1,13 @@
 """Native decompositions of ``nn.Linear``: truncated SVD and the TT-matrix format.
 
 The factors are computed in plain PyTorch (``torch.linalg.svd`` and the TT-SVD of
-``tensor_ops.py``) and laid into the shared modules of :mod:`harness.structures`.
+``tensor_ops.py``) and laid into the shared modules of :mod:`harness.tensor.structures`.
 Truncated SVD (the baseline every fully-connected method must beat) replaces the
 layer with two thin ``nn.Linear`` layers whose weights share the square roots of
 the singular values. The TT-matrix format (Novikov et al., 2015) tensorizes
 ``in_features = prod(n_k)`` and ``out_features = prod(m_k)`` and stores the weight
 as cores ``G_k`` of shape ``(r_{k-1}, m_k, n_k, r_k)`` in a
-:class:`~harness.structures.TTMatrixLinear`. ``decompose_svd`` and ``decompose_tt``
+:class:`~harness.tensor.structures.TTMatrixLinear`. ``decompose_svd`` and ``decompose_tt``
 read a request (explicit rank or parameter budget) and return the replacement with
 its ``decomposition_info`` dict.
 """
@@ -19,10 +19,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import DecomposeRequest, structures
-from harness.backends import param_budget, weight64
-from harness.metrics import relative_error
-from harness.shapes import tensorized_shapes
+from harness import DecomposeRequest
+
+from harness.tensor import structures
+from harness.contract.backend import param_budget, weight64
+from harness.measure.metrics import relative_error
+from harness.tensor.shapes import tensorized_shapes
 from harness_native.tensor_ops import tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- truncated SVD
@@ -54,7 +56,7 @@ def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Modul
 def tt_linear(
     layer: nn.Linear, ranks: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int]
 ) -> tuple[structures.TTMatrixLinear, dict]:
-    """Replace ``layer`` by a :class:`~harness.structures.TTMatrixLinear` from the TT-SVD of its tensorized weight."""
+    """Replace ``layer`` by a :class:`~harness.tensor.structures.TTMatrixLinear` from the TT-SVD of its tensorized weight."""
     d = len(in_shape)
     if len(ranks) != d - 1:
         raise ValueError(f"a {d}-core TT-matrix needs {d - 1} ranks, got {list(ranks)}")

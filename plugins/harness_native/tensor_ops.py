@@ -3,7 +3,7 @@
 Everything here works on dense float64 tensors and knows nothing about layers or
 requests: partial Tucker by HOSVD followed by HOOI, and the tensor-train SVD
 (TT-SVD) with the maximal TT ranks it can reach; CP-ALS and the primitives (unfoldings,
-Khatri-Rao products) are the host's (:mod:`harness.algebra`), shared with the TedNet backend's fills. The layer builders in
+Khatri-Rao products) are the host's (:mod:`harness.tensor.algebra`), shared with the TedNet backend's fills. The layer builders in
 ``linear.py`` and ``conv.py`` turn the factors these return into modules; keeping
 the algebra apart lets it be tested and reused without building any module.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.algebra import leading_left_singular_vectors, mode_dot, unfold
-from harness.metrics import relative_error
-from harness.structures import tt_max_ranks
+from harness.tensor.algebra import leading_left_singular_vectors, mode_dot, unfold
+from harness.measure.metrics import relative_error
+from harness.tensor.structures import tt_max_ranks
 
 
 # ----------------------------------------------------------------------------- Tucker

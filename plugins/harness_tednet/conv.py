@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.algebra import cp_als, cp_to_tensor
-from harness.backends import CP_ALS
-from harness.metrics import relative_error
-from harness.shapes import tensorized_shapes
+from harness.tensor.algebra import cp_als, cp_to_tensor
+from harness.contract.backend import CP_ALS
+from harness.measure.metrics import relative_error
+from harness.tensor.shapes import tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker

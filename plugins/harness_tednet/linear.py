@@ -1,6 +1,6 @@
 """TedNet's five ``*Linear`` formats, sized for one ``nn.Linear`` and (all but CP) filled from its weight.
 
-Features are tensorized with :func:`harness.shapes.tensorized_shapes` like every other
+Features are tensorized with :func:`harness.tensor.shapes.tensorized_shapes` like every other
 backend (``in = prod(in_k)``, ``out = prod(out_k)``, ``d`` modes each). Tucker-2
 (``TK2Linear``) is, for ``d = 3``, a Tucker of the weight seen as ``(in_1, in_2, in_3, out)``
 on modes ``in_1`` and ``out`` (HOOI fills it) and, for ``d = 1``, a two-factor product
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.backends import Unsupported
-from harness.metrics import relative_error
-from harness.shapes import tensorized_shapes
+from harness.contract.backend import Unsupported
+from harness.measure.metrics import relative_error
+from harness.tensor.shapes import tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker

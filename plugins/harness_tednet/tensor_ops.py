@@ -6,7 +6,7 @@ tensors and knows nothing about layers: Tucker by HOSVD followed by HOOI on any 
 gives tensor-train (TT-SVD) and, after one extra split, tensor-ring (TR-SVD) cores,
 and :func:`pad_core`, which widens a core to ranks the data cannot use while keeping
 the product exact and the new slots trainable. CP by alternating least squares
-(CP-ALS) and the primitives are the host's (:mod:`harness.algebra`), the same the native
+(CP-ALS) and the primitives are the host's (:mod:`harness.tensor.algebra`), the same the native
 backend uses; plugins do not import each other, and tensorly is not a dependency here.
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.algebra import leading_left_singular_vectors, mode_dot, unfold
-from harness.metrics import relative_error
+from harness.tensor.algebra import leading_left_singular_vectors, mode_dot, unfold
+from harness.measure.metrics import relative_error
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:

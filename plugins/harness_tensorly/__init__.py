@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from harness import BackendInfo, hookimpl
-from harness.structures import stock_method
+from harness.tensor.structures import stock_method
 from harness_tensorly import conv, linear
 from harness_tensorly.tensorly_ops import INSTALL_HINT, library_version
 
@@ -45,7 +45,7 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
             init="decompose",
             # TT-matrix views the features as tensors (linear.decompose_tt); SVD does not.
             tensorized_methods=frozenset({"tt"}),
-            modules="harness.structures",  # the native backend's modules, filled by tensorly's algorithms
+            modules="harness.tensor.structures",  # the native backend's modules, filled by tensorly's algorithms
             available=version is not None,
             install_hint=INSTALL_HINT,
             description="tensorly's truncated SVD, TT-matrix, parafac (CP-ALS), partial_tucker (HOOI) and "

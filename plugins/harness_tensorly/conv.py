@@ -3,7 +3,7 @@
 tensorly computes the factors of the kernel ``W (Cout, Cin, kh, kw)`` (``parafac``,
 ``partial_tucker`` on the channel modes, ``tensor_train`` of the kernel permuted to
 ``(Cin, kh, kw, Cout)``; see ``tensorly_ops.py``) and the shared builders of
-:mod:`harness.structures` lay them into the same ``nn.Sequential`` of ``nn.Conv2d``
+:mod:`harness.tensor.structures` lay them into the same ``nn.Sequential`` of ``nn.Conv2d``
 layers the native backend builds, so native against tensorly compares the decomposition
 algorithms on identical kernels. CP (Lebedev et al., 2015) becomes a 1x1 conv, a
 ``(kh, 1)`` and a ``(1, kw)`` depthwise conv and a 1x1 conv; Tucker-2 (Kim et al., 2016)
@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import DecomposeRequest, structures
-from harness.backends import CP_ALS, param_budget, weight64
-from harness.metrics import relative_error
+from harness import DecomposeRequest
+
+from harness.tensor import structures
+from harness.contract.backend import CP_ALS, param_budget, weight64
+from harness.measure.metrics import relative_error
 from harness_tensorly import tensorly_ops as ops
 
 

@@ -4,11 +4,11 @@ The factors come from tensorly (``svd_interface`` for the SVD, ``tensor_train_ma
 for the TT-matrix, see ``tensorly_ops.py``); the modules they go into are the same
 ones the native backend builds, so the two backends differ only in how the factors are
 computed (the modules, parameter formulas and budget-rank solvers are those of
-:mod:`harness.structures`). Truncated SVD becomes two thin ``nn.Linear`` layers sharing the square roots
+:mod:`harness.tensor.structures`). Truncated SVD becomes two thin ``nn.Linear`` layers sharing the square roots
 of the singular values. The TT-matrix format tensorizes ``in_features = prod(n_k)`` and
-``out_features = prod(m_k)`` with :func:`harness.shapes.tensorized_shapes` (the same
+``out_features = prod(m_k)`` with :func:`harness.tensor.shapes.tensorized_shapes` (the same
 tensorization for every backend) and keeps the cores ``(r_{k-1}, m_k, n_k, r_k)`` in a
-:class:`~harness.structures.TTMatrixLinear`, whose forward contracts the input one core at a time.
+:class:`~harness.tensor.structures.TTMatrixLinear`, whose forward contracts the input one core at a time.
 ``decompose_svd`` and ``decompose_tt`` read a request (explicit rank or budget) and
 return the replacement with its ``decomposition_info``.
 """
@@ -20,10 +20,12 @@ from typing import Any
 
 from torch import nn
 
-from harness import DecomposeRequest, structures
-from harness.backends import param_budget, weight64
-from harness.metrics import relative_error
-from harness.shapes import tensorized_shapes
+from harness import DecomposeRequest
+
+from harness.tensor import structures
+from harness.contract.backend import param_budget, weight64
+from harness.measure.metrics import relative_error
+from harness.tensor.shapes import tensorized_shapes
 from harness_tensorly import tensorly_ops as ops
 
 # ----------------------------------------------------------------------------- truncated SVD
@@ -57,7 +59,7 @@ def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Modul
 def tt_linear(
     layer: nn.Linear, ranks: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int], seed: int
 ) -> tuple[structures.TTMatrixLinear, dict[str, Any]]:
-    """Replace ``layer`` by a :class:`~harness.structures.TTMatrixLinear` from tensorly's TT-matrix SVD."""
+    """Replace ``layer`` by a :class:`~harness.tensor.structures.TTMatrixLinear` from tensorly's TT-matrix SVD."""
     d = len(in_shape)
     if len(ranks) != d - 1:
         raise ValueError(f"a {d}-core TT-matrix needs {d - 1} ranks, got {list(ranks)}")

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from harness import FULL_RANK, DecomposeRequest, largest_fitting
-from harness.backends import count_params
+from harness.contract.backend import count_params
 from harness_tltorch import ranks
-from harness.metrics import relative_error
+from harness.measure.metrics import relative_error
 from harness_tltorch.fitting import as_json_rank, decomposition_kwargs
 
 # Harness method name -> tltorch factorization name.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import DecomposeRequest
-from harness.backends import CP_ALS
+from harness.contract.backend import CP_ALS
 
 # Options a request may set, per tltorch factorization name, passed on to tensorly as they are.
 SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {

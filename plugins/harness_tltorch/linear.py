@@ -1,7 +1,7 @@
 """``nn.Linear`` through ``tltorch.FactorizedLinear.from_linear``: CP, Tucker and block-TT weights.
 
 The weight ``(out, in)`` is tensorized to ``(out_1..out_d, in_1..in_d)`` with the shapes
-from :func:`harness.shapes.tensorized_shapes` (so every backend tensorizes alike) and
+from :func:`harness.tensor.shapes.tensorized_shapes` (so every backend tensorizes alike) and
 factorized by tltorch; ``blocktt`` is its TT-matrix, the one TT tltorch accepts for a
 Linear. Budgets are met by counting the parameters of the factorized weight tltorch
 would create (``TensorizedTensor.new`` on the meta device, which is what
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from harness import FULL_RANK, DecomposeRequest, largest_fitting
-from harness.backends import count_params
-from harness.shapes import tensorized_shapes
+from harness.contract.backend import count_params
+from harness.tensor.shapes import tensorized_shapes
 from harness_tltorch import ranks
-from harness.metrics import relative_error
+from harness.measure.metrics import relative_error
 from harness_tltorch.fitting import as_json_rank, decomposition_kwargs
 
 # Harness method name -> tltorch factorization name.

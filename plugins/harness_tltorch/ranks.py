@@ -19,7 +19,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
-from harness.backends import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
+from harness.contract.backend import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
 
 # Steps per unit of tltorch's fractional Tucker rank: fine enough that consecutive steps
 # rarely skip a rank, so the search loses nothing to the grid.
@@ -99,7 +99,7 @@ def tt_rank_arg(rank: object, shape: Sequence[int]) -> list[int]:
 
 
 def largest_tt_rank(shape: Sequence[int], count: Count, budget: int) -> list[int]:
-    """The TT rank that fills the budget, by the harness's shared rule (:func:`harness.backends.fill_ranks`).
+    """The TT rank that fills the budget, by the harness's shared rule (:func:`harness.contract.backend.fill_ranks`).
 
     The largest uniform rank (capped per bond), then one bond at a time; ranks TT-SVD could
     not deliver are counted as what it would deliver, so they never win budget they do not use.

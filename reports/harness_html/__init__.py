@@ -4,7 +4,7 @@ Writes ``report.html`` (inline CSS, plots embedded as base64 PNG, no scripts and
 external resources, so it can be mailed or archived as one file) and each plot as
 ``plots/<name>.png`` into the run directory, rebuilt from the store. The page holds the
 run's metadata (command, versions, hardware, seeds, FLOP convention), the computed
-findings of :mod:`harness.findings`, the plots of :mod:`harness.plots` (those with nothing to show for
+findings of :mod:`harness.results.findings`, the plots of :mod:`harness.results.plots` (those with nothing to show for
 the run, such as a study it did not hold, folded into one collapsed note) and the tables
 of :mod:`harness_tables` (dense baselines, dense control, mean ± std over seeds per
 configuration, budget deviations per configuration, cells not ok: failed cells one by
@@ -40,10 +40,10 @@ from harness_tables import (
 )
 
 import harness
-from harness import plots
-from harness.findings import Finding, all_findings, best_networks
-from harness.plan import not_planned_summary
-from harness.store import RunResults
+from harness.results import plots
+from harness.results.findings import Finding, all_findings, best_networks
+from harness.plan.planner import not_planned_summary
+from harness.results.store import RunResults
 
 SUMMARY = {
     "acc_decomposed": "acc after decomp %",

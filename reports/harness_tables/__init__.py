@@ -24,7 +24,7 @@ import pandas as pd
 from tabulate import tabulate
 
 import harness
-from harness.aggregate import (
+from harness.results.aggregate import (
     SECONDS_FORMAT,
     STABILITY_DIGITS,
     control_ok,
@@ -33,8 +33,8 @@ from harness.aggregate import (
     seed_summary,
     with_delta,
 )
-from harness.plan import not_planned_summary
-from harness.store import RunResults
+from harness.plan.planner import not_planned_summary
+from harness.results.store import RunResults
 
 CELL_COLUMNS = [
     "backend", "method", "model", "dataset", "target", "ratio", "rank_selection", "tensorize", "seed", "init", "status",

@@ -3,7 +3,7 @@
 from torch import nn
 
 import harness
-from harness.models import ModelSpec
+from harness.run.models import ModelSpec
 
 
 def dilated(input_shape, num_classes):

@@ -1,0 +1,2 @@
+"""Measurement: parameters, FLOPs, errors, latency timing primitives, stability over epochs.
+"""

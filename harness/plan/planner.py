@@ -1,0 +1,441 @@
+"""The planner: expands a run configuration into independent, serialisable cells.
+
+A cell is one (backend, model, dataset, method, target, ratio, seed, rank selection); a
+rank selector whose budgets ignore the ratio gets one cell per combination instead of
+one per ratio, with the placeholder ratio 1. For each (model, dataset, seed) one more
+cell, the dense control, fine-tunes the undecomposed baseline with the same recipe so
+stability has a reference. Planning builds each model once (untrained) to see which
+layers a target selects (``--layers`` globs pick them by path) and resolves each cell's
+per-layer plan (:class:`LayerPlan`: layer path -> method, init, tensorized shape and
+padding, or left dense and why), which the cell carries to the runner; a 1x1 conv gets
+the SVD (two 1x1 convs) where the backend declares it for convs, and a conv whose
+features the backend declared it cannot handle (a depthwise conv, say) is left dense on
+its own while the rest of the cell is decomposed. A backend gets cells only for methods it declares for every
+layer kind the cell decomposes: one method on target ``all`` means that method on every
+targeted conv *and* Linear layer, so a backend that declares it for one kind only is not
+planned there (a mix gives each kind its own method). Every combination left out this
+way is recorded (:class:`NotPlanned`) and summed up in one line; ``unsupported`` cells
+are reserved for a cell whose every targeted layer is ruled out by its features (groups,
+dilation, ...), found here before any backend code runs, or refused by the library at run
+time.
+Combinations that make no sense for any backend (a Linear-only method on a conv target, a
+target with no layers in the model) are not planned at all. A mix (see :mod:`harness.config.mixing`) is
+planned like one more method, labelled ``mix-...``, on target ``all`` when the run has it
+(else on each run target it maps a layer of), with its layer-to-method map checked layer
+by layer; the method ``auto`` needs a decompose-init candidate per kind. A cell whose
+Linear layers get a method the backend declares tensorized is planned once per tensorization of the run
+(``--tt-d``, ``tensor_shapes``, ``--tt-pad``; see :mod:`harness.config.tensorize`), every other cell once; explicit
+shapes are checked against the built model here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from torch import nn
+
+from harness.contract.backend import BackendInfo, conv_features, count_params, layer_kind
+from harness.config.settings import TARGET_KINDS, ConfigError, RunConfig
+from harness.config.mixing import AUTO, Mix, auto_candidates
+from harness.contract.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
+from harness.config.tensorize import DEFAULT as DEFAULT_TENSORIZE
+from harness.config.tensorize import (
+    Tensorization,
+    cell_tag,
+    check_tensor_shapes,
+    governing_pattern,
+    labels,
+    layer_options,
+    padding_for,
+)
+
+KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
+# The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
+CONTROL_BACKEND = "dense"
+# The ratio recorded for cells whose rank selector ignores --ratios (user ratios must exceed 1, so it cannot clash).
+NO_RATIO = 1.0
+CONTROL_INIT = "control"
+CONTROL_TARGET = "none"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work; plain data, so any executor can ship it to a worker."""
+
+    backend: str
+    model: str
+    dataset: str
+    method: str
+    target: str
+    ratio: float
+    seed: int
+    init: str = "decompose"
+    unsupported: str | None = None
+    rank_selection: str = DEFAULT_SELECTION
+    # The canonical spec of a mixed cell (its method is then the mix's label); None for one method throughout.
+    mix: str | None = None
+    # How the cell's tensorized Linear layers are shaped (a harness.config.tensorize label, e.g. "d2"); "" is the default.
+    tensorize: str = DEFAULT_TENSORIZE
+    # The resolved per-layer plan the runner executes, in module order (empty for the dense control).
+    layers: tuple[LayerPlan, ...] = ()
+
+    @property
+    def is_control(self) -> bool:
+        return self.init == CONTROL_INIT
+
+    @property
+    def cell_id(self) -> str:
+        # The selection tag is left out for the default, so run directories from before selectors still resume.
+        tag = "" if self.rank_selection == DEFAULT_SELECTION else f"/{spec_label(self.rank_selection)}"
+        return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
+                f"/x{self.ratio:g}/s{self.seed}{tag}{cell_tag(self.tensorize)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        layers = tuple(LayerPlan.from_dict(layer) for layer in data.get("layers", ()))
+        return cls(**{**data, "layers": layers})
+
+    def planned(self) -> list[LayerPlan]:
+        """The layers the runner asks the backend to decompose (not those planned dense)."""
+        return [layer for layer in self.layers if layer.dense is None]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What a cell does to one targeted layer, resolved by the planner so the runner only executes it.
+
+    ``method`` is the method the backend is asked for (``auto``: the runner tries ``candidates`` and keeps the
+    lowest-error one); ``init`` how it starts; ``options`` the request's options (tensorized shapes);
+    ``padding`` the (in, out) factors of a zero-padded copy to decompose instead; ``dense`` why the layer is
+    left dense instead (a conv feature the backend declared it cannot handle), None when it is decomposed; the
+    layer's budget comes from the cell's rank selection, from the trained weights, in the worker.
+    """
+
+    path: str
+    kind: str
+    method: str
+    init: str = "decompose"
+    candidates: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    padding: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    dense: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | LayerPlan) -> LayerPlan:
+        if isinstance(data, LayerPlan):
+            return data
+        padding = data.get("padding")
+        return cls(**{**data, "candidates": tuple(data.get("candidates", ())),
+                      "padding": tuple(tuple(side) for side in padding) if padding else None})
+
+
+def one_by_one(layer: nn.Module) -> bool:
+    """A 1x1 convolution: a matrix applied at every pixel."""
+    return isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
+
+
+def target_layers(model: nn.Module, target: str, keep_edges_dense: bool = True,
+                  patterns: tuple[str, ...] | list[str] = ()) -> list[tuple[str, nn.Module]]:
+    """The (path, layer) pairs that ``target`` selects in ``model``, in module order.
+
+    With ``keep_edges_dense`` the first conv (it sees the raw image and holds few
+    parameters) and the last Linear (the classifier) stay dense, as is usual since
+    Lebedev 2015 and Kim 2016. ``patterns`` (``--layers``), when given, picks the layers
+    by path instead: only those matching a glob, edges included when they match.
+    """
+    layers = [(name, module) for name, module in model.named_modules() if layer_kind(module)]
+    if patterns:
+        layers = [(name, m) for name, m in layers if any(fnmatchcase(name, pattern) for pattern in patterns)]
+    elif keep_edges_dense:
+        convs = [name for name, m in layers if layer_kind(m) == "conv2d"]
+        linears = [name for name, m in layers if layer_kind(m) == "linear"]
+        edges = set(convs[:1]) | set(linears[-1:])
+        layers = [(name, m) for name, m in layers if name not in edges]
+    kinds = TARGET_KINDS[target]
+    return [(name, m) for name, m in layers if layer_kind(m) in kinds]
+
+
+def layer_methods(model: nn.Module, target: str, method: str, mix: str | None = None,
+                  keep_edges_dense: bool = True, patterns: tuple[str, ...] | list[str] = ()
+                  ) -> list[tuple[str, nn.Module, str]]:
+    """The (path, layer, method) of each layer a cell decomposes: ``method`` on every targeted layer, or with
+    ``mix`` each targeted layer's mapped method (layers the mix maps to nothing stay dense and are left out)."""
+    layers = target_layers(model, target, keep_edges_dense, patterns)
+    if mix is None:
+        return [(path, layer, method) for path, layer in layers]
+    parsed = Mix.parse(mix)
+    assigned = [(path, layer, parsed.method_for(path, layer_kind(layer))) for path, layer in layers]
+    return [(path, layer, m) for path, layer, m in assigned if m is not None]
+
+
+def _offered(info: BackendInfo, method: str, kind: str) -> bool:
+    return bool(auto_candidates(info, kind)) if method == AUTO else method in info.methods_for(kind)
+
+
+def _applicable(method: str, kinds: tuple[str, ...], backends: dict[str, BackendInfo]) -> bool:
+    """True when some backend of the run offers ``method`` for every kind of the target."""
+    return any(all(_offered(info, method, kind) for kind in kinds) for info in backends.values())
+
+
+def undeclared_kind(info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> tuple[str, str] | None:
+    """The first (method, layer kind) of ``assigned`` that the backend does not declare (for ``auto``: has no
+    decompose-init candidate for), or None when it declares every one: such a cell is not planned."""
+    for method in dict.fromkeys(m for _, _, m in assigned):
+        for kind in sorted({layer_kind(layer) for _, layer, m in assigned if m == method}):
+            if not _offered(info, method, kind):
+                return method, kind
+    return None
+
+
+def _layer_init(info: BackendInfo, method: str, kind: str) -> str:
+    # auto only ever tries methods that start from the trained weights.
+    return "decompose" if method == AUTO else info.init_for(method, kind)
+
+
+# The method a 1x1 conv gets in place of a conv method whose extra factors would only cost parameters there.
+POINTWISE = "svd"
+
+
+def layer_method(info: BackendInfo, layer: nn.Module, method: str) -> str:
+    """The method ``layer`` gets when its cell asks for ``method``: a 1x1 conv is a matrix, so a conv method
+    (CP, Tucker-2, TT, ...) becomes the SVD (two 1x1 convs) where the backend declares it for convs."""
+    if (one_by_one(layer) and method not in (POINTWISE, AUTO) and POINTWISE in info.methods_for("conv2d")
+            and info.init_for(method, "conv2d") == "decompose"):
+        return POINTWISE
+    return method
+
+
+def resolve_layers(config: RunConfig, info: BackendInfo, assigned: list[tuple[str, nn.Module, str]],
+                   tensorize: str) -> tuple[LayerPlan, ...]:
+    """The per-layer plan of a cell decomposing ``assigned`` (path, layer, method) with backend ``info`` under the
+    tensorization label ``tensorize``: each layer's method (1x1 convs: :func:`layer_method`), init, ``auto``
+    candidates, request options and padding, or why it stays dense (a conv feature the backend cannot handle)."""
+    setting = Tensorization.parse(tensorize) if tensorize else None
+    plans = []
+    for path, layer, requested in assigned:
+        kind = layer_kind(layer)
+        method = layer_method(info, layer, requested)
+        gaps = conv_features(layer) & set(info.conv_unsupported) if isinstance(layer, nn.Conv2d) else set()
+        if gaps:
+            plans.append(LayerPlan(path, kind, method, dense=f"{info.name} cannot handle conv "
+                                                             f"{', '.join(sorted(gaps))}"))
+            continue
+        options: dict[str, Any] = {}
+        padding = None
+        if setting is not None and tensorized_layer(info, layer, method):
+            options = layer_options(tensorize, config.tensor_shapes, path)
+            # Explicit shapes are the user's; auto's candidates include untensorized methods that padding would skew.
+            if setting.pad and "tt_d" in options and method != AUTO:
+                padding = padding_for(layer, setting.d)
+        plans.append(LayerPlan(path, kind, method, init=_layer_init(info, method, kind),
+                               candidates=auto_candidates(info, kind) if method == AUTO else (),
+                               options=options, padding=padding))
+    return tuple(plans)
+
+
+def cell_plan(layers: tuple[LayerPlan, ...]) -> tuple[str, str | None]:
+    """The init of a cell with the per-layer plan ``layers`` (``"mixed"`` when its decomposed layers differ) and
+    why it cannot run (every targeted layer left dense: the first one's reason, with its path), else None."""
+    decomposed = [layer for layer in layers if layer.dense is None]
+    if not decomposed:
+        first = layers[0]
+        return "decompose", f"{first.dense} (layer {first.path})"
+    inits = {layer.init for layer in decomposed}
+    return (inits.pop() if len(inits) == 1 else "mixed"), None
+
+
+def tensorized_layer(info: BackendInfo, layer: nn.Module, method: str) -> bool:
+    """True when the backend's ``method`` (for ``auto``: any of its candidates) gives ``layer`` tensorized shapes."""
+    if layer_kind(layer) != "linear":
+        return False
+    if method == AUTO:
+        return any(info.is_tensorized(candidate) for candidate in auto_candidates(info, "linear"))
+    return info.is_tensorized(method)
+
+
+def tensorize_labels(config: RunConfig, info: BackendInfo, assigned: list[tuple[str, nn.Module, str]]) -> list[str]:
+    """The ``tensorize`` labels of a cell decomposing ``assigned`` with backend ``info``: one per tensorization of
+    the run when some Linear layer's method is tensorized, else only the default."""
+    shaped = [path for path, layer, method in assigned if tensorized_layer(info, layer, method)]
+    if not shaped:
+        return [DEFAULT_TENSORIZE]
+    explicit = any(governing_pattern(config.tensor_shapes, path) is not None for path in shaped)
+    return labels(config.tt_d, config.tt_pad, explicit)
+
+
+def mix_targets(targets: list[str]) -> list[str]:
+    """The targets mixes are planned on: ``all`` when the run has it, else each of the run's targets."""
+    return ["all"] if "all" in targets else list(targets)
+
+
+def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | None) -> list[tuple[str, list[float]]]:
+    """Each rank selection of the run with the ratios it is planned at: all of them, or just the placeholder."""
+    planned = []
+    for spec in config.rank_selection:
+        ratio_based = uses_ratio(spec, selectors) if selectors is not None else MATCH not in spec
+        planned.append((spec, list(config.ratios) if ratio_based else [NO_RATIO]))
+    return planned
+
+
+@dataclass(frozen=True)
+class NotPlanned:
+    """A (backend, model, method, target) the planner left out: the backend does not declare ``lacks`` (the
+    method itself, or one a mix maps) for ``kind`` layers, which the target holds."""
+
+    backend: str
+    model: str
+    method: str
+    target: str
+    kind: str
+    lacks: str
+
+    @property
+    def reason(self) -> str:
+        if self.lacks == AUTO:
+            return f"{self.backend} has no decompose-init method for {KIND_NAMES[self.kind]} layers for auto"
+        return f"{self.backend} declares no {self.lacks} for {KIND_NAMES[self.kind]} layers"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def not_planned_summary(records: list[dict[str, str]] | list[NotPlanned]) -> str:
+    """One line: how many (backend, model, method, target) combinations were not planned, and why.
+
+    E.g. "12 combinations not planned, the backend does not declare the method for a targeted layer kind:
+    native: cp, tucker2 (Linear); tltorch: svd (Linear)"; "" when there are none.
+    """
+    rows = [r if isinstance(r, NotPlanned) else NotPlanned(**r) for r in records]
+    if not rows:
+        return ""
+    by_backend: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        methods = by_backend[row.backend][KIND_NAMES.get(row.kind, row.kind)]
+        if row.lacks not in methods:
+            methods.append(row.lacks)
+    parts = ["{}: {}".format(backend, "; ".join(f"{', '.join(sorted(methods))} ({kind})"
+                                                for kind, methods in sorted(kinds.items())))
+             for backend, kinds in sorted(by_backend.items())]
+    count = len(rows)
+    return (f"{count} combination{'s' if count != 1 else ''} not planned, the backend does not declare the method "
+            f"for a targeted layer kind: {' | '.join(parts)}")
+
+
+@dataclass
+class Plan:
+    """The planner's answer: the cells to run, notes for the user, and the combinations left out and why."""
+
+    cells: list[Cell]
+    notes: list[str] = field(default_factory=list)
+    not_planned: list[NotPlanned] = field(default_factory=list)
+
+
+def check_ratios(ratios: list[float], model_name: str, layers: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a ratio that leaves some targeted layer a budget below one parameter: no method could meet it, and
+    every cell at that ratio would fail at run time instead of now."""
+    if not ratios or not layers:
+        return
+    path, smallest = min(((path, count_params(layer)) for path, layer in layers), key=lambda item: item[1])
+    if max(ratios) > smallest:
+        raise ConfigError(f"ratio {max(ratios):g} leaves layer {path!r} of {model_name} ({smallest:,} parameters) "
+                          f"a budget below one parameter; ratios up to {smallest:,} can be met there")
+
+
+def plan_cells(
+    config: RunConfig,
+    backends: dict[str, BackendInfo],
+    models: dict[str, nn.Module],
+    selectors: dict[str, RankSelector] | None = None,
+) -> Plan:
+    """All cells of the run, notes for the user and the combinations not planned.
+
+    ``models`` maps ``(model, dataset)`` names joined by ``"@"`` to an untrained
+    instance built for that dataset's input shape. ``selectors`` (the host's rank
+    selectors) says which selections ignore the ratio; without it every selection is
+    planned once per ratio.
+    """
+    run_backends = {name: backends[name] for name in config.backends}
+    selections = _selection_ratios(config, selectors)
+    ratio_budgets = sorted({ratio for _, ratios in selections for ratio in ratios if ratio != NO_RATIO})
+    cells: list[Cell] = []
+    notes: list[str] = []
+    not_planned: list[NotPlanned] = []
+
+    def add(backend: str, model_name: str, dataset: str, method: str, target: str,
+            assigned: list[tuple[str, nn.Module, str]], mix: str | None = None) -> None:
+        missing = undeclared_kind(run_backends[backend], assigned)
+        if missing is not None:
+            record = NotPlanned(backend, model_name, method, target, kind=missing[1], lacks=missing[0])
+            if record not in not_planned:  # a model planned on several datasets would repeat it
+                not_planned.append(record)
+            return
+        for tensorize in tensorize_labels(config, run_backends[backend], assigned):
+            layers = resolve_layers(config, run_backends[backend], assigned, tensorize)
+            init, reason = cell_plan(layers)
+            for selection, ratios in selections:
+                for ratio in ratios:
+                    for seed in config.seeds:
+                        cells.append(Cell(backend, model_name, dataset, method, target, ratio, seed, init=init,
+                                          unsupported=reason, rank_selection=selection, mix=mix,
+                                          tensorize=tensorize, layers=layers))
+
+    for model_name in config.models:
+        for dataset in config.datasets:
+            model = models[f"{model_name}@{dataset}"]
+            if config.tensor_shapes:
+                notes += check_tensor_shapes(config.tensor_shapes, model_name,
+                                             target_layers(model, "linear", config.keep_edges_dense, config.layers))
+            if config.layers:
+                paths = [name for name, module in model.named_modules() if layer_kind(module)]
+                for pattern in config.layers:
+                    if not any(fnmatchcase(path, pattern) for path in paths):
+                        notes.append(f"--layers {pattern!r} matches no conv or Linear layer of {model_name}")
+            for target in config.targets:
+                layers = target_layers(model, target, config.keep_edges_dense, config.layers)
+                if not layers:
+                    notes.append(f"{model_name} has no {target} layers to decompose; skipped")
+                    continue
+                check_ratios(ratio_budgets, model_name, layers)
+                kinds = TARGET_KINDS[target]
+                for method in config.methods:
+                    if not _applicable(method, kinds, run_backends):
+                        continue
+                    assigned = [(path, layer, method) for path, layer in layers]
+                    for backend in run_backends:
+                        add(backend, model_name, dataset, method, target, assigned)
+            for spec in config.mix:
+                mix = Mix.parse(spec)
+                for target in mix_targets(config.targets):
+                    layers = target_layers(model, target, config.keep_edges_dense, config.layers)
+                    assigned = layer_methods(model, target, mix.label, spec, config.keep_edges_dense, config.layers)
+                    if not assigned:
+                        notes.append(f"mix {spec} maps no {target} layer of {model_name}; skipped")
+                        continue
+                    check_ratios(ratio_budgets, model_name, [(path, layer) for path, layer, _ in assigned])
+                    for pattern, _ in mix.patterns:
+                        if not any(fnmatchcase(path, pattern) for path, _ in layers):
+                            notes.append(f"mix {spec}: {pattern!r} matches no {target} layer of {model_name} "
+                                         f"(targeted: {', '.join(path for path, _ in layers)})")
+                    for backend in run_backends:
+                        add(backend, model_name, dataset, mix.label, target, assigned, mix=spec)
+            if config.dense_control and config.epochs > 0:
+                cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
+    notes = list(dict.fromkeys(notes))  # a model planned on several datasets repeats its notes
+    kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]
+    if len(kept) < len(cells):
+        notes.append(f"{len(cells) - len(kept)} cells left out by skip patterns {', '.join(config.skip)}")
+    return Plan(kept, notes, not_planned)
+
+
+def control_cell(model: str, dataset: str, seed: int) -> Cell:
+    """The dense baseline of (model, dataset, seed), fine-tuned like the decomposed networks."""
+    return Cell(CONTROL_BACKEND, model, dataset, CONTROL_BACKEND, CONTROL_TARGET, 1.0, seed, init=CONTROL_INIT)

@@ -1,0 +1,2 @@
+"""Results: the store, aggregation, comparison of runs, findings and plots.
+"""

@@ -1,0 +1,434 @@
+"""The runner: everything that happens to one cell, inside whichever worker runs it.
+
+It loads the cached dense baseline, measures it, asks the cell's rank selector for each
+planned layer's parameter budget (once, from the trained weights), and executes the
+cell's per-layer plan (:class:`harness.plan.planner.LayerPlan`, resolved by the planner): each
+layer is replaced through the host by the backend's answer within its budget, with its
+own method and request options; an ``auto`` layer tries its candidates and keeps the one
+closest to the dense weight; a padded Linear is decomposed as a zero-padded copy within
+the original budget and wrapped so the network keeps its shapes. A layer the plan leaves
+dense, or that the backend refuses (``Unsupported``), stays dense with its reason in its
+row, and the cell goes on with the rest; a cell in which no layer could be decomposed is
+``unsupported``. The runner then measures the decomposed network, fine-tunes it with the
+shared training settings and measures it again (a ``--no-train`` study measures no
+accuracy at all), and saves the network for the driver's quiet latency phase
+(:mod:`harness.run.latency`): a cell never times anything beside other workers' training.
+The dense control cell skips the decomposition and fine-tunes the baseline itself with
+the same recipe. The result is plain data; only the driver
+writes the store. The host holds every replacement to its request: one with more
+parameters than its budget stops the cell as ``over_budget`` (the offending layer
+recorded), so it never reaches a ranking. Any other exception makes the cell ``error``
+with a one-line message (and the traceback kept beside it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.core.allocator import keep_freed_memory
+from harness.contract.backend import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
+from harness.run.baseline import baseline_path, load_baseline
+from harness.config.settings import RunConfig
+from harness.run.data import Data, resolve_dataset
+from harness.measure.metrics import count_flops, count_params, replacement_error
+from harness.run.models import resolve_model
+from harness.run.networks import network_path, save_network
+from harness.plan.planner import AUTO, Cell, LayerPlan
+from harness.run.host import Host, format_exception
+from harness.contract.selection import (
+    LayerBudget,
+    RankSelector,
+    SelectionError,
+    SelectionInput,
+    SelectionLayer,
+    layer_budgets,
+    matched_budgets,
+    parse_spec,
+    split_match,
+)
+from harness.measure.stability import stability_metrics
+from harness.tensor.structures import PaddedLinear, zero_padded
+from harness.run.training import EpochRecord, evaluate, evaluate_test, synchronize, train
+
+# Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
+# every cell, so budgets do not depend on the backend; enough to rank layers, few enough to probe many ranks.
+SELECTION_BATCH = 512
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class CellContext:
+    """What a worker keeps between cells: the plugins, the config and datasets already loaded."""
+
+    def __init__(self, config: RunConfig, host: Host):
+        keep_freed_memory()  # every executor's cells train under the same allocation policy
+        self.config = config
+        self.host = host
+        self.device = resolve_device(config.device)
+        self._data: dict[str, Data] = {}
+
+    def data(self, name: str) -> Data:
+        if name not in self._data:
+            from pathlib import Path
+
+            spec = resolve_dataset(name, self.host.datasets, self.config.data_options())
+            splits = spec.load(Path(self.config.data_dir) if self.config.data_dir else None, False)
+            self._data[name] = splits.to(self.device)
+        return self._data[name]
+
+    def builder(self, model: str, dataset: str) -> Callable[[], nn.Module]:
+        data = self.data(dataset)
+        spec = resolve_model(model, self.host.models)
+        return lambda: spec.build(data.input_shape, data.num_classes)
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, name, new)
+
+
+def _json_safe(info: Any) -> Any:
+    if isinstance(info, dict):
+        return {str(k): _json_safe(v) for k, v in info.items()}
+    if isinstance(info, (list, tuple)):
+        return [_json_safe(v) for v in info]
+    if isinstance(info, torch.Tensor):
+        return info.tolist()
+    if isinstance(info, (bool, int, str)) or info is None:
+        return info
+    if isinstance(info, float):
+        return info if math.isfinite(info) else None
+    return str(info)
+
+
+def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run one cell and return its result as plain data (never raises for a backend's fault)."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": "ok", "error": None,
+                              "traceback": None, "metrics": {}, "epochs": [], "layers": []}
+    try:
+        _run(cell, ctx, result, progress)
+    except Unsupported as exc:
+        result["status"], result["error"] = "unsupported", str(exc).splitlines()[0] if str(exc) else "unsupported"
+    except OverBudget as exc:
+        result["status"], result["error"] = OVER_BUDGET, str(exc)
+    except Exception as exc:
+        result["status"] = "error"
+        result["error"], result["traceback"] = format_exception(exc)
+    result["metrics"]["cell_s"] = time.perf_counter() - started
+    return result
+
+
+def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Data
+                ) -> Callable[[int, torch.Tensor], float]:
+    """``loss_with(i, weight)``: the model's loss on the selection batch with layer ``i``'s weight swapped in."""
+    x, y = data.head("train", SELECTION_BATCH)
+
+    def loss_with(index: int, weight: torch.Tensor) -> float:
+        layer = layers[index][1]
+        original = layer.weight.data
+        try:
+            layer.weight.data = weight.to(original.device, original.dtype).reshape(original.shape)
+            return evaluate(model, x, y)[0]
+        finally:  # the dense weight goes back whatever happened: the backends decompose it next
+            layer.weight.data = original
+
+    return loss_with
+
+
+def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]],
+            metrics: dict[str, Any]) -> list[LayerBudget]:
+    """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced."""
+    own, reference = split_match(cell.rank_selection)
+    name, argument = parse_spec(own)
+    selector = _rank_selector(ctx, name)
+    selection = SelectionInput(
+        argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
+        method=cell.method,
+        layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
+                               getattr(layer, "bias", None) is not None) for path, layer in layers],
+        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)))
+    start = time.perf_counter()
+    if reference is None:
+        budgets = layer_budgets(selector, selection)
+    else:
+        reference_name, reference_argument = parse_spec(reference)
+        budgets, total = matched_budgets(selector, _rank_selector(ctx, reference_name), selection,
+                                         reference_argument)
+        metrics.update(matched_to=reference, matched_total=total)
+    metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
+    return budgets
+
+
+def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
+    selector = ctx.host.rank_selectors.get(name)
+    if selector is None:
+        raise SelectionError(f"no plugin registers the rank selector {name!r}")
+    return selector
+
+
+def _call_backend(ctx: CellContext | Host, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
+    """The backend's replacement for ``layer`` (on the cell's device), the seconds it took and what it printed.
+
+    ``ctx`` is a worker's context, or a bare host (a replay: on the CPU)."""
+    host, device = (ctx.host, ctx.device) if hasattr(ctx, "device") else (ctx, torch.device("cpu"))
+    captured = io.StringIO()
+    synchronize(device)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(captured):
+        replacement = host.decompose(layer, request)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return replacement.to(device), seconds, captured.getvalue()
+
+
+def decompose_padded(ctx: CellContext | Host, layer: nn.Linear, request: DecomposeRequest,
+                     padding: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[nn.Module, float, str]:
+    """Decompose a zero-padded copy of ``layer`` with the padded factors as shapes and wrap it to ``layer``'s sizes.
+
+    The request keeps the original layer's budget and dense count, so padding buys balanced shapes, not parameters.
+    """
+    in_factors, out_factors = padding
+    padded_in, padded_out = math.prod(in_factors), math.prod(out_factors)
+    # The padded factors are passed as explicit shapes (they say all that tt_d said).
+    options = {k: v for k, v in request.options.items() if k != "tt_d"}
+    request = dataclasses.replace(request, options={**options, "in_shape": list(in_factors),
+                                                    "out_shape": list(out_factors)})
+    inner, seconds, printed = _call_backend(ctx, zero_padded(layer, padded_in, padded_out), request)
+    wrapped = PaddedLinear(inner, layer.in_features, layer.out_features, padded_in)
+    wrapped.decomposition_info = {
+        **(getattr(inner, "decomposition_info", {}) or {}),
+        "padded": {"in_features": layer.in_features, "out_features": layer.out_features,
+                   "padded_in": padded_in, "padded_out": padded_out},
+    }
+    return wrapped, seconds, printed
+
+
+def pick_best(candidates: list[tuple[str, float, bool]]) -> str:
+    """The method of the best ``(method, relative error, within budget)`` candidate, in the order tried.
+
+    A candidate within its budget beats one over it; then the lowest error wins (a NaN error counts as
+    infinite); ties go to the first tried, i.e. the backend's declared order.
+    """
+    if not candidates:
+        raise ValueError("no candidate to pick from")
+
+    def key(item: tuple[int, tuple[str, float, bool]]) -> tuple[bool, float, int]:
+        index, (_, error, within) = item
+        return (not within, error if math.isfinite(error) else math.inf, index)
+
+    return min(enumerate(candidates), key=key)[1][0]
+
+
+def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
+          candidates: tuple[str, ...]) -> tuple[nn.Module, float, str, dict[str, Any]]:
+    """Decompose ``layer`` with each of the plan's ``candidates`` at the same budget and keep the lowest-error one.
+
+    Returns the replacement, the seconds all candidates took together (auto's honest cost), their output and the
+    record of the choice. A candidate raising ``Unsupported`` is skipped; when all do, so does the layer.
+    """
+    tried: list[tuple[str, float, bool]] = []
+    errors: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    estimated: dict[str, dict[str, Any]] = {}  # the candidates whose error was estimated, not probed exactly
+    best, seconds, printed = None, 0.0, []
+    for method in candidates:
+        start = time.perf_counter()
+        try:
+            replacement, _, out = _call_backend(ctx, layer, dataclasses.replace(request, method=method))
+        except Unsupported as exc:
+            skipped[method] = str(exc).splitlines()[0] if str(exc) else "unsupported"
+            continue
+        finally:
+            seconds += time.perf_counter() - start
+        if out:
+            printed.append(f"[{method}]\n{out}")
+        error, estimate = replacement_error(replacement, layer)
+        if estimate is not None:
+            estimated[method] = estimate
+        budget = request.max_params
+        tried.append((method, error, budget is None or count_params(replacement) <= budget))
+        errors[method] = error
+        if pick_best(tried) == method:  # keep only the best replacement so far, not every candidate
+            best = replacement
+    if best is None:
+        why = "; ".join(f"{m}: {reason}" for m, reason in skipped.items()) or "it offers no decompose-init method"
+        raise Unsupported(f"auto: no method of {request.backend} decomposes {request.layer_path} ({why})")
+    record = {"chosen": pick_best(tried), "errors": errors, "candidates": [m for m, _, _ in tried]}
+    if skipped:
+        record["skipped"] = skipped
+    if estimated:
+        record["estimated"] = estimated
+    return best, seconds, "".join(printed), record
+
+
+def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: str) -> dict[str, Any]:
+    """The row of a targeted layer left dense: its own parameters on both sides, and why."""
+    params = count_params(layer)
+    return {"layer": plan.path, "kind": plan.kind, "params_dense": params, "params": params, "max_params": budget,
+            "recon_error": 0.0, "decompose_s": 0.0, "info": {"method": None, "left_dense": reason},
+            "stdout": None}
+
+
+def layer_request(cell: Cell, plan: LayerPlan, layer: nn.Module, budget: int | None, device: str,
+                  rebuild: bool = False) -> DecomposeRequest:
+    """What the backend is asked for one planned layer: the same in a cell and in its replay."""
+    return DecomposeRequest(backend=cell.backend, method=plan.method, layer_path=plan.path, kind=plan.kind,
+                            ratio=cell.ratio, seed=cell.seed, device=device, options=dict(plan.options),
+                            dense_params=count_params(layer), budget=budget, rebuild=rebuild)
+
+
+def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[dict[str, Any]]) -> None:
+    """Replace ``model``'s layers (on the CPU) as the finished ``cell`` did: each layer its rows record as decomposed
+    is asked of the backend again, with the budget and the method (``auto``'s choice) the row records and
+    ``rebuild`` set, so the backend may skip the fitting whose values the saved state dict replaces anyway."""
+    recorded = {row["layer"]: row for row in rows}
+    for plan in cell.layers:
+        row = recorded.get(plan.path)
+        if plan.dense is not None or row is None or row["info"].get("left_dense") is not None:
+            continue
+        layer = model.get_submodule(plan.path)
+        method = row["info"].get("method") or plan.method
+        request = layer_request(cell, plan, layer, row["max_params"], "cpu", rebuild=True)
+        request = dataclasses.replace(request, method=method)
+        if plan.padding is not None and plan.method != AUTO:
+            replacement = decompose_padded(host, layer, request, plan.padding)[0]
+        else:
+            replacement = _call_backend(host, layer, request)[0]
+        _replace(model, plan.path, replacement)
+
+
+def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
+    """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer."""
+    device, metrics = ctx.device, result["metrics"]
+    planned = cell.planned()
+    layers = {plan.path: model.get_submodule(plan.path) for plan in cell.layers}
+    budgets = dict(zip([plan.path for plan in planned],
+                       _select(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)))
+    error_sq, weight_sq, decompose_s, refused = 0.0, 0.0, 0.0, []
+    for plan in cell.layers:
+        layer = layers[plan.path]
+        budget = budgets.get(plan.path)
+        if plan.dense is not None:
+            result["layers"].append(_dense_row(plan, layer, None, plan.dense))
+            continue
+        request = layer_request(cell, plan, layer, budget.params, str(device))
+        method, init, auto = plan.method, plan.init, None
+        try:
+            if plan.method == AUTO:
+                replacement, seconds, printed, auto = _auto(ctx, layer, request, plan.candidates)
+                method = auto["chosen"]
+            elif plan.padding is not None:
+                replacement, seconds, printed = decompose_padded(ctx, layer, request, plan.padding)
+            else:
+                replacement, seconds, printed = _call_backend(ctx, layer, request)
+        except Unsupported as exc:  # this layer only: the cell goes on with the rest
+            reason = str(exc).splitlines()[0] if str(exc) else "unsupported"
+            refused.append(f"{reason} (layer {plan.path})")
+            result["layers"].append(_dense_row(plan, layer, request.max_params, reason))
+            continue
+        decompose_s += seconds
+        dense_weight = layer.weight.detach()
+        layer_weight_sq = float(dense_weight.pow(2).sum())
+        estimate = None
+        if auto is not None:  # auto already probed the replacement it chose
+            layer_error_sq = auto["errors"][method] ** 2 * layer_weight_sq
+        elif init == "decompose":
+            layer_error, estimate = replacement_error(replacement, layer)
+            layer_error_sq = layer_error ** 2 * layer_weight_sq
+        else:  # a layer trained from scratch approximates nothing, and may not even be a linear map
+            layer_error_sq = float("nan")
+        error_sq += layer_error_sq
+        weight_sq += layer_weight_sq
+        info = {**_json_safe(getattr(replacement, "decomposition_info", {}) or {}), "method": method}
+        if auto is not None:
+            info["auto"] = _json_safe(auto)
+        if estimate is not None:
+            info["recon_error_estimate"] = estimate
+        if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
+            info = {**info, "selected_ranks": _json_safe(budget.ranks)}
+        result["layers"].append({
+            "layer": plan.path, "kind": plan.kind, "params_dense": request.dense_params,
+            "params": count_params(replacement), "max_params": request.max_params,
+            "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), "decompose_s": seconds,
+            "info": info, "stdout": printed[-2000:] or None,
+        })
+        # The host's check, whatever the backend promised: the row above keeps the offending layer on record.
+        check_budget(replacement, request)
+        _replace(model, plan.path, replacement)
+
+    decomposed = [row for row in result["layers"] if row["info"].get("left_dense") is None]
+    if not decomposed:
+        raise Unsupported(refused[0] if refused else f"no layer of {cell.model} could be decomposed")
+    params_dense = sum(row["params_dense"] for row in result["layers"])
+    params = sum(row["params"] for row in result["layers"])
+    metrics.update(
+        params_dense=params_dense, params=params, compression=params_dense / params if params else None,
+        budget=sum(budget.params for budget in budgets.values()), budget_ok=all(
+            row["params"] <= row["max_params"] for row in decomposed if row["max_params"] is not None),
+        decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
+        layers_targeted=len(result["layers"]), layers_decomposed=len(decomposed),
+    )
+
+
+def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callable[[int], None] | None) -> None:
+    config, device = ctx.config, ctx.device
+    data = ctx.data(cell.dataset)
+    build = ctx.builder(cell.model, cell.dataset)
+    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
+                         config.weights_for(cell.model))
+    model = load_baseline(path, build, device)
+    latency_input, _ = data.head("test", config.latency_batch)
+    sample = latency_input[:1]
+    # A data-free study measures no accuracy: its images are random and its network untrained.
+    accuracy = (lambda net: None) if config.no_train else (lambda net: evaluate_test(net, data)[1])
+    metrics = result["metrics"]
+    metrics.update(
+        device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
+        model_params_dense=count_params(model), flops_dense=count_flops(model, sample),
+    )
+    metrics["acc_baseline"] = accuracy(model)
+    # Chance accuracy, so a report can tell a cell that learned nothing from a poor result (balanced classes).
+    metrics["chance_acc"] = None if config.no_train else 100.0 / data.num_classes
+
+    if cell.is_control:
+        # Nothing is replaced: the control measures how the dense net itself behaves under fine-tuning.
+        params = count_params(model)
+        metrics.update(params_dense=params, params=params, compression=1.0, budget=params, budget_ok=True,
+                       decompose_s=0.0, recon_error=0.0, acc_decomposed=metrics["acc_baseline"])
+    else:
+        _decompose(cell, ctx, model, result)
+        metrics["acc_decomposed"] = accuracy(model)
+
+    records: list[EpochRecord] = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
+    result["epochs"] = [vars(r) for r in records]
+    final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
+    seen = [r.test_acc for r in records] + ([metrics["acc_decomposed"]] if metrics["acc_decomposed"] is not None
+                                            else [])
+    metrics.update(
+        acc_final=final_acc,
+        acc_best=max(seen) if seen else None,
+        epoch_s=sum(r.epoch_s for r in records) / len(records) if records else None,
+        model_params=count_params(model), flops=count_flops(model, sample),
+    )
+    # Timed later, in the quiet latency phase (harness.run.latency): never beside other workers' training.
+    metrics["network_sha256"] = save_network(model, network_path(config.out, cell.cell_id), data.input_shape)
+    metrics["latency_pending"] = True
+    if metrics["acc_baseline"] is not None:
+        metrics.update(stability_metrics(metrics["acc_baseline"], metrics["acc_decomposed"],
+                                         [r.test_acc for r in records]))
+    metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
+    if records and not all(math.isfinite(r.train_loss) for r in records):
+        result["status"], result["error"] = "diverged", "training loss became NaN or infinite"

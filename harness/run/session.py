@@ -1,0 +1,412 @@
+"""The driver of ``harness run``: plan, train baselines, dispatch cells, store, report.
+
+Data flows one way: the validated config is expanded into cells, missing dense
+baselines are trained (once, into the cache), cells declared unsupported are stored
+directly and the rest go to an executor; every finished cell is written to the store
+at once; when all are done, the networks the cells saved are timed one by one in this
+process alone (the quiet latency phase, :mod:`harness.run.latency`) — with ``--save-models``
+they are kept, and timed in ONNX Runtime too — and the report hooks rebuild the outputs
+from the store alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import harness
+from harness.core.allocator import keep_freed_memory
+from harness.contract.backend import OVER_BUDGET
+from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
+from harness.config.settings import ConfigError, RunConfig
+from harness.run.data import Data, DataUnavailable, resolve_dataset
+from harness.run.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
+from harness.run.export import MODELS
+from harness.run.latency import NetworkLoader, measure_ort, measure_pending
+from harness.run.networks import load_cell_network
+from harness.measure.metrics import FLOP_CONVENTION
+from harness.run.models import resolve_model
+from harness.plan.planner import Cell, not_planned_summary, plan_cells
+from harness.run.host import Host, format_exception
+from harness.run.runner import resolve_device
+from harness.results.store import DAMAGED, STORE_NAME, Store, load_results
+
+# Statuses that make `harness run` exit 1: the cell failed, or its backend broke the budget it promised.
+FAILED_STATUSES = ("error", "timeout", OVER_BUDGET, DAMAGED)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(harness.__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.device) -> dict[str, Any]:
+    threads = {"process": threads_per_worker(config.jobs), "ray": config.cpus_per_cell}.get(
+        config.executor, torch.get_num_threads())
+    return {
+        "config": config.to_dict(),
+        "command": " ".join(["harness", *argv]),
+        # Where relative model names (./mynet.py:build, mynet:build) pointed: a kept network is rebuilt from them.
+        "cwd": os.getcwd(),
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "harness_version": harness.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "libraries": {name: {"library": info.library, "version": info.library_version, "modules": info.modules}
+                      for name, info in host.backends.items() if name in config.backends},
+        "plugins": {p.name: {"distribution": p.distribution, "version": p.version, "error": p.error}
+                    for p in host.plugins},
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "seeds": config.seeds,
+        "flop_convention": FLOP_CONVENTION,
+    }
+
+
+def load_data(config: RunConfig, host: Host, device: torch.device) -> dict[str, Data]:
+    data = {}
+    for name in config.datasets:
+        try:
+            spec = resolve_dataset(name, host.datasets, config.data_options())
+            splits = spec.load(Path(config.data_dir) if config.data_dir else None, config.download)
+        except DataUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+        data[name] = splits
+    return data
+
+
+def build_planning_models(config: RunConfig, host: Host, data: dict[str, Data]) -> dict[str, Any]:
+    """Each (model, dataset) built once, untrained, so the planner sees its layers; a model that cannot be built
+    for a dataset's input is a one-line configuration error."""
+    built = {}
+    for model in config.models:
+        spec = resolve_model(model, host.models)
+        for dataset in config.datasets:
+            shape, classes = data[dataset].input_shape, data[dataset].num_classes
+            try:
+                network = spec.build(shape, classes)
+                with torch.inference_mode():
+                    network.eval()(torch.zeros(1, *shape))
+            except Exception as exc:  # a user's builder, or an architecture too deep for a small input
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"model {model!r} cannot run on {dataset} inputs of shape "
+                                  f"{'x'.join(map(str, shape))}: {type(exc).__name__}: {text[:300]}") from None
+            built[f"{model}@{dataset}"] = network
+    return built
+
+
+def default_run_dir() -> str:
+    return os.path.join("runs", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugin_args: dict[str, Any],
+            write: Callable[[str], None], resume: bool = False, retry: tuple[str, ...] = ()) -> int:
+    """Run (or resume) the cells of ``config`` into ``run_dir``; returns the exit code. On resume, cells stored with
+    a status in ``retry`` run again and replace their stored rows."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
+    keep_freed_memory()  # the latency phase runs in this process, under the workers' allocation policy
+    data = load_data(config, host, device)
+    planning_models = build_planning_models(config, host, data)
+    plan = plan_cells(config, host.backends, planning_models, host.rank_selectors)
+    cells = plan.cells
+    for note in plan.notes:
+        write(f"note: {note}")
+    if plan.not_planned:
+        write(f"note: {not_planned_summary(plan.not_planned)}")
+    if not cells:
+        raise ConfigError("nothing to run: no method applies to the chosen targets and models")
+
+    if resume:
+        store = Store(run_dir)
+        store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
+    else:
+        store = Store.create(run_dir, {**run_metadata(config, host, argv, device),
+                                       "not_planned": [record.to_dict() for record in plan.not_planned]})
+    try:
+        again = store.ids_with_status(retry) if retry else set()
+        done = store.finished_ids() - again
+        pending = [c for c in cells if c.cell_id not in done]
+        retried = f", {len(again)} of them again ({', '.join(retry)})" if again else ""
+        write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "
+              f"{len(pending)} to run{retried})")
+        for cell in [c for c in pending if c.unsupported]:
+            store.add_result(failed_result(cell, "unsupported", cell.unsupported))
+        runnable = [c for c in pending if not c.unsupported]
+        if runnable:
+            _train_baselines(config, host, data, runnable, device, write)
+            _dispatch(config, host, plugin_args, runnable, store)
+        _latency_phase(config, host, data, run_dir, store, device, write)
+    finally:
+        store.close()
+    return report(run_dir, host, write)
+
+
+def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+                   device: torch.device, write: Callable[[str], None]) -> None:
+    """Time every network the cells saved, serially, in this process alone (see :mod:`harness.run.latency`)."""
+    pending = store.pending_latency()
+    if not pending and not (config.save_models and store.awaiting_ort()):
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.latency_threads)
+    try:
+        _time_networks(config, host, data, run_dir, store, device, write, pending)
+    finally:  # the in-process executor trains in this process: give it its threads back
+        torch.set_num_threads(threads)
+
+
+def _threads() -> str:
+    count = torch.get_num_threads()
+    return f"{count} thread{'s' if count != 1 else ''}"
+
+
+def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+                   device: torch.device, write: Callable[[str], None], pending: list[dict[str, Any]]) -> None:
+    dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
+    batches: dict[str, torch.Tensor] = {}
+
+    def dense_for(cell: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor]:
+        key = (cell["model"], cell["dataset"], int(cell["seed"]))
+        splits = data[cell["dataset"]].to(device)
+        if cell["dataset"] not in batches:
+            batches[cell["dataset"]] = splits.head("test", config.latency_batch)[0]
+        if key not in dense_models:
+            dense_models.clear()  # one dense network at a time: real ones are large
+            spec = resolve_model(cell["model"], host.models)
+            path = baseline_path(config.cache_dir, *key, config.training_spec(), config.weights_for(cell["model"]))
+            dense_models[key] = load_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
+                                              device)
+        return dense_models[key], batches[cell["dataset"]]
+
+    def load(cell: dict[str, Any], path: Path) -> torch.nn.Module:
+        return load_cell_network(store.cell_record(cell["cell_id"]), path, host, dense_for(cell)[0])
+
+    if pending:
+        write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
+              f"({config.latency_passes} passes, {_threads()}, batch {config.latency_batch}"
+              f"{', channels_last' if config.memory_format == 'channels_last' else ''})")
+        _time_eager(config, run_dir, store, pending, dense_for, load, write)
+    if config.save_models:
+        _deployment_phase(config, run_dir, store, device, dense_for, load, write)
+
+
+def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[dict[str, Any]],
+                dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
+                write: Callable[[str], None]) -> None:
+    with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
+              disable=None) as bar:
+        start, timed = time.monotonic(), 0
+
+        def progress(count: int) -> None:
+            nonlocal timed
+            bar.update(count)
+            timed += count
+            if bar.disable and timed % len(pending) == 0:  # no terminal: one line per pass instead of a bar
+                print(f"latency pass {timed // len(pending)}/{config.latency_passes} done "
+                      f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
+
+        measure_pending(run_dir, pending, store, dense_for, load, write, progress, passes=config.latency_passes,
+                        keep=config.save_models, memory_format=config.memory_format)
+
+
+def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: torch.device,
+                      dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
+                      load: NetworkLoader, write: Callable[[str], None]) -> None:
+    """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
+    beside their dense baselines when onnxruntime is installed and the run is on the CPU."""
+    kept = store.awaiting_ort()
+    if device.type == "cpu" and kept and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        write(f"timing {len(kept)} kept networks and their dense baselines in ONNX Runtime "
+              f"({config.latency_passes} passes, {_threads()})")
+        with tqdm(total=len(kept) * config.latency_passes, desc="onnxruntime", unit="network", dynamic_ncols=True,
+                  disable=None) as bar:
+            measure_ort(run_dir, kept, store, dense_for, load, write, bar.update, passes=config.latency_passes)
+    elif kept and device.type == "cpu":
+        write("note: onnxruntime is not installed: kept networks are not timed in ONNX Runtime "
+              "(pip install 'tensor-harness[onnx]')")
+    folder = run_dir / MODELS
+    if folder.is_dir():
+        files = [path for path in folder.iterdir() if path.is_file()]
+        size = sum(path.stat().st_size for path in files)
+        write(f"kept networks: {len(files)} files, {size / 1e6:.1f} MB in {folder} (harness export RUN_DIR CELL_ID "
+              f"--format pt|torchscript|onnx --out FILE)")
+
+
+def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells: list[Cell],
+                     device: torch.device, write: Callable[[str], None]) -> None:
+    """Make every dense baseline the cells need (trained, or loaded from --weights), once, into the cache."""
+    needed = sorted({(c.model, c.dataset, c.seed) for c in cells})
+    training = config.training_spec()
+    for model, dataset, seed in needed:
+        weights = config.weights_for(model)
+        path = baseline_path(config.cache_dir, model, dataset, seed, training, weights)
+        splits = data[dataset]
+        spec = resolve_model(model, host.models)
+        with tqdm(total=config.baseline_epochs, desc=f"baseline {model}/{dataset}/s{seed}", unit="epoch",
+                  leave=False, dynamic_ncols=True, disable=None) as bar:
+            try:
+                meta, fresh = ensure_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
+                                              None if config.no_train else splits.to(device), seed, training,
+                                              progress=bar.update, weights=weights, device=device,
+                                              on_invalid=lambda line: bar.write(f"warning: {line}"))
+            except WeightsError as exc:
+                raise ConfigError(str(exc)) from None
+        if not fresh:
+            continue
+        start = f"from {weights}" if weights else "from a random init"
+        accuracy = f"accuracy {meta['acc']:.2f}%" if meta["acc"] is not None else "no accuracy (no training data)"
+        verb = "trained" if meta["epochs"] else "took"
+        write(f"{verb} dense baseline {model}/{dataset}/s{seed} {start}: {accuracy} "
+              f"in {meta['train_s']:.1f} s (cached at {path})")
+
+
+def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Store) -> None:
+    if config.executor == "inprocess":
+        executor = InProcessExecutor(config, host)
+    elif config.executor == "ray":
+        from harness.run.ray_executor import RayExecutor  # Ray is an optional extra
+
+        executor = RayExecutor(config, plugin_args)
+    else:
+        executor = ProcessExecutor(config, plugin_args, jobs=config.jobs)
+    cell_bar = tqdm(total=len(cells), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
+    # disable=None: bars only on a terminal, so logs stay readable.
+    epoch_bar = tqdm(total=len(cells) * config.epochs, desc="fine-tune epochs", unit="epoch", leave=False,
+                     dynamic_ncols=True, disable=None)
+
+    lines = ProgressLines(len(cells)) if cell_bar.disable else None
+
+    def on_result(cell: Cell, result: dict[str, Any]) -> None:
+        store.add_result(result)
+        cell_bar.update(1)
+        if result["status"] != "ok":
+            cell_bar.write(f"{result['status']}: {cell.cell_id}: {result['error']}")
+        if lines:
+            lines.finished(cell.cell_id, result["status"])
+
+    try:
+        executor.run(cells, on_result, epoch_bar.update)
+    finally:
+        epoch_bar.close()
+        cell_bar.close()
+
+
+class ProgressLines:
+    """Progress for a log file: without a terminal the bars are off, so each finished cell gets one line on stderr
+    (how many are done, the cell, its status, the time so far and an estimate of the rest)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.start = total, 0, time.monotonic()
+
+    def finished(self, cell_id: str, status: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        rest = f", about {_duration(left)} left" if self.done < self.total else ""
+        print(f"[{self.done}/{self.total}] {status} {cell_id} ({_duration(elapsed)} so far{rest})", file=sys.stderr,
+              flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:
+    """Rebuild every report from the store and print the terminal summary; returns the exit code."""
+    results = load_results(run_dir)
+    for line in results.warnings:
+        write(line)
+    for impl in host.pm.hook.harness_report.get_hookimpls():
+        try:
+            impl.function(results=results, run_dir=str(run_dir))
+        except Exception as exc:  # one broken report plugin must not hide the others
+            write(f"report plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
+    for impl in host.pm.hook.harness_terminal_summary.get_hookimpls():
+        try:
+            impl.function(results=results, write=write)
+        except Exception as exc:
+            write(f"summary of plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
+    failed = results.cells["status"].isin(FAILED_STATUSES).sum() if len(results.cells) else 0
+    return 1 if failed else 0
+
+
+def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: torch.device
+                  ) -> tuple[torch.nn.Module, bool]:
+    """The dense network a stored cell started from, and whether it is that very baseline: the verified cache
+    entry when it is there, else the model built afresh from the cell's seed (and ``--weights``), which
+    rebuilds every architecture whose structure does not depend on the trained weights."""
+    from harness.run.baseline import CacheInvalid, build_seeded, load_weights
+
+    spec = resolve_model(cell["model"], host.models)
+    build = lambda: spec.build(data.input_shape, data.num_classes)  # noqa: E731 - a thunk for the cache's API
+    weights = config.weights_for(cell["model"])
+    path = baseline_path(config.cache_dir, cell["model"], cell["dataset"], int(cell["seed"]),
+                         config.training_spec(), weights if weights and os.path.isfile(weights) else None)
+    try:
+        return load_baseline(path, build, device), True
+    except (CacheInvalid, OSError):
+        model = build_seeded(build, int(cell["seed"]))
+        if weights and os.path.isfile(weights):
+            try:
+                load_weights(model, weights)
+            except WeightsError:
+                pass  # the structure is what the rebuild needs; the probe check decides
+        return model.to(device).eval(), False
+
+
+def kept_network(run_dir: Path, meta: dict[str, Any], cell: Any, host: Host, path: Path
+                 ) -> tuple[torch.nn.Module, Data]:
+    """A stored cell's saved network at ``path`` rebuilt on the CPU (:mod:`harness.run.networks`), and the cell's
+    data; :class:`harness.run.networks.NetworkInvalid` or :class:`harness.run.models.ModelUnavailable` in one line when
+    it cannot be. The run's model code is imported as the run named it, never from inside ``run_dir``."""
+    from harness.run.models import user_code_outside
+    from harness.results.store import read_cell
+
+    config = RunConfig.from_dict(meta["config"])
+    config.datasets = [cell["dataset"]]
+    data = load_data(config, host, torch.device("cpu"))[cell["dataset"]]
+    with user_code_outside(run_dir, meta.get("cwd")):
+        base, is_baseline = dense_network(config, host, cell, data, torch.device("cpu"))
+        model = load_cell_network(read_cell(run_dir, cell["cell_id"]), path, host, base, is_baseline)
+    return model, data
+
+
+def store_exists(run_dir: Path) -> bool:
+    return (run_dir / STORE_NAME).is_file()
+

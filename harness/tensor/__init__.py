@@ -1,0 +1,2 @@
+"""Tensor maths written once: CP-ALS, unfoldings, the stock factorised structures, tensorized shapes, spectra.
+"""

@@ -76,7 +76,7 @@ def test_unknown_lr_schedule_is_one_line(capsys):
 def test_every_shipped_preset_is_a_valid_config_with_a_description(name):
     from harness.config.settings import preset_description
 
-    from harness.config.settings import validate_names
+    from harness.run.names import validate_names
     from harness.run.host import load_host
 
     assert preset_description(name)

@@ -51,13 +51,14 @@ def kept_run(tmp_path_factory, cache_dir):
 def kept(out, cell_id):
     """A kept network as harness export rebuilds it: from the store's plan and the file's tensors."""
     from harness.run.host import load_host
+    from harness.results.store import load_results, read_cell
     from harness.run.session import kept_network
-    from harness.results.store import load_results
 
     results = load_results(out)
     cell = results.cells.set_index("cell_id").loc[cell_id]
     cell = {**cell.to_dict(), "cell_id": cell_id}
-    return kept_network(out, results.meta, cell, load_host(extra_modules=["sealed_backend"]), out / cell["model_file"])[0]
+    host = load_host(extra_modules=["sealed_backend"])
+    return kept_network(out, results.meta, cell, read_cell(out, cell_id), host, out / cell["model_file"])[0]
 
 
 def _importable(name: str) -> bool:

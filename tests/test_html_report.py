@@ -10,6 +10,8 @@ from html.parser import HTMLParser
 import harness_html
 import harness_tables
 import pandas as pd
+
+import harness
 import pytest
 from matplotlib.image import imread
 from test_aggregate_findings import planted_results
@@ -187,14 +189,14 @@ def _with_gaps(results):
 
 def test_unsupported_cells_are_grouped_and_failures_listed_one_by_one(tmp_path):
     results = _with_gaps(planted_results(tmp_path))
-    groups = harness_tables.unsupported_table(results.cells)
+    groups = harness.unsupported_table(results.cells)
     assert len(groups) == 2 and groups["cells"].sum() == 10
     a = groups[groups["backend"] == "a"].iloc[0]
     assert a["cells"] == 9 and a["ratios"] == "×2, ×4, ×8" and a["seeds"] == "0, 1, 2"
     assert a["reason"] == "tt & conv: not offered"
-    assert harness_tables.unsupported_summary(groups) == (
+    assert harness.unsupported_summary(groups) == (
         "10 unsupported cells in 2 groups (declared gaps of the backends)")
-    failed = harness_tables.failed_table(results.cells)
+    failed = harness.failed_table(results.cells)
     assert failed["status"].tolist() == ["error"]
 
     harness_html.harness_report(results=results, run_dir=str(tmp_path))
@@ -218,7 +220,7 @@ def test_unsupported_cells_are_grouped_and_failures_listed_one_by_one(tmp_path):
 
 def test_budget_deviations_one_row_per_configuration_with_seeds_and_fill(page):
     run_dir, _, _ = page
-    deviations = harness_tables.budget_deviations(planted_results().cells)
+    deviations = harness.budget_deviations(planted_results().cells)
     # c fills 1/1.25 = 80 % of the budget: cp, tt × conv, linear × ×2, ×4, three seeds each
     assert len(deviations) == 8 and set(deviations["backend"]) == {"c"}
     assert set(deviations["seeds"]) == {3} and set(deviations["fill"]) == {"80%"}
@@ -276,7 +278,7 @@ def test_rebuilding_the_page_from_the_same_results_gives_the_same_bytes(page, tm
 
 
 def test_per_layer_budgets_and_ranks_are_shown_folded(page):
-    from harness_tables import layer_ranks_table
+    from harness import layer_ranks_table
 
     run_dir, _, _ = page
     html = (run_dir / "report.html").read_text(encoding="utf-8")
@@ -302,15 +304,15 @@ def test_epoch_panels_share_an_honest_y_range_and_keep_identical_curves_apart(tm
 
 def test_the_terminal_summary_is_a_screen_not_the_whole_table(tmp_path):
     results = planted_results(tmp_path)
-    full = harness_tables.summary_table(results.cells)
-    assert len(full) > harness_tables.TERMINAL_ROWS
+    full = harness.summary_table(results.cells)
+    assert len(full) > harness.TERMINAL_ROWS
     lines: list[str] = []
     harness_tables.harness_terminal_summary(results=results, write=lines.append)
     text = "\n".join(lines)
-    assert f"top {harness_tables.TERMINAL_ROWS} of {len(full)} configurations by acc final %" in text
+    assert f"top {harness.TERMINAL_ROWS} of {len(full)} configurations by acc final %" in text
     table = text.split("configurations by")[1].split("dense control")[0]
     rows = [line for line in table.splitlines() if " ± " in line]
-    assert len(rows) == harness_tables.TERMINAL_ROWS
+    assert len(rows) == harness.TERMINAL_ROWS
     assert "97.10 ± 0.10" in table  # the most accurate configuration is among them
 
 

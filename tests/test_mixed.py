@@ -8,7 +8,8 @@ import pytest
 
 from harness.contract.backend import BackendInfo
 from harness.cli.main import main
-from harness.config.settings import ConfigError, build_config, validate_names
+from harness.config.settings import ConfigError, build_config
+from harness.run.names import validate_names
 from harness.config.mixing import Mix, check_labels
 from harness.run.runner import pick_best
 from harness.run.models import lenet5

@@ -13,7 +13,8 @@ import torch
 import harness
 from harness.tensor import spectra as rank_selection
 from harness.cli.main import main
-from harness.config.settings import RunConfig, validate_names
+from harness.config.settings import RunConfig
+from harness.run.names import validate_names
 from harness.run.models import lenet5
 from harness.plan.planner import Cell, plan_cells
 from harness.contract.selection import (

@@ -11,7 +11,8 @@ from torch import nn
 
 from harness.contract.backend import BackendInfo, DecomposeRequest, count_params
 from harness.cli.main import main
-from harness.config.settings import ConfigError, RunConfig, build_config, validate_names
+from harness.config.settings import ConfigError, RunConfig, build_config
+from harness.run.names import validate_names
 from harness.run.models import lenet5
 from harness.plan.planner import Cell, plan_cells
 from harness.run.host import load_host

@@ -25,9 +25,22 @@ from harness.config.settings import (
     load_toml,
     preset_description,
     preset_names,
-    validate_names,
 )
-from harness.results.store import RunLock, StoreError
+from harness.results.store import STORE_NAME, RunLock, StoreError
+
+
+def report(run_dir: Path, host: Host, write: Any) -> int:
+    """:func:`harness.results.report.report`, imported when first needed (reports bring pandas)."""
+    from harness.results.report import report as rebuild
+
+    return rebuild(run_dir, host, write)
+
+
+def validate_names(*args: Any, **kwargs: Any) -> list[str]:
+    """:func:`harness.run.names.validate_names`, imported when first needed (it brings torch)."""
+    from harness.run.names import validate_names as validate
+
+    return validate(*args, **kwargs)
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
     from harness.run.host import Host
@@ -371,6 +384,23 @@ def _retry_statuses(args: argparse.Namespace) -> tuple[str, ...]:
     return statuses
 
 
+def _store_opener(run_dir: Path, resume: bool) -> Any:
+    """What the session opens its store with: the run's existing store when resuming (the resume noted in its
+    metadata), else a new one made with the metadata the session gives."""
+    import datetime as dt
+
+    from harness.results.store import Store
+
+    def open_store(meta: dict[str, Any]) -> Store:
+        if not resume:
+            return Store.create(run_dir, meta)
+        store = Store(run_dir)
+        store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
+        return store
+
+    return open_store
+
+
 def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: dict[str, list[str]]) -> int:
     from harness.run import session
 
@@ -378,7 +408,7 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
     retry = _retry_statuses(args)
     if args.resume:
         run_dir = Path(args.resume)
-        if not session.store_exists(run_dir):
+        if not (run_dir / STORE_NAME).is_file():
             raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no results.sqlite")
         config = _resume_config(run_dir, values, host, args)  # reads the store only: a refusal changes nothing
     else:
@@ -398,8 +428,9 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
             config.out = str(run_dir)
         host.pm.hook.harness_configure.call_historic(kwargs={"config": config})
         try:
-            return session.execute(config, host, run_dir, argv, plugin_args, _echo, resume=bool(args.resume),
-                                   retry=retry)
+            session.execute(config, host, run_dir, argv, plugin_args, _echo, _store_opener(run_dir, args.resume),
+                            retry=retry)
+            return report(run_dir, host, _echo)
         except KeyboardInterrupt:
             print(f"harness: interrupted; finished cells are kept (continue with --resume {run_dir})",
                   file=sys.stderr)
@@ -436,7 +467,7 @@ def _claim_fresh(run_dir: Path) -> None:
     from harness.run import session
     from harness.results.store import Store
 
-    if not session.store_exists(run_dir):
+    if not (run_dir / STORE_NAME).is_file():
         return
     store = Store(run_dir)
     configured, finished = bool(store.meta().get("config")), bool(store.finished_ids())
@@ -444,14 +475,14 @@ def _claim_fresh(run_dir: Path) -> None:
     if configured or finished:
         raise ConfigError(f"{str(run_dir)!r} already holds a run: use --resume {run_dir} or another --out")
     _echo(f"note: {run_dir} held a store without a configuration (a run killed while starting); replacing it")
-    (run_dir / session.STORE_NAME).unlink()
+    (run_dir / STORE_NAME).unlink()
 
 
 def cmd_report(host: Host, args: argparse.Namespace) -> int:
     from harness.run import session
 
     if len(args.run_dirs) == 1:
-        return session.report(Path(args.run_dirs[0]), host, _echo)
+        return report(Path(args.run_dirs[0]), host, _echo)
     if len(args.run_dirs) != 2:
         raise UsageError("harness report: give one RUN_DIR to rebuild its reports, or two to compare them")
     return cmd_compare(args)
@@ -540,11 +571,10 @@ def _numeric(column: Any) -> bool:
 
 
 def cmd_export(host: Host, args: argparse.Namespace) -> int:
-    from harness.run import export
-    from harness.run import session
+    from harness.results.store import load_results, read_cell
+    from harness.run import export, session
     from harness.run.models import ModelUnavailable
     from harness.run.networks import NetworkInvalid
-    from harness.results.store import load_results
 
     run_dir = Path(args.run_dir)
     results = load_results(run_dir)
@@ -560,7 +590,7 @@ def cmd_export(host: Host, args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"harness export: the kept network of {cell_id!r} is missing ({path})")
     try:
-        model, data = session.kept_network(run_dir, results.meta, cell, host, path)
+        model, data = session.kept_network(run_dir, results.meta, cell, read_cell(run_dir, cell_id), host, path)
     except NetworkInvalid as exc:
         raise UsageError(f"harness export: {exc}") from None
     except ModelUnavailable as exc:

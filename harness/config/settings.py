@@ -19,13 +19,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config.mixing import AUTO, Mix, check_labels
-if TYPE_CHECKING:  # torch is imported only where training happens, so --help starts fast
-    from harness.run.training import TrainSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_grad_norm: float | None = 5.0
+    schedule: str = "cosine"
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Settings of the datasets named on the spot: image size, images kept per class, loader workers."""
+
+    image_size: int | None = None
+    subset: int | None = None
+    workers: int = 2
+
 
 TARGETS = ("conv", "linear", "all")
 # The dataset of a data-free study: random images of the model's native input size (see harness.run.data).
@@ -128,8 +146,6 @@ class RunConfig:
         return self.weights.get(model, self.weights.get("*"))
 
     def data_options(self):
-        from harness.run.data import DataOptions
-
         return DataOptions(image_size=self.image_size, subset=self.subset, workers=self.data_workers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,8 +158,6 @@ class RunConfig:
 
     def fine_tune_settings(self) -> TrainSettings:
         """The fine-tuning recipe, identical for every backend and method."""
-        from harness.run.training import TrainSettings
-
         return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
                              weight_decay=self.weight_decay, clip_grad_norm=self.clip_grad_norm or None,
                              schedule=self.lr_schedule)
@@ -421,83 +435,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
     if config.gpus_per_cell and not config.device.startswith("cuda"):
         raise ConfigError("--gpus-per-cell needs --device cuda")
     if config.jobs is None:
-        from harness.run.executors import default_jobs  # imports torch, which this module does not need otherwise
+        from harness.core.resources import default_jobs  # imports torch, which this module does not need otherwise
 
         config.jobs = default_jobs(config.device)
     return config
-
-
-def validate_names(config: RunConfig, backends: dict, models: dict, datasets: dict,
-                   rank_selectors: dict | None = None) -> list[str]:
-    """Resolve ``all`` and check every name against what plugins registered.
-
-    Returns the names of requested-as-``all`` backends that were skipped because their
-    library is missing. Raises :class:`ConfigError` for any unknown name. With
-    ``rank_selectors`` the rank selections are checked too and written in canonical form
-    (``energy`` becomes ``energy:0.9``), so equal selections share their cells.
-    """
-    skipped: list[str] = []
-    if config.backends == ["all"]:
-        config.backends = [n for n, info in backends.items() if info.available]
-        skipped = [n for n, info in backends.items() if not info.available]
-        if not config.backends:
-            raise ConfigError("no backend is available: run `harness list` to see why")
-    for name in config.backends:
-        if name not in backends:
-            installed = ", ".join(sorted(backends)) or "none"
-            raise ConfigError(f"unknown backend {name!r} (installed: {installed})")
-        if not backends[name].available:
-            hint = backends[name].install_hint
-            raise ConfigError(f"backend {name!r} is unavailable: its library {backends[name].library} is missing"
-                              + (f" ({hint})" if hint else ""))
-    from harness.run.data import DataUnavailable, resolve_dataset
-    from harness.run.models import ModelUnavailable, resolve_model
-
-    for name in config.models:
-        try:
-            resolve_model(name, models)
-        except ModelUnavailable as exc:
-            raise ConfigError(str(exc)) from None
-    for name in config.datasets:
-        try:
-            resolve_dataset(name, datasets, config.data_options())
-        except DataUnavailable as exc:
-            raise ConfigError(str(exc)) from None
-    for model in config.weights:
-        if model != "*" and model not in config.models:
-            raise ConfigError(f"weights are given for {model!r}, which is not among the run's models "
-                              f"({', '.join(config.models)})")
-    declared = sorted({m for n in config.backends for m in backends[n].all_methods()})
-    # "all" is every declared method; auto is a strategy over them, asked for by name only.
-    methods = [m for name in config.methods for m in (declared if name == "all" else [name])]
-    config.methods = list(dict.fromkeys(methods))
-    known = ", ".join([*declared, AUTO])
-    for method in config.methods:
-        if method not in declared and method != AUTO:
-            raise ConfigError(f"unknown method {method!r} for backends {', '.join(config.backends)} "
-                              f"(known: {known})")
-    mixes = [Mix.parse(spec) for spec in config.mix]
-    for mix in mixes:
-        for method in mix.methods:
-            if method not in declared and method != AUTO:
-                raise ConfigError(f"mix {mix.spec!r}: unknown method {method!r} for backends "
-                                  f"{', '.join(config.backends)} (known: {known})")
-    try:
-        check_labels(mixes)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if rank_selectors is not None:
-        from harness.contract.selection import normalize_spec
-
-        selections: list[str] = []
-        for spec in config.rank_selection:
-            try:
-                canonical = normalize_spec(spec, rank_selectors)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            if canonical not in selections:
-                selections.append(canonical)
-        config.rank_selection = selections
-    if config.data_dir is not None:
-        config.data_dir = str(Path(config.data_dir).expanduser())
-    return skipped

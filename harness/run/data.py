@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import harness
+from harness.config.settings import DataOptions  # noqa: F401 - part of this module's API
 from harness.core.files import write_atomically
 
 
@@ -228,15 +229,6 @@ def _random_spec(name: str) -> DatasetSpec:
         raise DataUnavailable(f"{name!r}: give random:CxHxW[:CLASSES], e.g. random:3x224x224")
     return DatasetSpec(name, lambda data_dir=None, download=False: random_images(shape, num_classes),
                        f"random {dims} images, {num_classes} classes (no data: a speed study)")
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Settings of the datasets named on the spot: image size, images kept per class, loader workers."""
-
-    image_size: int | None = None
-    subset: int | None = None
-    workers: int = 2
 
 
 def resolve_dataset(name: str, registered: MutableMapping[str, DatasetSpec],

@@ -25,6 +25,7 @@ import torch
 
 from harness.config.settings import RunConfig
 from harness.core.deadline import deadline
+from harness.core.resources import available_cores, default_jobs, threads_per_worker  # noqa: F401 - used here and by callers
 from harness.plan.planner import Cell
 
 ResultCallback = Callable[[Cell, dict[str, Any]], None]
@@ -39,27 +40,6 @@ def failed_result(cell: Cell, status: str, message: str) -> dict[str, Any]:
 def timeout_result(cell: Cell, limit: float) -> dict[str, Any]:
     """The result of a cell stopped at the time limit, the same whichever executor stopped it."""
     return failed_result(cell, "timeout", f"cell exceeded the time limit of {limit:g} s")
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on: its affinity mask where the OS keeps one (taskset, a container's
-    cpuset), else every core."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def default_jobs(device: str) -> int:
-    """Worker processes when ``--jobs`` is not given: one per available core, each with one thread (latency is
-    timed afterwards in the quiet phase, so parallel training no longer distorts it); one on a GPU, which the
-    workers would otherwise share."""
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu else available_cores()
-
-
-def threads_per_worker(jobs: int) -> int:
-    return max(1, available_cores() // max(1, jobs))
 
 
 class _CellTimeout(BaseException):

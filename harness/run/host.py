@@ -26,6 +26,7 @@ import pluggy
 from torch import nn
 
 from harness import hookspecs
+from harness.core.errors import one_line
 from harness.contract.backend import BackendInfo, DecomposeRequest, Unsupported, conv_features, layer_kind
 from harness.run.data import DatasetSpec
 from harness.run.models import ModelSpec
@@ -105,11 +106,6 @@ class Host:
         return replacement
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
 def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     return sorted(impl_caller.name for impl_caller in (pm.get_hookcallers(plugin) or []))
 
@@ -166,7 +162,7 @@ def load_host(blocked: Iterable[str] = (), extra_modules: Iterable[str] = ()) ->
             pm.register(plugin, name=name)
             record.hooks = _hooks_of(pm, plugin)
         except Exception as exc:  # a broken plugin must never take the host down
-            record.error = _one_line(exc)
+            record.error = one_line(exc)
 
     for name, module_path in BUILTIN_MODULES.items():
         register(name, module_path, lambda m=module_path: importlib.import_module(m), origin=BUILTIN)
@@ -213,10 +209,10 @@ def _collect(host: Host) -> None:
             try:
                 impl.function(add)
             except Exception as exc:
-                host.registration_errors.append(f"plugin {owner!r} failed in {hook_name}: {_one_line(exc)}")
+                host.registration_errors.append(f"plugin {owner!r} failed in {hook_name}: {one_line(exc)}")
                 for record in host.plugins:
                     if record.name == owner and not record.error:
-                        record.error = f"{hook_name}: {_one_line(exc)}"
+                        record.error = f"{hook_name}: {one_line(exc)}"
 
     collect("harness_register_backends", host.backends)
     collect("harness_register_models", host.models)
@@ -227,4 +223,4 @@ def _collect(host: Host) -> None:
 
 def format_exception(exc: BaseException) -> tuple[str, str]:
     """One-line message and full traceback of an exception, for a cell's error fields."""
-    return _one_line(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return one_line(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -40,10 +40,6 @@ from harness.run.models import resolve_model
 from harness.plan.planner import Cell, not_planned_summary, plan_cells
 from harness.run.host import Host, format_exception
 from harness.run.runner import resolve_device
-from harness.results.store import DAMAGED, STORE_NAME, Store, load_results
-
-# Statuses that make `harness run` exit 1: the cell failed, or its backend broke the budget it promised.
-FAILED_STATUSES = ("error", "timeout", OVER_BUDGET, DAMAGED)
 
 
 def git_commit() -> str | None:
@@ -132,9 +128,12 @@ def default_run_dir() -> str:
 
 
 def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugin_args: dict[str, Any],
-            write: Callable[[str], None], resume: bool = False, retry: tuple[str, ...] = ()) -> int:
-    """Run (or resume) the cells of ``config`` into ``run_dir``; returns the exit code. On resume, cells stored with
-    a status in ``retry`` run again and replace their stored rows."""
+            write: Callable[[str], None], open_store: Callable[[dict[str, Any] | None], Any],
+            retry: tuple[str, ...] = ()) -> None:
+    """Run (or resume) the cells of ``config`` into ``run_dir``. ``open_store(meta)`` gives the run's store
+    (:class:`harness.results.store.Store`, which this layer only calls): a new one made with ``meta``, or, when
+    resuming, the existing one (``meta`` None). Cells stored with a status in ``retry`` run again and replace
+    their stored rows. The reports are the caller's to rebuild from the store afterwards."""
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
@@ -150,12 +149,8 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     if not cells:
         raise ConfigError("nothing to run: no method applies to the chosen targets and models")
 
-    if resume:
-        store = Store(run_dir)
-        store.set_meta({"resumed_at": dt.datetime.now().isoformat(timespec="seconds")})
-    else:
-        store = Store.create(run_dir, {**run_metadata(config, host, argv, device),
-                                       "not_planned": [record.to_dict() for record in plan.not_planned]})
+    store = open_store({**run_metadata(config, host, argv, device),
+                        "not_planned": [record.to_dict() for record in plan.not_planned]})
     try:
         again = store.ids_with_status(retry) if retry else set()
         done = store.finished_ids() - again
@@ -172,10 +167,9 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         _latency_phase(config, host, data, run_dir, store, device, write)
     finally:
         store.close()
-    return report(run_dir, host, write)
 
 
-def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Any,
                    device: torch.device, write: Callable[[str], None]) -> None:
     """Time every network the cells saved, serially, in this process alone (see :mod:`harness.run.latency`)."""
     pending = store.pending_latency()
@@ -194,7 +188,7 @@ def _threads() -> str:
     return f"{count} thread{'s' if count != 1 else ''}"
 
 
-def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Store,
+def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Any,
                    device: torch.device, write: Callable[[str], None], pending: list[dict[str, Any]]) -> None:
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
@@ -224,7 +218,7 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         _deployment_phase(config, run_dir, store, device, dense_for, load, write)
 
 
-def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[dict[str, Any]],
+def _time_eager(config: RunConfig, run_dir: Path, store: Any, pending: list[dict[str, Any]],
                 dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None]) -> None:
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
@@ -243,7 +237,7 @@ def _time_eager(config: RunConfig, run_dir: Path, store: Store, pending: list[di
                         keep=config.save_models, memory_format=config.memory_format)
 
 
-def _deployment_phase(config: RunConfig, run_dir: Path, store: Store, device: torch.device,
+def _deployment_phase(config: RunConfig, run_dir: Path, store: Any, device: torch.device,
                       dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
                       load: NetworkLoader, write: Callable[[str], None]) -> None:
     """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
@@ -294,7 +288,7 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
               f"in {meta['train_s']:.1f} s (cached at {path})")
 
 
-def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Store) -> None:
+def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Any) -> None:
     if config.executor == "inprocess":
         executor = InProcessExecutor(config, host)
     elif config.executor == "ray":
@@ -347,25 +341,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def report(run_dir: Path, host: Host, write: Callable[[str], None]) -> int:
-    """Rebuild every report from the store and print the terminal summary; returns the exit code."""
-    results = load_results(run_dir)
-    for line in results.warnings:
-        write(line)
-    for impl in host.pm.hook.harness_report.get_hookimpls():
-        try:
-            impl.function(results=results, run_dir=str(run_dir))
-        except Exception as exc:  # one broken report plugin must not hide the others
-            write(f"report plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
-    for impl in host.pm.hook.harness_terminal_summary.get_hookimpls():
-        try:
-            impl.function(results=results, write=write)
-        except Exception as exc:
-            write(f"summary of plugin {impl.plugin_name!r} failed: {format_exception(exc)[0]}")
-    failed = results.cells["status"].isin(FAILED_STATUSES).sum() if len(results.cells) else 0
-    return 1 if failed else 0
-
-
 def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: torch.device
                   ) -> tuple[torch.nn.Module, bool]:
     """The dense network a stored cell started from, and whether it is that very baseline: the verified cache
@@ -390,23 +365,21 @@ def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: 
         return model.to(device).eval(), False
 
 
-def kept_network(run_dir: Path, meta: dict[str, Any], cell: Any, host: Host, path: Path
-                 ) -> tuple[torch.nn.Module, Data]:
+def kept_network(run_dir: Path, meta: dict[str, Any], cell: Any, record: dict[str, Any] | None, host: Host,
+                 path: Path) -> tuple[torch.nn.Module, Data]:
     """A stored cell's saved network at ``path`` rebuilt on the CPU (:mod:`harness.run.networks`), and the cell's
     data; :class:`harness.run.networks.NetworkInvalid` or :class:`harness.run.models.ModelUnavailable` in one line when
-    it cannot be. The run's model code is imported as the run named it, never from inside ``run_dir``."""
+    it cannot be. ``record`` is the cell as stored (:func:`harness.results.store.read_cell`). The run's model code
+    is imported as the run named it, never from inside ``run_dir``."""
     from harness.run.models import user_code_outside
-    from harness.results.store import read_cell
 
     config = RunConfig.from_dict(meta["config"])
     config.datasets = [cell["dataset"]]
     data = load_data(config, host, torch.device("cpu"))[cell["dataset"]]
     with user_code_outside(run_dir, meta.get("cwd")):
         base, is_baseline = dense_network(config, host, cell, data, torch.device("cpu"))
-        model = load_cell_network(read_cell(run_dir, cell["cell_id"]), path, host, base, is_baseline)
+        model = load_cell_network(record, path, host, base, is_baseline)
     return model, data
 
 
-def store_exists(run_dir: Path) -> bool:
-    return (run_dir / STORE_NAME).is_file()
 

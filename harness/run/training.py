@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.config.settings import TrainSettings
 from harness.run.data import Batches, Data
 
 
@@ -29,17 +30,6 @@ class EpochRecord:
     test_loss: float
     test_acc: float
     epoch_s: float
-
-
-@dataclass
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    clip_grad_norm: float | None = 5.0
-    schedule: str = "cosine"
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness import BackendInfo, hookimpl
-from harness.tensor.structures import stock_method
+from harness import BackendInfo, hookimpl, stock_method
 from harness_native import conv, linear
 
 NAME = "native"

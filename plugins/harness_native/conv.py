@@ -18,12 +18,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import DecomposeRequest
+from harness import (
+    CP_ALS,
+    DecomposeRequest,
+    cp_als,
+    cp_budget_rank,
+    cp_conv_module,
+    cp_to_tensor,
+    param_budget,
+    ranks_arg,
+    relative_error,
+    tt_conv_budget_ranks,
+    tt_conv_max_ranks,
+    tt_conv_module,
+    tucker2_budget_ranks,
+    tucker2_conv_module,
+    weight64,
+)
 
-from harness.tensor import structures
-from harness.tensor.algebra import cp_als, cp_to_tensor
-from harness.contract.backend import CP_ALS, param_budget, weight64
-from harness.measure.metrics import relative_error
 from harness_native.tensor_ops import partial_tucker, tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- CP
@@ -43,7 +55,7 @@ def cp_conv(
     fit = cp_als(weight, rank, generator=generator, n_iter_max=n_iter_max, tol=tol, n_restarts=n_restarts)
     # Spread the component norms evenly over the four factors so no sub-conv starts at an odd scale.
     scale = fit.weights ** 0.25
-    module = structures.cp_conv_module(layer, *(factor * scale for factor in fit.factors))
+    module = cp_conv_module(layer, *(factor * scale for factor in fit.factors))
     info = {
         "rank": rank,
         "n_iter": fit.n_iter,
@@ -61,7 +73,7 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
     if request.rank is not None:
         rank = int(request.rank)
     else:
-        rank = structures.cp_budget_rank(layer, param_budget(request))
+        rank = cp_budget_rank(layer, param_budget(request))
     options = request.options
     return cp_conv(
         layer,
@@ -85,7 +97,7 @@ def tucker2_conv(layer: nn.Conv2d, rank_out: int, rank_in: int, *, n_iter_max: i
     rank_in = max(1, min(int(rank_in), cin))
     fit = partial_tucker(weight, (0, 1), (rank_out, rank_in), n_iter_max=n_iter_max)
     u_out, u_in = fit.factors
-    module = structures.tucker2_conv_module(layer, fit.core, u_out, u_in)
+    module = tucker2_conv_module(layer, fit.core, u_out, u_in)
     info = {"rank": [rank_out, rank_in], "n_iter": fit.n_iter, "rel_error": fit.rel_error}
     return module, info
 
@@ -96,9 +108,9 @@ def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.M
     ``request.options["n_iter_max"]`` sets the number of HOOI sweeps (default 10).
     """
     if request.rank is not None:
-        rank_out, rank_in = structures.ranks_arg(request.rank, 2)
+        rank_out, rank_in = ranks_arg(request.rank, 2)
     else:
-        rank_out, rank_in = structures.tucker2_budget_ranks(layer, param_budget(request))
+        rank_out, rank_in = tucker2_budget_ranks(layer, param_budget(request))
     return tucker2_conv(layer, rank_out, rank_in, n_iter_max=int(request.options.get("n_iter_max", 10)))
 
 
@@ -109,9 +121,9 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int]) -> tuple[nn.Sequential, dict
     """Replace ``layer`` by ``1x1 -> (kh, 1) -> (1, kw) -> 1x1`` from the TT-SVD of its kernel."""
     weight = weight64(layer)
     permuted = weight.permute(1, 2, 3, 0)  # (Cin, kh, kw, Cout): the chain's order of application
-    caps = structures.tt_conv_max_ranks(layer)
+    caps = tt_conv_max_ranks(layer)
     cores = tt_svd(permuted, [max(1, min(int(r), cap)) for r, cap in zip(ranks, caps)])
-    module = structures.tt_conv_module(layer, cores)
+    module = tt_conv_module(layer, cores)
     info = {"rank": [core.shape[-1] for core in cores[:-1]], "rel_error": relative_error(permuted, tt_to_tensor(cores))}
     return module, info
 
@@ -119,5 +131,5 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int]) -> tuple[nn.Sequential, dict
 def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget."""
     if request.rank is not None:
-        return tt_conv(layer, structures.ranks_arg(request.rank, 3))
-    return tt_conv(layer, structures.tt_conv_budget_ranks(layer, param_budget(request)))
+        return tt_conv(layer, ranks_arg(request.rank, 3))
+    return tt_conv(layer, tt_conv_budget_ranks(layer, param_budget(request)))

@@ -19,12 +19,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import DecomposeRequest
+from harness import (
+    DecomposeRequest,
+    TTMatrixLinear,
+    param_budget,
+    relative_error,
+    svd_budget_rank,
+    svd_linear_module,
+    tensorized_shapes,
+    tt_linear_budget_ranks,
+    tt_linear_max_ranks,
+    tt_matrix_linear_module,
+    weight64,
+)
 
-from harness.tensor import structures
-from harness.contract.backend import param_budget, weight64
-from harness.measure.metrics import relative_error
-from harness.tensor.shapes import tensorized_shapes
 from harness_native.tensor_ops import tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- truncated SVD
@@ -40,14 +48,14 @@ def svd_linear(layer: nn.Linear, rank: int) -> tuple[nn.Sequential, dict]:
     first_w = root[:, None] * vh[:rank]
     second_w = u[:, :rank] * root
     info = {"rank": rank, "rel_error": relative_error(weight, second_w @ first_w)}
-    return structures.svd_linear_module(layer, first_w, second_w), info
+    return svd_linear_module(layer, first_w, second_w), info
 
 
 def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """Truncated SVD at ``request.rank``, else at the largest rank within the request's budget."""
     if request.rank is not None:
         return svd_linear(layer, int(request.rank))
-    return svd_linear(layer, structures.svd_budget_rank(layer, param_budget(request)))
+    return svd_linear(layer, svd_budget_rank(layer, param_budget(request)))
 
 
 # ----------------------------------------------------------------------------- TT-matrix
@@ -55,7 +63,7 @@ def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Modul
 
 def tt_linear(
     layer: nn.Linear, ranks: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int]
-) -> tuple[structures.TTMatrixLinear, dict]:
+) -> tuple[TTMatrixLinear, dict]:
     """Replace ``layer`` by a :class:`~harness.tensor.structures.TTMatrixLinear` from the TT-SVD of its tensorized weight."""
     d = len(in_shape)
     if len(ranks) != d - 1:
@@ -65,11 +73,11 @@ def tt_linear(
     paired = weight.reshape(*out_shape, *in_shape)
     paired = paired.permute(*(i for k in range(d) for i in (k, d + k)))
     paired = paired.reshape([m * n for m, n in zip(out_shape, in_shape)])
-    caps = structures.tt_linear_max_ranks(in_shape, out_shape)
+    caps = tt_linear_max_ranks(in_shape, out_shape)
     cores = tt_svd(paired, [max(1, min(int(r), cap)) for r, cap in zip(ranks, caps)])
     # TT-SVD of the paired tensor gives (r_{k-1}, m_k n_k, r_k) cores; TTMatrixLinear keeps (m_k, n_k) apart.
     split = [core.reshape(core.shape[0], m, n, core.shape[-1]) for core, m, n in zip(cores, out_shape, in_shape)]
-    module = structures.tt_matrix_linear_module(layer, split)
+    module = tt_matrix_linear_module(layer, split)
     approx = tt_to_tensor(cores).reshape(paired.shape)
     info = {
         "rank": list(module.ranks),
@@ -84,8 +92,8 @@ def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module
     """TT-matrix at ``request.rank`` (int or one per bond), else the ranks that fill the budget."""
     in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     if request.rank is not None:
-        caps = structures.tt_linear_max_ranks(in_shape, out_shape)
+        caps = tt_linear_max_ranks(in_shape, out_shape)
         ranks = [int(request.rank)] * len(caps) if isinstance(request.rank, int) else list(request.rank)
         return tt_linear(layer, ranks, in_shape, out_shape)
-    ranks = structures.tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, param_budget(request))
+    ranks = tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, param_budget(request))
     return tt_linear(layer, ranks, in_shape, out_shape)

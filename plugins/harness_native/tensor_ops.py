@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.tensor.algebra import leading_left_singular_vectors, mode_dot, unfold
-from harness.measure.metrics import relative_error
-from harness.tensor.structures import tt_max_ranks
+from harness import leading_left_singular_vectors, mode_dot, relative_error, tt_max_ranks, unfold
 
 
 # ----------------------------------------------------------------------------- Tucker

@@ -26,10 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.tensor.algebra import cp_als, cp_to_tensor
-from harness.contract.backend import CP_ALS
-from harness.measure.metrics import relative_error
-from harness.tensor.shapes import tensorized_shapes
+from harness import CP_ALS, cp_als, cp_to_tensor, relative_error, tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.contract.backend import FULL_RANK, DecomposeRequest, Unsupported, largest_fitting
+from harness import FULL_RANK, DecomposeRequest, Unsupported, largest_fitting
 
 # fill(tednet_layer, ranks, generator) copies factors of the trained weight into the layer
 # and returns what to record about the fit (relative error, iterations...).

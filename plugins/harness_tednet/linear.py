@@ -24,9 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.contract.backend import Unsupported
-from harness.measure.metrics import relative_error
-from harness.tensor.shapes import tensorized_shapes
+from harness import Unsupported, relative_error, tensorized_shapes
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
 from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker

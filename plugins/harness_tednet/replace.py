@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from harness.contract.backend import DecomposeRequest, count_params
+from harness import DecomposeRequest, count_params
 from harness_tednet.formats import Format, choose_ranks, copy_into
 from harness_tednet.library import TedNetLayer, build_quietly
 

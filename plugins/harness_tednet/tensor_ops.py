@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.tensor.algebra import leading_left_singular_vectors, mode_dot, unfold
-from harness.measure.metrics import relative_error
+from harness import leading_left_singular_vectors, mode_dot, relative_error, unfold
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator, like: Tensor) -> Tensor:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness import BackendInfo, hookimpl
-from harness.tensor.structures import stock_method
+from harness import BackendInfo, hookimpl, stock_method
 from harness_tensorly import conv, linear
 from harness_tensorly.tensorly_ops import INSTALL_HINT, library_version
 

@@ -20,17 +20,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import DecomposeRequest
+from harness import (
+    CP_ALS,
+    DecomposeRequest,
+    cp_budget_rank,
+    cp_conv_module,
+    param_budget,
+    ranks_arg,
+    relative_error,
+    tt_conv_budget_ranks,
+    tt_conv_max_ranks,
+    tt_conv_module,
+    tucker2_budget_ranks,
+    tucker2_conv_module,
+    tucker2_max_ranks,
+    weight64,
+)
 
-from harness.tensor import structures
-from harness.contract.backend import CP_ALS, param_budget, weight64
-from harness.measure.metrics import relative_error
 from harness_tensorly import tensorly_ops as ops
 
 
 def _positive_ranks(rank: Any, count: int) -> list[int]:
     # tensorly fails obscurely on a zero rank, so an explicit request is checked up front.
-    ranks = [int(r) for r in structures.ranks_arg(rank, count)]
+    ranks = [int(r) for r in ranks_arg(rank, count)]
     if any(r < 1 for r in ranks):
         raise ValueError(f"ranks must be >= 1, got {rank!r}")
     return ranks
@@ -58,7 +70,7 @@ def cp_conv(
     safe = [torch.where(n > 0, n, torch.ones_like(n)) for n in norms]
     a, b, c, d = (f / n * share for f, n in zip(fit.factors, safe))
     a = a * sign  # a negative component weight goes to the last 1x1 conv
-    module = structures.cp_conv_module(layer, a, b, c, d)
+    module = cp_conv_module(layer, a, b, c, d)
     info = {
         "rank": rank,
         "init": init,
@@ -80,7 +92,7 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
     if request.rank is not None:
         rank = _positive_ranks(request.rank, 1)[0]
     else:
-        rank = structures.cp_budget_rank(layer, param_budget(request))
+        rank = cp_budget_rank(layer, param_budget(request))
     options = request.options
     return cp_conv(
         layer,
@@ -101,11 +113,11 @@ def tucker2_conv(
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """Replace ``layer`` by ``1x1 -> (kh, kw) core -> 1x1`` from tensorly's ``partial_tucker`` on modes 0 and 1."""
     weight = weight64(layer)
-    max_out, max_in = structures.tucker2_max_ranks(layer)
+    max_out, max_in = tucker2_max_ranks(layer)
     rank_out, rank_in = min(int(rank_out), max_out), min(int(rank_in), max_in)
     fit = ops.partial_tucker(weight, (0, 1), (rank_out, rank_in), seed=seed, n_iter_max=n_iter_max, tol=tol)
     u_out, u_in = fit.factors
-    module = structures.tucker2_conv_module(layer, fit.core, u_out, u_in)
+    module = tucker2_conv_module(layer, fit.core, u_out, u_in)
     approx = ops.tucker_to_tensor(fit, (0, 1))
     info = {"rank": [rank_out, rank_in], "n_iter": fit.n_iter, "rel_error": relative_error(weight, approx)}
     return module, info
@@ -121,7 +133,7 @@ def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.M
     if request.rank is not None:
         rank_out, rank_in = _positive_ranks(request.rank, 2)
     else:
-        rank_out, rank_in = structures.tucker2_budget_ranks(layer, param_budget(request))
+        rank_out, rank_in = tucker2_budget_ranks(layer, param_budget(request))
     options = request.options
     return tucker2_conv(
         layer, rank_out, rank_in, seed=request.seed,
@@ -136,9 +148,9 @@ def tt_conv(layer: nn.Conv2d, ranks: Sequence[int], *, seed: int) -> tuple[nn.Se
     """Replace ``layer`` by ``1x1 -> (kh, 1) -> (1, kw) -> 1x1`` from tensorly's TT-SVD of its kernel."""
     weight = weight64(layer)
     permuted = weight.permute(1, 2, 3, 0).contiguous()  # (Cin, kh, kw, Cout): the chain's order of application
-    caps = structures.tt_conv_max_ranks(layer)
+    caps = tt_conv_max_ranks(layer)
     cores = ops.tensor_train(permuted, [min(int(r), cap) for r, cap in zip(ranks, caps)], seed)
-    module = structures.tt_conv_module(layer, cores)
+    module = tt_conv_module(layer, cores)
     info = {
         "rank": [core.shape[-1] for core in cores[:-1]],
         "rel_error": relative_error(permuted, ops.tt_to_tensor(cores)),
@@ -150,4 +162,4 @@ def decompose_tt(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
     """TT at ``request.rank`` (int, or ``[r1, r2, r3]``), else the ranks that fill the budget."""
     if request.rank is not None:
         return tt_conv(layer, _positive_ranks(request.rank, 3), seed=request.seed)
-    return tt_conv(layer, structures.tt_conv_budget_ranks(layer, param_budget(request)), seed=request.seed)
+    return tt_conv(layer, tt_conv_budget_ranks(layer, param_budget(request)), seed=request.seed)

@@ -20,12 +20,20 @@ from typing import Any
 
 from torch import nn
 
-from harness import DecomposeRequest
+from harness import (
+    DecomposeRequest,
+    TTMatrixLinear,
+    param_budget,
+    relative_error,
+    svd_budget_rank,
+    svd_linear_module,
+    tensorized_shapes,
+    tt_linear_budget_ranks,
+    tt_linear_max_ranks,
+    tt_matrix_linear_module,
+    weight64,
+)
 
-from harness.tensor import structures
-from harness.contract.backend import param_budget, weight64
-from harness.measure.metrics import relative_error
-from harness.tensor.shapes import tensorized_shapes
 from harness_tensorly import tensorly_ops as ops
 
 # ----------------------------------------------------------------------------- truncated SVD
@@ -43,14 +51,14 @@ def svd_linear(layer: nn.Linear, rank: int, seed: int) -> tuple[nn.Sequential, d
     first_w = root[:, None] * vh
     second_w = u * root
     info = {"rank": rank, "rel_error": relative_error(weight, second_w @ first_w)}
-    return structures.svd_linear_module(layer, first_w, second_w), info
+    return svd_linear_module(layer, first_w, second_w), info
 
 
 def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module, dict[str, Any]]:
     """Truncated SVD at ``request.rank``, else at the largest rank within the request's budget."""
     if request.rank is not None:
         return svd_linear(layer, int(request.rank), request.seed)
-    return svd_linear(layer, structures.svd_budget_rank(layer, param_budget(request)), request.seed)
+    return svd_linear(layer, svd_budget_rank(layer, param_budget(request)), request.seed)
 
 
 # ----------------------------------------------------------------------------- TT-matrix
@@ -58,7 +66,7 @@ def decompose_svd(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Modul
 
 def tt_linear(
     layer: nn.Linear, ranks: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int], seed: int
-) -> tuple[structures.TTMatrixLinear, dict[str, Any]]:
+) -> tuple[TTMatrixLinear, dict[str, Any]]:
     """Replace ``layer`` by a :class:`~harness.tensor.structures.TTMatrixLinear` from tensorly's TT-matrix SVD."""
     d = len(in_shape)
     if len(ranks) != d - 1:
@@ -66,10 +74,10 @@ def tt_linear(
     if any(int(r) < 1 for r in ranks):
         raise ValueError(f"TT ranks must be >= 1, got {list(ranks)}")
     weight = weight64(layer)
-    caps = structures.tt_linear_max_ranks(in_shape, out_shape)
+    caps = tt_linear_max_ranks(in_shape, out_shape)
     # tensorly's TT-matrix cores are (r_{k-1}, m_k, n_k, r_k) with the output modes as rows: TTMatrixLinear's layout.
     cores = ops.tensor_train_matrix(weight, in_shape, out_shape, [min(int(r), c) for r, c in zip(ranks, caps)], seed)
-    module = structures.tt_matrix_linear_module(layer, cores)
+    module = tt_matrix_linear_module(layer, cores)
     info = {
         "rank": list(module.ranks),
         "in_shape": list(module.in_shape),
@@ -83,8 +91,8 @@ def decompose_tt(layer: nn.Linear, request: DecomposeRequest) -> tuple[nn.Module
     """TT-matrix at ``request.rank`` (int or one per bond), else the ranks that fill the budget."""
     in_shape, out_shape = tensorized_shapes(layer.in_features, layer.out_features, request.options)
     if request.rank is not None:
-        caps = structures.tt_linear_max_ranks(in_shape, out_shape)
+        caps = tt_linear_max_ranks(in_shape, out_shape)
         ranks = [int(request.rank)] * len(caps) if isinstance(request.rank, int) else [int(r) for r in request.rank]
         return tt_linear(layer, ranks, in_shape, out_shape, request.seed)
-    ranks = structures.tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, param_budget(request))
+    ranks = tt_linear_budget_ranks(in_shape, out_shape, layer.bias is not None, param_budget(request))
     return tt_linear(layer, ranks, in_shape, out_shape, request.seed)

@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import DecomposeRequest
-from harness.contract.backend import CP_ALS
+from harness import CP_ALS, DecomposeRequest
 
 # Options a request may set, per tltorch factorization name, passed on to tensorly as they are.
 SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {

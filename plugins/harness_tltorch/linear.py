@@ -18,11 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import FULL_RANK, DecomposeRequest, largest_fitting
-from harness.contract.backend import count_params
-from harness.tensor.shapes import tensorized_shapes
+from harness import FULL_RANK, DecomposeRequest, count_params, largest_fitting, relative_error, tensorized_shapes
 from harness_tltorch import ranks
-from harness.measure.metrics import relative_error
 from harness_tltorch.fitting import as_json_rank, decomposition_kwargs
 
 # Harness method name -> tltorch factorization name.

@@ -19,7 +19,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
-from harness.contract.backend import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
+from harness import FULL_RANK, DecomposeRequest, Unsupported, fill_ranks, largest_fitting
 
 # Steps per unit of tltorch's fractional Tucker rank: fine enough that consecutive steps
 # rarely skip a rank, so the search loses nothing to the grid.

@@ -6,7 +6,7 @@ external resources, so it can be mailed or archived as one file) and each plot a
 run's metadata (command, versions, hardware, seeds, FLOP convention), the computed
 findings of :mod:`harness.results.findings`, the plots of :mod:`harness.results.plots` (those with nothing to show for
 the run, such as a study it did not hold, folded into one collapsed note) and the tables
-of :mod:`harness_tables` (dense baselines, dense control, mean ± std over seeds per
+of :mod:`harness.results.tables` (dense baselines, dense control, mean ± std over seeds per
 configuration, budget deviations per configuration, cells not ok: failed cells one by
 one, unsupported cells grouped in a collapsed ``<details>``). A key column holding one
 value in every row is left out and its value given in a caption above the table; number cells
@@ -25,8 +25,11 @@ import shlex
 from pathlib import Path
 
 import pandas as pd
-from harness_tables import (
+
+import harness
+from harness import (
     BUDGET_FILL,
+    PLOTS,
     budget_deviations,
     constant_columns,
     control_table,
@@ -37,13 +40,14 @@ from harness_tables import (
     summary_table,
     unsupported_summary,
     unsupported_table,
+    Finding,
+    RunResults,
+    all_findings,
+    best_networks,
+    not_planned_summary,
+    nothing_to_show,
+    to_png,
 )
-
-import harness
-from harness.results import plots
-from harness.results.findings import Finding, all_findings, best_networks
-from harness.plan.planner import not_planned_summary
-from harness.results.store import RunResults
 
 SUMMARY = {
     "acc_decomposed": "acc after decomp %",
@@ -167,17 +171,17 @@ def _plots_html(results: RunResults, folder: Path) -> tuple[str, list[str]]:
     """
     parts, empty, written = [], [], []
     folder.mkdir(exist_ok=True)
-    for name, (draw, caption) in plots.PLOTS.items():
+    for name, (draw, caption) in PLOTS.items():
         try:
             figure = draw(results)
-            png = b"" if plots.nothing_to_show(figure) else plots.to_png(figure)
+            png = b"" if nothing_to_show(figure) else to_png(figure)
         except Exception as exc:  # noqa: BLE001 - one broken plot must not take the report down
             parts.append(f'<figure id="plot-{name}"><p class="note">This plot could not be drawn: '
                          f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
             continue
         path = folder / f"{name}.png"
-        note = plots.nothing_to_show(figure)
+        note = nothing_to_show(figure)
         if note:  # no placeholder image: the reason in words is all there is to see
             path.unlink(missing_ok=True)  # nor a stale one from an earlier report of this run
             empty.append(f'<figure id="plot-{name}"><p class="muted">Nothing to show: {html.escape(note)}</p>'

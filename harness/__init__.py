@@ -21,8 +21,8 @@ hookimpl = pluggy.HookimplMarker("harness")
 API = {
     # what a backend declares, is asked and may raise; the host's budget rules
     "harness.contract.backend": (
-        "FULL_RANK", "CP_ALS", "BackendInfo", "DecomposeRequest", "Unsupported", "OverBudget", "fill_ranks",
-        "largest_fitting", "param_budget", "weight64", "check_budget", "layer_kind", "conv_features"),
+        "FULL_RANK", "CP_ALS", "cp_options", "BackendInfo", "DecomposeRequest", "Unsupported", "OverBudget", "fill_ranks",
+        "largest_fitting", "param_budget", "weight64", "check_budget", "layer_kind", "conv_features", "methods_table"),
     # what a rank selector is given and returns
     "harness.contract.selection": ("LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer"),
     # models and datasets
@@ -32,9 +32,11 @@ API = {
     "harness.measure.metrics": ("count_params", "relative_error"),
     # tensor kernels and the stock factorised structures, written once for every backend
     "harness.tensor.algebra": ("cp_als", "cp_to_tensor", "unfold", "mode_dot", "leading_left_singular_vectors"),
+    "harness.tensor.decompositions": (
+        "TuckerResult", "tucker", "tt_sweep", "tt_svd", "tt_to_tensor", "ring_to_tensor"),
     "harness.tensor.shapes": ("tensorized_shapes",),
     "harness.tensor.structures": (
-        "stock_method", "ranks_arg", "tt_max_ranks", "TTMatrixLinear", "cp_budget_rank", "cp_conv_module",
+        "stock_method", "stock_methods", "ranks_arg", "tt_max_ranks", "TTMatrixLinear", "cp_budget_rank", "cp_conv_module",
         "tucker2_max_ranks", "tucker2_budget_ranks", "tucker2_conv_module", "tt_conv_max_ranks",
         "tt_conv_budget_ranks", "tt_conv_module", "svd_budget_rank", "svd_linear_module", "tt_linear_max_ranks",
         "tt_linear_budget_ranks", "tt_matrix_linear_module"),

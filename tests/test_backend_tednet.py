@@ -24,7 +24,8 @@ from harness.run.host import load_host
 from harness.testing import decompose as host_decompose
 from harness_tednet.library import TedNetLayer, build_quietly, tednet_class
 from harness.measure.metrics import relative_error
-from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_svd
+from harness import ring_to_tensor as chain_to_tensor
+from harness_tednet.tensor_ops import tr_svd, tt_svd
 
 pytest.importorskip("tednet")
 

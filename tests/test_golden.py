@@ -10,6 +10,7 @@ After a change that is meant to change results, record the run anew: ``python te
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -34,6 +35,22 @@ def values(table: pd.DataFrame, name: str) -> pd.DataFrame:
     return kept.sort_values(KEYS[name]).reset_index(drop=True)
 
 
+def same_value(want: object, have: object) -> bool:
+    """Equal, numbers up to float rounding (rtol 1e-9), JSON text (a layer's ``info``) compared as data."""
+    if isinstance(want, str) and isinstance(have, str) and want[:1] in "{[" and have[:1] in "{[":
+        try:
+            return same_value(json.loads(want), json.loads(have))
+        except ValueError:
+            return want == have
+    if isinstance(want, dict) and isinstance(have, dict):
+        return want.keys() == have.keys() and all(same_value(want[k], have[k]) for k in want)
+    if isinstance(want, list) and isinstance(have, list):
+        return len(want) == len(have) and all(same_value(a, b) for a, b in zip(want, have))
+    if isinstance(want, float) and isinstance(have, (int, float)) and not isinstance(have, bool):
+        return bool(np.isclose(want, have, rtol=1e-9, atol=0, equal_nan=True))
+    return want == have
+
+
 def differences(golden: pd.DataFrame, got: pd.DataFrame) -> list[str]:
     if len(golden) != len(got):
         return [f"{len(got)} rows where {len(golden)} were recorded"]
@@ -46,7 +63,7 @@ def differences(golden: pd.DataFrame, got: pd.DataFrame) -> list[str]:
         if pd.api.types.is_numeric_dtype(want) and pd.api.types.is_numeric_dtype(have):
             same = np.isclose(want.astype(float), have.astype(float), rtol=1e-9, atol=0, equal_nan=True)
         else:
-            same = (want.fillna("").astype(str) == have.fillna("").astype(str)).to_numpy()
+            same = np.array([same_value(a, b) for a, b in zip(want.fillna("").astype(str), have.fillna("").astype(str))])
         if not same.all():
             row = int(np.flatnonzero(~same)[0])
             found.append(f"{column}: {want.iloc[row]!r} recorded, {have.iloc[row]!r} now ({golden.iloc[row, 0]})")

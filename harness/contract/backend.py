@@ -16,7 +16,7 @@ replacement to that promise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,15 @@ class OverBudget(Exception):
 # unless a request's options say otherwise: CP then compares libraries, not numbers of sweeps.
 CP_ALS = {"n_iter_max": 300, "tol": 1e-8}
 OVER_BUDGET = "over_budget"
+
+
+def cp_options(request: "DecomposeRequest") -> dict[str, Any]:
+    """CP-ALS's ``n_iter_max`` and ``tol`` for a request: its options over :data:`CP_ALS`, and one sweep when the
+    host only rebuilds the structure (``request.rebuild``: the saved factors are loaded over the fit)."""
+    options = request.options
+    return {"n_iter_max": 1 if request.rebuild else int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
+            "tol": float(options.get("tol", CP_ALS["tol"]))}
+
 
 # A backend's callable for one (layer kind, method): the layer and the request in, the replacement out.
 Decompose = Callable[["nn.Module", "DecomposeRequest"], nn.Module]
@@ -253,6 +262,15 @@ def fill_ranks(caps: list[int], param_count: Callable[[list[int]], int], budget:
         if not candidates:
             return ranks
         ranks = candidates[0]
+
+
+def methods_table(pairs: Iterable[tuple[str, str]], run: Callable[..., Any]) -> dict[str, dict[str, Callable]]:
+    """``BackendInfo.methods`` for a backend whose one callable ``run(layer, request)`` serves every
+    ``(layer kind, method)`` of ``pairs`` (it reads ``request.method``)."""
+    methods: dict[str, dict[str, Callable]] = {}
+    for kind, method in pairs:
+        methods.setdefault(kind, {})[method] = run
+    return methods
 
 
 def check_budget(replacement: nn.Module, request: DecomposeRequest) -> int:

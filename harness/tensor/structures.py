@@ -76,6 +76,19 @@ def stock_method(decompose: Any) -> Any:
     return run
 
 
+def stock_methods(linear: Any, conv: Any) -> dict[str, dict[str, Any]]:
+    """The methods table of a backend that fills these structures with its own algorithms: ``linear`` and ``conv``
+    (its modules) provide ``decompose_svd`` and ``decompose_tt``, and ``decompose_cp``, ``decompose_tucker2`` and
+    ``decompose_tt``, each ``(layer, request) -> (module, info)``, wrapped by :func:`stock_method`."""
+    return {
+        "linear": {"svd": stock_method(linear.decompose_svd), "tt": stock_method(linear.decompose_tt)},
+        "conv2d": {"cp": stock_method(conv.decompose_cp), "tucker2": stock_method(conv.decompose_tucker2),
+                   "tt": stock_method(conv.decompose_tt),
+                   # The kernel as a (Cout, Cin kh kw) matrix: a kh x kw conv to the rank, then a 1x1 conv; two 1x1
+                   # convs for a 1x1 conv, which is a matrix (ResNet bottlenecks, MobileNet pointwise convs).
+                   "svd": stock_method(linear.decompose_svd)},
+    }
+
 
 def tt_max_ranks(shape: Sequence[int]) -> list[int]:
     """The largest useful TT rank at each of the ``len(shape) - 1`` bonds: the smaller side of the split."""

@@ -1,8 +1,8 @@
 """Native decompositions of ``nn.Conv2d``: CP, Tucker-2 and tensor-train, as chains of stock convs.
 
-Each method factorises the kernel ``W (Cout, Cin, kh, kw)`` in plain PyTorch (see
-``tensor_ops.py``, and the host's CP-ALS in :mod:`harness.tensor.algebra`) and hands the factors to the shared builders of
-:mod:`harness.tensor.structures`, which lay them into an ``nn.Sequential`` of ``nn.Conv2d``
+Each method factorises the kernel ``W (Cout, Cin, kh, kw)`` in plain PyTorch with the host's
+kernels (``cp_als``, ``tucker``, ``tt_svd``) and hands the factors to the host's shared builders
+(``cp_conv_module`` and the like), which lay them into an ``nn.Sequential`` of ``nn.Conv2d``
 layers (the same kernels every backend computing the format gets). CP (Lebedev et al.,
 2015) becomes a 1x1 conv, a ``(kh, 1)`` and a ``(1, kw)`` depthwise conv and a 1x1 conv;
 Tucker-2 (Kim et al., 2016) a 1x1 conv, the ``(kh, kw)`` core conv and a 1x1 conv; TT a
@@ -18,25 +18,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import (
-    CP_ALS,
-    DecomposeRequest,
-    cp_als,
-    cp_budget_rank,
-    cp_conv_module,
-    cp_to_tensor,
-    param_budget,
-    ranks_arg,
-    relative_error,
-    tt_conv_budget_ranks,
-    tt_conv_max_ranks,
-    tt_conv_module,
-    tucker2_budget_ranks,
-    tucker2_conv_module,
-    weight64,
-)
+from harness import (DecomposeRequest, cp_als, cp_budget_rank, cp_conv_module, cp_options, cp_to_tensor, param_budget,
+                     ranks_arg, relative_error, tt_conv_budget_ranks, tt_conv_max_ranks, tt_conv_module, tt_svd,
+                     tt_to_tensor, tucker, tucker2_budget_ranks, tucker2_conv_module, weight64)
 
-from harness_native.tensor_ops import partial_tucker, tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- CP
 
@@ -74,16 +59,8 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         rank = int(request.rank)
     else:
         rank = cp_budget_rank(layer, param_budget(request))
-    options = request.options
-    return cp_conv(
-        layer,
-        rank,
-        generator=request.generator(),
-        # A rebuild keeps only the structure: the saved factors are loaded over these.
-        n_iter_max=1 if request.rebuild else int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
-        tol=float(options.get("tol", CP_ALS["tol"])),
-        n_restarts=1 if request.rebuild else int(options.get("n_restarts", 2)),
-    )
+    restarts = 1 if request.rebuild else int(request.options.get("n_restarts", 2))
+    return cp_conv(layer, rank, generator=request.generator(), n_restarts=restarts, **cp_options(request))
 
 
 # ----------------------------------------------------------------------------- Tucker-2
@@ -95,7 +72,7 @@ def tucker2_conv(layer: nn.Conv2d, rank_out: int, rank_in: int, *, n_iter_max: i
     cout, cin = weight.shape[:2]
     rank_out = max(1, min(int(rank_out), cout))
     rank_in = max(1, min(int(rank_in), cin))
-    fit = partial_tucker(weight, (0, 1), (rank_out, rank_in), n_iter_max=n_iter_max)
+    fit = tucker(weight, (0, 1), (rank_out, rank_in), n_iter_max=n_iter_max)
     u_out, u_in = fit.factors
     module = tucker2_conv_module(layer, fit.core, u_out, u_in)
     info = {"rank": [rank_out, rank_in], "n_iter": fit.n_iter, "rel_error": fit.rel_error}

@@ -1,7 +1,7 @@
 """Native decompositions of ``nn.Linear``: truncated SVD and the TT-matrix format.
 
-The factors are computed in plain PyTorch (``torch.linalg.svd`` and the TT-SVD of
-``tensor_ops.py``) and laid into the shared modules of :mod:`harness.tensor.structures`.
+The factors are computed in plain PyTorch (``torch.linalg.svd`` and the host's ``tt_svd``) and
+laid into the host's shared modules (``svd_linear_module``, ``TTMatrixLinear``).
 Truncated SVD (the baseline every fully-connected method must beat) replaces the
 layer with two thin ``nn.Linear`` layers whose weights share the square roots of
 the singular values. The TT-matrix format (Novikov et al., 2015) tensorizes
@@ -19,21 +19,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness import (
-    DecomposeRequest,
-    TTMatrixLinear,
-    param_budget,
-    relative_error,
-    svd_budget_rank,
-    svd_linear_module,
-    tensorized_shapes,
-    tt_linear_budget_ranks,
-    tt_linear_max_ranks,
-    tt_matrix_linear_module,
-    weight64,
-)
+from harness import (DecomposeRequest, TTMatrixLinear, param_budget, relative_error, svd_budget_rank, svd_linear_module,
+                     tensorized_shapes, tt_linear_budget_ranks, tt_linear_max_ranks, tt_matrix_linear_module, tt_svd,
+                     tt_to_tensor, weight64)
 
-from harness_native.tensor_ops import tt_svd, tt_to_tensor
 
 # ----------------------------------------------------------------------------- truncated SVD
 

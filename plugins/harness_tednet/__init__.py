@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from harness import BackendInfo, DecomposeRequest, hookimpl
+from harness import BackendInfo, DecomposeRequest, hookimpl, methods_table
 from harness_tednet import conv, linear
 from harness_tednet.library import tednet_version
 from harness_tednet.replace import replace
@@ -53,9 +53,7 @@ def decompose(layer: nn.Module, request: DecomposeRequest) -> nn.Module:
 @hookimpl
 def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
     version = tednet_version()
-    methods: dict[str, dict[str, Callable]] = {}
-    for kind, method in METHODS:
-        methods.setdefault(kind, {})[method] = decompose
+    methods = methods_table(METHODS, decompose)
     register(
         BackendInfo(
             name=NAME,

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import CP_ALS, cp_als, cp_to_tensor, relative_error, tensorized_shapes
+from harness import (CP_ALS, cp_als, cp_to_tensor, relative_error, ring_to_tensor, tensorized_shapes, tt_max_ranks,
+                     tucker)
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
-from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker
+from harness_tednet.tensor_ops import tr_svd, tt_svd
 
 # TedNet's own BTT models (BTTLeNet5, BTTResNet*) all use two blocks.
 DEFAULT_BLOCKS = 2
@@ -152,7 +153,7 @@ def tt(layer: nn.Conv2d, options: dict[str, Any]) -> Format:
             r_left, _, r_right = core.shape
             node = core.reshape(r_left, in_shape[k], out_shape[k], r_right).permute(1, 2, 0, 3)
             copy_into(module, f"node{k}", node if k < d - 1 else node[..., 0])
-        return {"rel_error": relative_error(arranged, chain_to_tensor(cores))}
+        return {"rel_error": relative_error(arranged, ring_to_tensor(cores))}
 
     caps = tt_max_ranks(chain)
     return Format(caps=caps, params=params, build=build, fill=fill, full=caps,
@@ -187,7 +188,7 @@ def tr(layer: nn.Conv2d, options: dict[str, Any]) -> Format:
             copy_into(module, f"out_node{k}", cores[d + 1 + k])
         r_in, _, r_out = cores[d].shape
         copy_into(module, "kernel.weight", cores[d].permute(2, 0, 1).reshape(r_out, r_in, kh, kw))
-        return {"rel_error": relative_error(arranged, chain_to_tensor(cores))}
+        return {"rel_error": relative_error(arranged, ring_to_tensor(cores))}
 
     # A ring has no single full rank; closing it with R_0 = 1 makes it a train, exact at TT's maximal ranks.
     full = [1, *tt_max_ranks(ring)]

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import Unsupported, relative_error, tensorized_shapes
+from harness import Unsupported, relative_error, ring_to_tensor, tensorized_shapes, tt_max_ranks, tucker
 from harness_tednet.formats import Format, copy_into, dense_weight, paired_order
 from harness_tednet.library import tednet_class
-from harness_tednet.tensor_ops import chain_to_tensor, tr_svd, tt_max_ranks, tt_svd, tucker
+from harness_tednet.tensor_ops import tr_svd, tt_svd
 
 # TedNet's own BTT models (BTTLeNet5, BTTResNet*) all use two blocks.
 DEFAULT_BLOCKS = 2
@@ -147,7 +147,7 @@ def tt(layer: nn.Linear, options: dict[str, Any]) -> Format:
             elif k == d - 1:
                 node = node[..., 0]
             copy_into(module, f"node{k}", node)
-        return {"rel_error": relative_error(arranged, chain_to_tensor(cores))}
+        return {"rel_error": relative_error(arranged, ring_to_tensor(cores))}
 
     caps = tt_max_ranks(pairs)
     return Format(caps=caps, params=params, build=build, fill=fill, full=caps, shapes=_shape_info(in_shape, out_shape))
@@ -175,7 +175,7 @@ def tr(layer: nn.Linear, options: dict[str, Any]) -> Format:
         cores = tr_svd(arranged, ranks, generator)
         for k, core in enumerate(cores):
             copy_into(module, f"node{k}", core)
-        return {"rel_error": relative_error(arranged, chain_to_tensor(cores))}
+        return {"rel_error": relative_error(arranged, ring_to_tensor(cores))}
 
     # A ring has no single full rank; closing it with R_0 = 1 makes it a train, exact at TT's maximal ranks.
     full = [1, *tt_max_ranks(ring)]

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from harness import BackendInfo, hookimpl, stock_method
+from harness import BackendInfo, hookimpl, stock_methods
 from harness_tensorly import conv, linear
 from harness_tensorly.tensorly_ops import INSTALL_HINT, library_version
 
 NAME = "tensorly"
 
 
-# Layer kind -> method -> the callable the host dispatches the request to.
-METHODS: dict[str, dict[str, Callable]] = {
-    "linear": {"svd": stock_method(linear.decompose_svd), "tt": stock_method(linear.decompose_tt)},
-    "conv2d": {"cp": stock_method(conv.decompose_cp), "tucker2": stock_method(conv.decompose_tucker2),
-               "tt": stock_method(conv.decompose_tt),
-               # The kernel as a (Cout, Cin kh kw) matrix: a kh x kw conv to the rank, then a 1x1 conv; two 1x1
-               # convs for a 1x1 conv, which is a matrix (ResNet bottlenecks, MobileNet pointwise convs).
-               "svd": stock_method(linear.decompose_svd)},
-}
+# Layer kind -> method -> the callable the host dispatches the request to: the stock table of svd, tt (Linear) and
+# cp, tucker2, tt, svd (Conv2d), each filling the host's structures with this backend's algorithms.
+METHODS = stock_methods(linear, conv)
 
 
 @hookimpl

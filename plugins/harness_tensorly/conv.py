@@ -20,22 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import (
-    CP_ALS,
-    DecomposeRequest,
-    cp_budget_rank,
-    cp_conv_module,
-    param_budget,
-    ranks_arg,
-    relative_error,
-    tt_conv_budget_ranks,
-    tt_conv_max_ranks,
-    tt_conv_module,
-    tucker2_budget_ranks,
-    tucker2_conv_module,
-    tucker2_max_ranks,
-    weight64,
-)
+from harness import (DecomposeRequest, cp_budget_rank, cp_conv_module, cp_options, param_budget, ranks_arg,
+                     relative_error, tt_conv_budget_ranks, tt_conv_max_ranks, tt_conv_module, tucker2_budget_ranks,
+                     tucker2_conv_module, tucker2_max_ranks, weight64)
 
 from harness_tensorly import tensorly_ops as ops
 
@@ -93,16 +80,7 @@ def decompose_cp(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module
         rank = _positive_ranks(request.rank, 1)[0]
     else:
         rank = cp_budget_rank(layer, param_budget(request))
-    options = request.options
-    return cp_conv(
-        layer,
-        rank,
-        seed=request.seed,
-        init=str(options.get("init", "svd")),
-        # A rebuild keeps only the structure: the saved factors are loaded over these.
-        n_iter_max=1 if request.rebuild else int(options.get("n_iter_max", CP_ALS["n_iter_max"])),
-        tol=float(options.get("tol", CP_ALS["tol"])),
-    )
+    return cp_conv(layer, rank, seed=request.seed, init=str(request.options.get("init", "svd")), **cp_options(request))
 
 
 # ----------------------------------------------------------------------------- Tucker-2

@@ -20,19 +20,8 @@ from typing import Any
 
 from torch import nn
 
-from harness import (
-    DecomposeRequest,
-    TTMatrixLinear,
-    param_budget,
-    relative_error,
-    svd_budget_rank,
-    svd_linear_module,
-    tensorized_shapes,
-    tt_linear_budget_ranks,
-    tt_linear_max_ranks,
-    tt_matrix_linear_module,
-    weight64,
-)
+from harness import (DecomposeRequest, TTMatrixLinear, param_budget, relative_error, svd_budget_rank, svd_linear_module,
+                     tensorized_shapes, tt_linear_budget_ranks, tt_linear_max_ranks, tt_matrix_linear_module, weight64)
 
 from harness_tensorly import tensorly_ops as ops
 

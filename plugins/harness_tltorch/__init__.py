@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from harness import BackendInfo, DecomposeRequest, hookimpl
+from harness import BackendInfo, DecomposeRequest, hookimpl, methods_table
 from harness_tltorch import conv, library, linear
 
 # Backend name -> tltorch forward implementation.
@@ -72,10 +72,7 @@ def harness_register_backends(register: Callable[[BackendInfo], None]) -> None:
         description = f"tensorly-torch FactorizedConv/FactorizedLinear from trained weights, {implementation} forward."
         if not found.available:
             description += f" Unavailable: {found.problem}."
-        run = functools.partial(decompose, implementation=implementation)
-        methods: dict[str, dict[str, Callable]] = {}
-        for kind, method in METHODS:
-            methods.setdefault(kind, {})[method] = run
+        methods = methods_table(METHODS, functools.partial(decompose, implementation=implementation))
         register(
             BackendInfo(
                 name=name,

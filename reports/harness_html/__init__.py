@@ -27,27 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 import harness
-from harness import (
-    BUDGET_FILL,
-    PLOTS,
-    budget_deviations,
-    constant_columns,
-    control_table,
-    dense_baselines,
-    failed_table,
-    layer_ranks_table,
-    same_in_every_row,
-    summary_table,
-    unsupported_summary,
-    unsupported_table,
-    Finding,
-    RunResults,
-    all_findings,
-    best_networks,
-    not_planned_summary,
-    nothing_to_show,
-    to_png,
-)
+from harness import (BUDGET_FILL, PLOTS, budget_deviations, constant_columns, control_table, dense_baselines,
+                     failed_table, layer_ranks_table, same_in_every_row, summary_table, unsupported_summary,
+                     unsupported_table, Finding, RunResults, all_findings, best_networks, not_planned_summary,
+                     nothing_to_show, to_png)
 
 SUMMARY = {
     "acc_decomposed": "acc after decomp %",

@@ -23,25 +23,9 @@ import pandas as pd
 from tabulate import tabulate
 
 import harness
-from harness import (
-    BUDGET_FILL,
-    CELL_COLUMNS,
-    EPOCH_COLUMNS,
-    TABLES,
-    TERMINAL_ROWS,
-    RunResults,
-    budget_deviations,
-    constant_columns,
-    control_table,
-    dense_baselines,
-    failed_table,
-    not_planned_summary,
-    ordered_columns,
-    same_in_every_row,
-    summary_table,
-    unsupported_summary,
-    unsupported_table,
-)
+from harness import (BUDGET_FILL, CELL_COLUMNS, EPOCH_COLUMNS, TABLES, TERMINAL_ROWS, RunResults, budget_deviations,
+                     constant_columns, control_table, dense_baselines, failed_table, not_planned_summary,
+                     ordered_columns, same_in_every_row, summary_table, unsupported_summary, unsupported_table)
 
 def _as_text(value: object) -> str | None:
     missing = value is None or (isinstance(value, float) and value != value)  # noqa: PLR0124 - NaN test

@@ -1,6 +1,6 @@
 """The plugin author's path, for real: the guide's example backend, run as the guide says.
 
-The module in plugins/example_plugin is the one plugins/README.md prints, whole, in at
+The module in plugins/example_plugin is the one docs/plugins.md prints, whole, in at
 most 25 lines of code. Uninstalled, ``harness -p harness_lowrank`` from its folder lists
 and runs it and the conformance kit passes with ``plugin_module``. Then it is built and
 installed with pip into a private target folder (so the test environment is left as it
@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_plugin"
-GUIDE = Path(__file__).parent.parent / "plugins" / "README.md"
+GUIDE = Path(__file__).parent.parent / "docs" / "plugins.md"
 
 
 def code_lines(source: str) -> int:

@@ -281,7 +281,7 @@ def _print(title: str, rows: list[dict[str, Any]], write: Callable[[str], None])
 
 
 def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> int:
-    from harness.cli.main import Parser  # one-line errors, exit 2
+    from harness.cli.common import Parser  # one-line errors, exit 2
 
     parser = Parser(prog="harness bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="cp,latency,jobs",

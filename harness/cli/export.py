@@ -1,0 +1,110 @@
+"""``harness export``: one kept network written as pt, TorchScript or ONNX and checked on the test set."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.cli.common import EXIT_FAILED, EXIT_OK, UsageError, _echo
+
+if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
+    from harness.run.host import Host
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if count < 1000 or unit == "MB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def _export_choice(args: argparse.Namespace, cells: Any, run_dir: Path) -> Any:
+    """The cell ``harness export`` writes: by id, or the best kept decomposed network within the constraints."""
+    from harness.results.aggregate import decomposed_ok, with_delta
+    from harness.run.export import pick_cell
+
+    constraints = {"min_compression": args.min_compression, "max_latency_ms": args.max_latency_ms,
+                   "min_speedup": args.min_speedup, "max_drop_pp": args.max_drop}
+    if (args.cell_id is None) == (args.best is None):
+        raise UsageError("harness export: give a CELL_ID or --best METRIC, one of the two")
+    if args.cell_id is not None:
+        if any(value is not None for value in constraints.values()):
+            raise UsageError("harness export: --min-compression, --min-speedup, --max-latency-ms and --max-drop go "
+                             "with --best, not with a CELL_ID")
+        match = cells[cells["cell_id"] == args.cell_id]
+        if match.empty:
+            raise UsageError(f"harness export: no cell {args.cell_id!r} in {run_dir} (the ids are in its cells.csv)")
+        cell = match.iloc[0]
+        if cell["status"] != "ok":
+            raise UsageError(f"harness export: cell {args.cell_id!r} is {cell['status']}, not ok: nothing to export")
+        return cell
+    kept = with_delta(decomposed_ok(cells))
+    kept = kept[kept["model_file"].notna()] if "model_file" in kept.columns else kept.iloc[0:0]
+    if kept.empty:
+        raise UsageError(f"harness export: {run_dir} kept no decomposed network (run it with --save-models)")
+    if args.best not in kept.columns or not _numeric(kept[args.best]):
+        raise UsageError(f"harness export: --best {args.best!r} is not a metric of this run (e.g. acc_final, speedup, "
+                         f"compression{', ort_speedup' if 'ort_speedup' in kept.columns else ''})")
+    cell = pick_cell(kept, args.best, **constraints)
+    if cell is None:
+        given = ", ".join(f"{name} {value:g}" for name, value in constraints.items() if value is not None)
+        raise UsageError(f"harness export: no kept decomposed network of {run_dir} meets the constraints ({given})")
+    return cell
+
+
+def _numeric(column: Any) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(pd.to_numeric(column, errors="coerce").dropna())
+
+
+def cmd_export(host: Host, args: argparse.Namespace) -> int:
+    from harness.results.store import load_results, read_cell
+    from harness.run import export, session
+    from harness.run.models import ModelUnavailable
+    from harness.run.networks import NetworkInvalid
+
+    run_dir = Path(args.run_dir)
+    results = load_results(run_dir)
+    for line in results.warnings:
+        print(line, file=sys.stderr)
+    cell = _export_choice(args, results.cells, run_dir)
+    cell_id = cell["cell_id"]
+    model_file = cell.get("model_file")
+    if not isinstance(model_file, str):
+        raise UsageError(f"harness export: cell {cell_id!r} has no kept network: {run_dir} was run without "
+                         "--save-models")
+    path = run_dir / model_file
+    if not path.is_file():
+        raise UsageError(f"harness export: the kept network of {cell_id!r} is missing ({path})")
+    try:
+        model, data = session.kept_network(run_dir, results.meta, cell, read_cell(run_dir, cell_id), host, path)
+    except NetworkInvalid as exc:
+        raise UsageError(f"harness export: {exc}") from None
+    except ModelUnavailable as exc:
+        raise UsageError(f"harness export: the model of {cell_id!r} cannot be built here: {exc}") from None
+    out = Path(args.out) if args.out else export.default_out(cell, args.fmt)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"harness export: cannot write into {str(out.parent)!r}: {exc.strerror or exc}") from None
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"harness export: cannot write {str(out)!r}")
+    example = data.head("test", 2)[0]
+    # The ONNX graph the run timed in ONNX Runtime is this very export: copied, then checked like a new one.
+    timed = run_dir / cell["onnx_file"] if args.fmt == "onnx" and isinstance(cell.get("onnx_file"), str) else None
+    try:
+        check = export.export_and_check(model, example, args.fmt, out, (x for x, _ in data.test_batches(256)), timed)
+    except export.ExportFailed as exc:
+        print(f"harness export: {cell_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _echo(f"wrote {out} ({args.fmt}, {_size(check['bytes'])}) from cell {cell_id}")
+    verdict = "match" if check["match"] else "do NOT match"
+    bound = "≤" if check["match"] else ">"
+    _echo(f"read back from the file, its outputs {verdict} the kept network on {check['inputs']} test inputs: max abs "
+          f"difference {check['max_abs_diff']:.2e} {bound} {export.MATCH_TOLERANCE:g}")
+    return EXIT_OK if check["match"] else EXIT_FAILED

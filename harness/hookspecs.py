@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from harness.contract.backend import BackendInfo, DecomposeRequest
     from harness.config.settings import RunConfig
-    from harness.run.data import DatasetSpec
-    from harness.run.models import ModelSpec
+    from harness.contract.backend import BackendInfo, DecomposeRequest
     from harness.contract.selection import RankSelector
     from harness.results.store import RunResults
+    from harness.run.data import DatasetSpec
+    from harness.run.models import ModelSpec
 
 hookspec = pluggy.HookspecMarker("harness")
 

@@ -166,7 +166,7 @@ def test_jobs_default_to_one_worker_per_available_core_and_one_on_a_gpu(monkeypa
     import torch
 
     from harness.config.settings import build_config
-    from harness.run.executors import available_cores, threads_per_worker
+    from harness.core.resources import available_cores, threads_per_worker
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cores = available_cores()

@@ -111,8 +111,8 @@ def _structures_at_x4(dense, generator) -> dict[str, Any]:
     (their values do not change the speed)."""
     import torch
 
-    from harness.tensor import structures
     from harness.measure.metrics import count_params
+    from harness.tensor import structures
 
     channels = dense.out_channels
     budget = count_params(dense) // 4

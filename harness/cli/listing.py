@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.config.settings import preset_description, preset_names
-
 from harness.cli.common import EXIT_OK, _echo
+from harness.config.settings import preset_description, preset_names
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
     from harness.run.host import Host

@@ -16,8 +16,18 @@ import argparse
 import os
 import sys
 
-from harness.cli.common import (EXIT_FAILED, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser,
-                                UsageError, _echo, _plugin_args, _require_command_line_plugins)
+from harness.cli.common import (
+    EXIT_FAILED,
+    EXIT_FAILED_CELLS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    _echo,
+    _plugin_args,
+    _require_command_line_plugins,
+)
 from harness.cli.export import cmd_export
 from harness.cli.listing import cmd_list, cmd_plugins
 from harness.cli.parser import EXPORT_FORMATS, build_parser

@@ -6,7 +6,6 @@ import argparse
 from typing import TYPE_CHECKING
 
 import harness
-
 from harness.cli.common import Parser
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.cli.common import EXIT_INTERRUPTED, UsageError, _echo, report, validate_names
 from harness.config.settings import ConfigError, RunConfig, build_config, load_preset, load_toml
 from harness.results.store import STORE_NAME, RunLock, StoreError
-
-from harness.cli.common import EXIT_INTERRUPTED, UsageError, _echo, report, validate_names
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
     from harness.run.host import Host

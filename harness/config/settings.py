@@ -16,9 +16,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.config.mixing import AUTO, Mix, check_labels
+from harness.config.mixing import Mix
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,7 +118,7 @@ class RunConfig:
     skip: list[str] = field(default_factory=list)
     device: str = "auto"
     cell_timeout: float = 900.0
-    # None until build_config: --jobs, or harness.run.executors.default_jobs (one per core).
+    # None until build_config: --jobs, or harness.core.resources.default_jobs (one per core).
     jobs: int | None = None
     executor: str = "process"
     # --executor ray: the cluster to join (none: start a local one) and what each cell's task asks for.

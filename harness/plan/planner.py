@@ -37,10 +37,8 @@ from typing import Any
 
 from torch import nn
 
-from harness.contract.backend import BackendInfo, conv_features, count_params, layer_kind
-from harness.config.settings import TARGET_KINDS, ConfigError, RunConfig
 from harness.config.mixing import AUTO, Mix, auto_candidates
-from harness.contract.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
+from harness.config.settings import TARGET_KINDS, ConfigError, RunConfig
 from harness.config.tensorize import DEFAULT as DEFAULT_TENSORIZE
 from harness.config.tensorize import (
     Tensorization,
@@ -51,6 +49,8 @@ from harness.config.tensorize import (
     layer_options,
     padding_for,
 )
+from harness.contract.backend import BackendInfo, conv_features, count_params, layer_kind
+from harness.contract.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
 
 KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
 # The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.

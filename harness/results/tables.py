@@ -24,7 +24,6 @@ from harness.results.aggregate import (
 )
 from harness.results.store import RunResults
 
-
 CELL_COLUMNS = [
     "backend", "method", "model", "dataset", "target", "ratio", "rank_selection", "tensorize", "seed", "init", "status",
     "error",

@@ -25,8 +25,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.run.data import Data
 from harness.core.files import write_atomically
+from harness.run.data import Data
 from harness.run.training import TrainSettings, evaluate_test, train
 
 # Bump when the training procedure or the file's content changes in a way the settings do not capture

@@ -25,7 +25,7 @@ import torch
 
 from harness.config.settings import RunConfig
 from harness.core.deadline import deadline
-from harness.core.resources import available_cores, default_jobs, threads_per_worker  # noqa: F401 - used here and by callers
+from harness.core.resources import threads_per_worker
 from harness.plan.planner import Cell
 
 ResultCallback = Callable[[Cell, dict[str, Any]], None]

@@ -22,15 +22,14 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-
 from torch import nn
 
 from harness import hookspecs
-from harness.core.errors import one_line
 from harness.contract.backend import BackendInfo, DecomposeRequest, Unsupported, conv_features, layer_kind
+from harness.contract.selection import RankSelector
+from harness.core.errors import one_line
 from harness.run.data import DatasetSpec
 from harness.run.models import ModelSpec
-from harness.contract.selection import RankSelector
 
 ENTRY_POINT_GROUP = "harness"
 BUILTIN_MODULES = {"builtin-models": "harness.run.models", "builtin-datasets": "harness.run.data",

@@ -144,8 +144,8 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
     torch's thread count. The medians, IQRs and the speedup go to the cell with an ``ort_`` prefix; a network that
     ONNX cannot express gets ``ort_error`` (the one line naming its layer) and the phase goes on.
     """
-    from harness.run.export import ExportFailed, export_network, load_exported, model_path
     from harness.measure.metrics import latency_summary, paired_rounds
+    from harness.run.export import ExportFailed, export_network, load_exported, model_path
     from harness.run.networks import NetworkInvalid
 
     threads = torch.get_num_threads()

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.run.baseline import file_digest as file_sha256
 from harness.core.files import write_atomically
+from harness.run.baseline import file_digest as file_sha256
 
 NETWORKS = "networks"
 # Bump when the file's content changes (1: state dict, probe input's seed and shape, probe output).

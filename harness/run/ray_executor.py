@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.config.settings import ConfigError, RunConfig
-from harness.run.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
 from harness.plan.planner import Cell
+from harness.run.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
 
 # Plugins and the cell context, loaded once per Ray worker process (Ray reuses its workers across tasks).
 _WORKER_STATE: dict[str, Any] = {}

@@ -33,16 +33,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.core.allocator import keep_freed_memory
-from harness.contract.backend import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
-from harness.run.baseline import baseline_path, load_baseline
 from harness.config.settings import RunConfig
-from harness.run.data import Data, resolve_dataset
-from harness.measure.metrics import count_flops, count_params, replacement_error
-from harness.run.models import resolve_model
-from harness.run.networks import network_path, save_network
-from harness.plan.planner import AUTO, Cell, LayerPlan
-from harness.run.host import Host, format_exception
+from harness.contract.backend import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.contract.selection import (
     LayerBudget,
     RankSelector,
@@ -54,9 +46,17 @@ from harness.contract.selection import (
     parse_spec,
     split_match,
 )
+from harness.core.allocator import keep_freed_memory
+from harness.measure.metrics import count_flops, count_params, replacement_error
 from harness.measure.stability import stability_metrics
-from harness.tensor.structures import PaddedLinear, zero_padded
+from harness.plan.planner import AUTO, Cell, LayerPlan
+from harness.run.baseline import baseline_path, load_baseline
+from harness.run.data import Data, resolve_dataset
+from harness.run.host import Host, format_exception
+from harness.run.models import resolve_model
+from harness.run.networks import network_path, save_network
 from harness.run.training import EpochRecord, evaluate, evaluate_test, synchronize, train
+from harness.tensor.structures import PaddedLinear, zero_padded
 
 # Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
 # every cell, so budgets do not depend on the backend; enough to rank layers, few enough to probe many ranks.

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 import harness
+from harness.contract.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
 from harness.tensor import spectra as rank_selection
 from harness.tensor import structures
-from harness.contract.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
 
 DEFAULT_ENERGY_SHARE = "0.9"
 # Candidate (R_out, R_in) pairs per conv layer for the knapsack; beyond this the rank grid is thinned, because

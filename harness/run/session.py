@@ -26,19 +26,19 @@ import torch
 from tqdm import tqdm
 
 import harness
-from harness.core.allocator import keep_freed_memory
-from harness.contract.backend import OVER_BUDGET
-from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
 from harness.config.settings import ConfigError, RunConfig
-from harness.run.data import Data, DataUnavailable, resolve_dataset
-from harness.run.executors import InProcessExecutor, ProcessExecutor, failed_result, threads_per_worker
-from harness.run.export import MODELS
-from harness.run.latency import NetworkLoader, measure_ort, measure_pending
-from harness.run.networks import load_cell_network
+from harness.core.allocator import keep_freed_memory
+from harness.core.resources import threads_per_worker
 from harness.measure.metrics import FLOP_CONVENTION
-from harness.run.models import resolve_model
 from harness.plan.planner import Cell, not_planned_summary, plan_cells
-from harness.run.host import Host, format_exception
+from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
+from harness.run.data import Data, DataUnavailable, resolve_dataset
+from harness.run.executors import InProcessExecutor, ProcessExecutor, failed_result
+from harness.run.export import MODELS
+from harness.run.host import Host
+from harness.run.latency import NetworkLoader, measure_ort, measure_pending
+from harness.run.models import resolve_model
+from harness.run.networks import load_cell_network
 from harness.run.runner import resolve_device
 
 

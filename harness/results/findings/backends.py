@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.results.aggregate import STABILITY_DIGITS
 from harness.measure.stability import LAST_K
-from harness.results.findings.common import (Finding, SAME_LIBRARY, SAME_MODULES, SINGLE_SEED_TIE_PP,
-                                             STABILITY_SINGLE_SEED_PP, _best_finding, trusted_speedups)
+from harness.results.aggregate import STABILITY_DIGITS
+from harness.results.findings.common import (
+    SAME_LIBRARY,
+    SAME_MODULES,
+    SINGLE_SEED_TIE_PP,
+    STABILITY_SINGLE_SEED_PP,
+    Finding,
+    _best_finding,
+    trusted_speedups,
+)
 
 
 def best_backends(cells: pd.DataFrame, libraries: dict[str, str] | None = None,

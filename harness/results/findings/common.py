@@ -10,9 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.aggregate import SECONDS_FORMAT, decomposed_ok, mean_std, seed_summary, with_delta
 from harness.plan.planner import NO_RATIO
-
+from harness.results.aggregate import SECONDS_FORMAT, decomposed_ok, mean_std, seed_summary, with_delta
 
 # A comparison is fair only between cells that differ in backend alone.
 COMPARE = ["model", "dataset", "target", "init", "method", "ratio", "rank_selection", "tensorize"]

@@ -7,8 +7,16 @@ from typing import Any
 import pandas as pd
 
 from harness.results.aggregate import is_control
-from harness.results.findings.common import (ABOVE_BOUND_SLACK, CHANCE_MARGIN_PP, DENSE_LATENCY_TOLERANCE, Finding,
-                                             _pp, _times, above_bound, at_chance)
+from harness.results.findings.common import (
+    ABOVE_BOUND_SLACK,
+    CHANCE_MARGIN_PP,
+    DENSE_LATENCY_TOLERANCE,
+    Finding,
+    _pp,
+    _times,
+    above_bound,
+    at_chance,
+)
 
 
 def _group_name(index: Any) -> str:

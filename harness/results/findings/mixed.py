@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.aggregate import MIXED, categories, decomposed_ok, mean_std, seed_summary
 from harness.config.mixing import AUTO, label_kinds
+from harness.results.aggregate import MIXED, categories, decomposed_ok, mean_std, seed_summary
 from harness.results.findings.common import Finding, _lead_verdict, _pp, _ratio_or_total, _several
 
 

@@ -6,10 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta
 from harness.plan.planner import NO_RATIO
-from harness.results.findings.common import COMPARE, trusted_speedups, _pp, _ratio_or_total, _times
-
+from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta
+from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups
 
 WITHIN_DENSE_PP = 1.0
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.aggregate import STABILITY_DIGITS, control_ok
 from harness.measure.stability import LAST_K
-from harness.results.store import KEY_COLUMNS
+from harness.results.aggregate import STABILITY_DIGITS, control_ok
 from harness.results.findings.common import Finding, _decompose_regime, _pp
+from harness.results.store import KEY_COLUMNS
 
 
 def _seed_spread(cells: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:

@@ -32,11 +32,22 @@ from collections.abc import Callable
 
 from matplotlib.figure import Figure
 
-from harness.results.plots.common import (EPOCH_MIN_SPAN, NOTHING_TO_SHOW, backend_colours, nothing_to_show,
-                                          summary_single_seed, to_png)
 from harness.results.plots.common import _rank_scalar  # noqa: F401 - the rank a layer row's info gives, for tests
-from harness.results.plots.overview import (accuracy_vs_compression, decomposition_time, epoch_curves,
-                                            speedup_vs_compression, target_comparison)
+from harness.results.plots.common import (
+    EPOCH_MIN_SPAN,
+    NOTHING_TO_SHOW,
+    backend_colours,
+    nothing_to_show,
+    summary_single_seed,
+    to_png,
+)
+from harness.results.plots.overview import (
+    accuracy_vs_compression,
+    decomposition_time,
+    epoch_curves,
+    speedup_vs_compression,
+    target_comparison,
+)
 from harness.results.plots.studies import accuracy_vs_rank, rank_selection_study, tensorize_sweep
 from harness.results.store import RunResults
 

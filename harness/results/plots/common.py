@@ -15,9 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from harness.results.aggregate import CONTROL_BACKEND, MIXED, control_ok
 from harness.config.tensorize import Tensorization
-
+from harness.results.aggregate import CONTROL_BACKEND, MIXED, control_ok
 
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px at DPI

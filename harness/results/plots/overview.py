@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from harness.results.aggregate import CONTROL_BACKEND, MIXED, categories, control_ok, decomposed_ok, seed_summary
-from harness.results.plots.common import (ACCURACY_WINDOW, CURVE_DODGE, EPOCH_MIN_SPAN, MAX_PANELS, TARGET_COLOURS,
-                                          TARGET_MARKERS, _clip_accuracy, _curve, _dense_legend, _dense_lines,
-                                          _draw_curve, _empty, _figure, _log_y, _markers, _note, _panels, _pareto,
-                                          _ratio_axis, _share_y, _spread_notes, backend_colours)
+from harness.results.plots.common import (
+    ACCURACY_WINDOW,
+    CURVE_DODGE,
+    EPOCH_MIN_SPAN,
+    MAX_PANELS,
+    TARGET_COLOURS,
+    TARGET_MARKERS,
+    _clip_accuracy,
+    _curve,
+    _dense_legend,
+    _dense_lines,
+    _draw_curve,
+    _empty,
+    _figure,
+    _log_y,
+    _markers,
+    _note,
+    _panels,
+    _pareto,
+    _ratio_axis,
+    _share_y,
+    _spread_notes,
+    backend_colours,
+)
 
 
 def accuracy_vs_compression(cells: pd.DataFrame) -> Figure:

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from harness.results.aggregate import categories, decomposed_ok, seed_summary
-from harness.plan.planner import NO_RATIO
-from harness.results.store import KEY_COLUMNS
 from harness.config.tensorize import EXPLICIT
-from harness.results.plots.common import (DODGE, MAX_PANELS, RATIO_STYLES, _accuracy_points, _clip_accuracy, _colours,
-                                          _dense_legend, _dense_lines, _empty, _figure, _info, _log_y, _markers,
-                                          _modes, _note, _panels, _rank_scalar, _ratio_axis, _spread_notes,
-                                          backend_colours)
+from harness.plan.planner import NO_RATIO
+from harness.results.aggregate import categories, decomposed_ok, seed_summary
+from harness.results.plots.common import (
+    DODGE,
+    MAX_PANELS,
+    RATIO_STYLES,
+    _accuracy_points,
+    _clip_accuracy,
+    _colours,
+    _dense_legend,
+    _dense_lines,
+    _empty,
+    _figure,
+    _info,
+    _log_y,
+    _markers,
+    _modes,
+    _note,
+    _panels,
+    _rank_scalar,
+    _ratio_axis,
+    _spread_notes,
+    backend_colours,
+)
+from harness.results.store import KEY_COLUMNS
 
 
 def rank_selection_study(cells: pd.DataFrame) -> Figure:

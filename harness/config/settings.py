@@ -1,7 +1,9 @@
 """The run configuration: defaults, then a TOML file, then command-line flags, validated once.
 
 :class:`RunConfig` is plain data (it is stored with the run and reloaded by
-``--resume``). Every problem a user can cause — an unknown backend, model, dataset or
+``--resume``). Each setting is declared once, as its field: type and default, its parser
+(:mod:`harness.config.values`), its flag and help (:func:`setting`); the ``harness run`` options and the
+TOML keys are derived from those declarations, so adding a setting is one line plus its use. Every problem a user can cause — an unknown backend, model, dataset or
 method (one named in a ``mix`` too) or rank selector, a malformed mix, a ratio that is not a number above 1,
 a number of tensor modes below 1, a malformed ``tensor_shapes`` table, a malformed TOML file — becomes a
 :class:`ConfigError` whose message is one line; the CLI turns it into exit code 2.
@@ -10,20 +12,35 @@ a number of tensor modes below 1, a malformed ``tensor_shapes`` table, a malform
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config.mixing import Mix
+from harness.config.values import (
+    MAX_CELL_TIMEOUT,
+    ConfigError,
+    boolean,
+    count,
+    ints_from,
+    names,
+    number,
+    parse_ints,
+    parse_mixes,
+    parse_ratios,
+    parse_tensor_shapes,
+    parse_weights,
+    patterns,
+    text,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
+
 
 @dataclass
 class TrainSettings:
@@ -55,12 +72,6 @@ TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "l
 EXECUTORS = ("process", "inprocess", "ray")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 # Sensible upper bounds: a count beyond these is a typo, and would fail late (or never end) instead of now.
-MAX_COUNT = 1_000_000
-MAX_CELL_TIMEOUT = 30 * 24 * 3600.0
-
-
-class ConfigError(Exception):
-    """A usage or configuration error; its message is one line for the user."""
 
 
 def default_cache_dir() -> str:
@@ -68,77 +79,179 @@ def default_cache_dir() -> str:
     return os.path.join(base, "tensor-harness")
 
 
+
+
+# ----------------------------------------------------------------------------- the settings, each declared once
+
+# The groups of `harness run --help`, in order.
+SWEEP, DATA, TRAINING, EXECUTION = ("what to compare", "models, weights and data",
+                                    "training (the same for every backend)", "execution")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one :class:`RunConfig` field is set: its parser (a TOML value or the flag's text in, the value out,
+    :class:`ConfigError` for a bad one), its ``harness run`` flag (None: TOML only), and the flag's help. The TOML
+    key is the field's name (dashes or underscores) and the default is the field's; ``--help`` shows it in brackets,
+    as ``shown`` says it where the default itself would not read well ("" shows none)."""
+
+    parse: Callable[[Any, str], Any]
+    help: str = ""
+    group: str = EXECUTION
+    flag: str | None = ""  # "": the field's name with dashes
+    metavar: str | None = None
+    switch: Any = None  # a flag that takes no value and sets the setting to this
+    repeat: bool = False  # the flag may be given several times (its values collected in a list)
+    shown: str | None = None
+
+
+def setting(default: Any, parse: Callable[[Any, str], Any], **options: Any) -> Any:
+    """A :class:`RunConfig` field with its :class:`Setting`; a list or dict default is copied for each config."""
+    meta = {"setting": Setting(parse, **options)}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    """Everything that defines a run. Lists are already parsed; names are validated."""
+    """Everything that defines a run, each setting declared once (:func:`setting`): its type and default here, its
+    parser, flag and help beside them. Lists are already parsed; names are validated by the host later."""
 
-    backends: list[str] = field(default_factory=lambda: ["all"])
-    models: list[str] = field(default_factory=lambda: ["lenet5"])
-    datasets: list[str] = field(default_factory=lambda: ["mnist-embedded"])
-    methods: list[str] = field(default_factory=lambda: ["all"])
-    targets: list[str] = field(default_factory=lambda: ["conv", "linear", "all"])
-    ratios: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    backends: list[str] = setting(["all"], names, group=SWEEP,
+                                  help="'all' (the available ones) or a comma list, e.g. native,tensorly")
+    models: list[str] = setting(["lenet5"], names, group=SWEEP,
+                                help="comma list of models: registered ones (harness list), torchvision:NAME, "
+                                     "pkg.module:callable or path/to/file.py:callable")
+    datasets: list[str] = setting(["mnist-embedded"], names, group=SWEEP,
+                                  help="comma list of datasets: registered ones (harness list), folder:PATH (an "
+                                       "ImageFolder with train/ and test/ or val/) or random:CxHxW")
+    methods: list[str] = setting(["all"], names, group=SWEEP, shown="all, none with --mix",
+                                 help="'all' or a comma list, e.g. svd,tucker2; 'auto' picks, per layer, the "
+                                      "backend's lowest-error decompose-init method ('all' leaves it out)")
     # Mixes: canonical KEY=METHOD,... specs (see harness.config.mixing), each planned as one more "method".
-    mix: list[str] = field(default_factory=list)
+    mix: list[str] = setting([], lambda value, key: parse_mixes(value) if value not in ("", []) else [],
+                             group=SWEEP, metavar="KEY=METHOD,...", repeat=True, shown="",
+                             help="one cell with a method per layer: KEY is conv, linear or a glob over layer paths "
+                                  "(a path beats a kind; unmapped layers stay dense), e.g. 'conv=tucker2,linear=svd'; "
+                                  "repeat the flag or separate mixes by ';' to compare several")
+    targets: list[str] = setting(["conv", "linear", "all"], names, group=SWEEP,
+                                 help="comma list of conv, linear, all (both at once)")
+    ratios: list[float] = setting([2.0, 4.0, 8.0], lambda value, key: parse_ratios(value), group=SWEEP,
+                                  help="target compression of the decomposed layers' parameters")
     # How per-layer parameter budgets are chosen (NAME or NAME:ARG of a rank selector); "ratio" is dense/ratio.
-    rank_selection: list[str] = field(default_factory=lambda: ["ratio"])
+    rank_selection: list[str] = setting(["ratio"], names, group=SWEEP, metavar="NAME[:ARG]",
+                                        help="how each layer's parameter budget is chosen, the same for every "
+                                             "backend: ratio (dense/ratio), energy[:SHARE], vbmf, budget, sensitivity "
+                                             "or a plugin's (see 'harness list'); a comma list compares them; SEL@REF "
+                                             "(e.g. budget@vbmf) holds SEL to the total REF chooses, for a comparison "
+                                             "at equal parameters")
     # Tensorized Linear shapes (methods a backend declares tensorized only): numbers of modes to sweep (empty:
     # the default d = 3, unswept), explicit per-layer shapes {PATTERN: {"in": [...], "out": [...]}}, and whether
     # sizes that factor badly are zero-padded to ones that factor evenly. See harness.config.tensorize.
-    tt_d: list[int] = field(default_factory=list)
-    tensor_shapes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-    tt_pad: bool = False
-    epochs: int = 2
-    seeds: list[int] = field(default_factory=lambda: [0])
-    baseline_epochs: int = 6
-    batch_size: int = 64
-    lr: float = 0.01
-    baseline_lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    clip_grad_norm: float = 5.0
-    lr_schedule: str = "cosine"
-    latency_batch: int = 32
-    # Passes of the quiet latency phase over all networks (harness.run.latency.ROUNDS_PER_PASS rounds per network per pass).
-    latency_passes: int = 3
+    tt_d: list[int] = setting([], lambda value, key: list(dict.fromkeys(
+                                  parse_ints(value, "tt_d (the number of tensor modes)", minimum=1))),
+                              group=SWEEP, metavar="D,...", shown="3, unswept",
+                              help="numbers of tensor modes to sweep for the Linear layers of tensorized methods "
+                                   "('harness list' marks them), one cell each, e.g. 2,3,4; other methods run once; "
+                                   "explicit per-layer shapes: tensor_shapes in --config")
+    tensor_shapes: dict[str, dict[str, list[int]]] = setting({}, lambda value, key: parse_tensor_shapes(value),
+                                                             flag=None)
+    tt_pad: bool = setting(False, boolean, group=SWEEP, switch=True, shown="",
+                           help="zero-pad Linear sizes that factor badly (e.g. a prime) up to sizes that factor "
+                                "evenly, within the original layer's budget, for tensorized methods")
+    seeds: list[int] = setting([0], ints_from(0, "seeds"), group=SWEEP,
+                               help="comma list of seeds; reports give mean, std and n over them")
+    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION][/t-SHAPES])
+    # left out.
+    skip: list[str] = setting([], patterns, group=SWEEP, metavar="PATTERNS", shown="",
+                              help="comma list of glob patterns over cell ids (backend/model/dataset/method/target/"
+                                   "xR/sS[/r-SELECTION][/t-SHAPES]) to leave out, e.g. 'tednet/*/*/btt/linear/*'")
+    keep_edges_dense: bool = setting(True, boolean, group=SWEEP, flag="--include-edges", switch=False, shown="",
+                                     help="also decompose the first conv and the last Linear (kept dense by default)")
+    # Glob patterns over layer paths: only matching layers are decomposed (empty: every targeted layer).
+    layers: list[str] = setting([], patterns, group=SWEEP, metavar="GLOB,...", shown="",
+                                help="decompose only the layers whose path matches a glob (e.g. 'layer3.*,layer4.*'; "
+                                     "paths as in model.named_modules()); the edge rule then does not apply")
+    # Checkpoints to start the dense baselines from: model name -> file ("*" for every model).
+    weights: dict[str, str] = setting({}, lambda value, key: parse_weights(value) if value not in ("", {}) else {},
+                                      group=DATA, metavar="FILE | MODEL=FILE,...", shown="",
+                                      help="start the dense baseline from a local checkpoint (a state dict, or a dict "
+                                           "holding one under state_dict/model/...) instead of a random init; "
+                                           "--baseline-epochs then fine-tunes it, 0 uses it as it is")
+    # Image folders (folder:PATH): side of the square crop (default 224), images kept per class, loader processes.
+    image_size: int | None = setting(None, count(1), group=DATA, metavar="PIXELS", shown="224",
+                                     help="side of the square crop of folder:PATH datasets")
+    subset: int | None = setting(None, count(1), group=DATA, metavar="N", shown="",
+                                 help="keep at most N images per class in each split of folder:PATH datasets, for "
+                                      "quick studies")
+    data_workers: int = setting(2, count(0), group=DATA, metavar="N", help="loader processes for folder:PATH datasets")
+    # A data-free speed study: no training anywhere, no accuracy; random inputs of the model's native size.
+    no_train: bool = setting(False, boolean, group=DATA, switch=True, shown="",
+                             help="a data-free speed study: no training or accuracy; random inputs of the model's "
+                                  "native size (--datasets random:3x224x224 unless given): params, FLOPs, "
+                                  "reconstruction error, decomposition time and latency")
+    epochs: int = setting(2, count(0), group=TRAINING, help="fine-tuning epochs after decomposition")
+    baseline_epochs: int = setting(6, count(0), group=TRAINING, help="epochs to train the dense baseline")
+    lr: float = setting(0.01, number(positive=True), group=TRAINING,
+                        help="fine-tuning learning rate (SGD, momentum 0.9, cosine schedule)")
+    lr_schedule: str = setting("cosine", text, group=TRAINING, help="fine-tuning schedule: cosine (to zero) or constant")
+    baseline_lr: float = setting(0.05, number(positive=True), group=TRAINING, help="baseline learning rate")
+    clip_grad_norm: float = setting(5.0, number(), group=TRAINING,
+                                    help="gradient-norm clipping for all training, 0 to disable")
+    batch_size: int = setting(64, count(1), group=TRAINING, help="training batch size")
+    momentum: float = setting(0.9, number(), flag=None)
+    weight_decay: float = setting(5e-4, number(), flag=None)
+    latency_batch: int = setting(32, count(1), group=TRAINING, help="batch size of the latency measurement")
+    # Passes of the quiet latency phase over all networks (harness.run.latency.ROUNDS_PER_PASS rounds per network per
+    # pass).
+    latency_passes: int = setting(3, count(1), group=TRAINING, metavar="N",
+                                  help="passes of the quiet latency phase over all networks, 7 alternating rounds each")
     # Threads of the latency phase. One, as torch.utils.benchmark's Timer defaults to: on a 2-core machine the same
     # sub-millisecond networks timed with two threads came out up to a third apart from one run to the next, with
     # one thread within 3 %.
-    latency_threads: int = 1
+    latency_threads: int = setting(1, count(1), group=TRAINING, metavar="N",
+                                   help="torch threads of the latency phase; more than one times multi-threaded "
+                                        "inference, which varies more from run to run")
     # Memory format of the networks and the batch in the latency phase: channels_last is NHWC, the layout
     # oneDNN runs convs fastest in on CPU (harness bench --only latency measures both).
-    memory_format: str = "contiguous"
-    # Keep every ok cell's fine-tuned network in the run directory (models/), for harness export and ORT latency.
-    save_models: bool = False
-    keep_edges_dense: bool = True
+    memory_format: str = setting("contiguous", text, group=TRAINING, metavar="contiguous|channels_last",
+                                 help="memory format of the networks and the batch the latency phase times: "
+                                      "channels_last is NHWC, in which oneDNN runs convs (and factored ones most) "
+                                      "fastest on CPU")
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
-    dense_control: bool = True
-    # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION][/t-SHAPES])
-    # left out.
-    skip: list[str] = field(default_factory=list)
-    device: str = "auto"
-    cell_timeout: float = 900.0
+    dense_control: bool = setting(True, boolean, group=TRAINING, flag="--no-dense-control", switch=False, shown="",
+                                  help="do not fine-tune the dense baseline as a control (it is, by default, once "
+                                       "per seed)")
+    # Keep every ok cell's fine-tuned network in the run directory (models/), for harness export and ORT latency.
+    save_models: bool = setting(False, boolean, group=TRAINING, switch=True, shown="",
+                                help="keep every ok cell's fine-tuned network in RUN_DIR/models for 'harness export', "
+                                     "and time each one and its dense baseline in ONNX Runtime too when onnxruntime "
+                                     "is installed")
+    out: str | None = setting(None, text, metavar="DIR", shown="runs/TIMESTAMP", help="run directory")
+    device: str = setting("auto", text, help="auto, cpu or cuda")
+    cell_timeout: float = setting(900.0, number(positive=True, maximum=MAX_CELL_TIMEOUT), metavar="SECONDS",
+                                  help="stop a cell after this long")
     # None until build_config: --jobs, or harness.core.resources.default_jobs (one per core).
-    jobs: int | None = None
-    executor: str = "process"
+    jobs: int | None = setting(None, count(1), shown="one per CPU core; 1 on a GPU",
+                               help="worker processes running cells in parallel")
+    executor: str = setting("process", text,
+                            help="process (workers, enforce the timeout), inprocess, or ray (each cell a Ray task, on "
+                                 "this machine or a cluster)")
     # --executor ray: the cluster to join (none: start a local one) and what each cell's task asks for.
-    ray_address: str | None = None
-    cpus_per_cell: int = 1
-    gpus_per_cell: int = 0
-    out: str | None = None
-    cache_dir: str = field(default_factory=default_cache_dir)
-    data_dir: str | None = None
-    download: bool = False
-    # Checkpoints to start the dense baselines from: model name -> file ("*" for every model).
-    weights: dict[str, str] = field(default_factory=dict)
-    # Image folders (folder:PATH): side of the square crop (default 224), images kept per class, loader processes.
-    image_size: int | None = None
-    subset: int | None = None
-    data_workers: int = 2
-    # Glob patterns over layer paths: only matching layers are decomposed (empty: every targeted layer).
-    layers: list[str] = field(default_factory=list)
-    # A data-free speed study: no training anywhere, no accuracy; random inputs of the model's native size.
-    no_train: bool = False
+    ray_address: str | None = setting(None, text, shown="start a local one",
+                                      help="with --executor ray: the cluster to join, e.g. HEAD:6379 or auto")
+    cpus_per_cell: int = setting(1, count(1), help="with --executor ray: CPUs each cell's task asks for (its torch "
+                                                     "threads)")
+    gpus_per_cell: int = setting(0, count(0), help="with --executor ray and --device cuda: GPUs each cell's task "
+                                                     "asks for")
+    cache_dir: str = setting(default_cache_dir, text, metavar="DIR", shown="~/.cache/tensor-harness",
+                             help="where dense baselines are cached")
+    data_dir: str | None = setting(None, text, metavar="DIR", shown="", help="folder holding torchvision datasets")
+    download: bool = setting(False, boolean, switch=True, shown="",
+                             help="download torchvision datasets into --data-dir if missing")
     plugin_options: dict[str, Any] = field(default_factory=dict)
 
     def weights_for(self, model: str) -> str | None:
@@ -168,121 +281,21 @@ class RunConfig:
                 "momentum": self.momentum, "weight_decay": self.weight_decay, "clip_grad_norm": self.clip_grad_norm}
 
 
-CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"plugin_options"}
+# Every setting, by its field name (the TOML key): what build_config parses and the CLI offers.
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(RunConfig)
+                                if "setting" in f.metadata}
+CONFIG_KEYS = set(SETTINGS)
 
 
-def _as_list(value: Any, key: str) -> list[str]:
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = [str(v).strip() for v in value]
-    else:
-        items = [str(value)]
-    items = [v for v in items if v]
-    if not items:
-        raise ConfigError(f"{key} is empty")
-    return items
-
-
-def _parse_ratios(value: Any) -> list[float]:
-    ratios = []
-    for item in _as_list(value, "ratios"):
-        try:
-            ratio = float(item)
-        except ValueError:
-            raise ConfigError(f"ratio {item!r} is not a number (give compression ratios above 1, e.g. --ratios 2,4,8)") from None
-        if not ratio > 1 or ratio == float("inf"):
-            raise ConfigError(f"ratio {item} must be a finite number above 1 (it is dense params / compressed params)")
-        ratios.append(ratio)
-    return _distinct(ratios, "ratios")
-
-
-def _distinct(items: list, key: str) -> list:
-    """``items`` unchanged, or a ConfigError naming the first value given twice (it would run the same cells twice
-    and store them once)."""
-    seen = set()
-    for item in items:
-        if item in seen:
-            raise ConfigError(f"{key}: {item!r} is given twice")
-        seen.add(item)
-    return items
-
-
-def _one(value: Any, key: str, numeric: bool = True) -> Any:
-    """The single value of a setting that takes one: a list of several (TOML ``epochs = [1, 2]``) is refused,
-    never truncated."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise ConfigError(f"{key} takes one value, not a list: {list(value)!r}")
-        value = value[0]
-    if numeric and isinstance(value, str) and "," in value:
-        raise ConfigError(f"{key} takes one value, not a list: {value!r}")
-    if isinstance(value, Mapping):
-        raise ConfigError(f"{key} takes one value, not a table")
-    return value
-
-
-def _parse_ints(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> list[int]:
-    out = []
-    for item in _as_list(value, key):
-        try:
-            number = int(item)
-        except ValueError:
-            raise ConfigError(f"{key}: {item!r} is not an integer") from None
-        if minimum is not None and number < minimum:
-            raise ConfigError(f"{key}: {number} is below {minimum}")
-        if maximum is not None and number > maximum:
-            raise ConfigError(f"{key}: {number} is above {maximum:,}")
-        out.append(number)
-    return out
-
-
-def parse_tensor_shapes(value: Any) -> dict[str, dict[str, list[int]]]:
-    """Check the ``tensor_shapes`` table (``{PATTERN = {in = [...], out = [...]}}``) and return it in canonical form."""
-    if not isinstance(value, Mapping):
-        raise ConfigError('tensor_shapes must be a table, e.g. tensor_shapes = { "fc1" = { in = [4, 5, 20], '
-                          'out = [4, 5, 6] } }')
-    shapes: dict[str, dict[str, list[int]]] = {}
-    for pattern, entry in value.items():
-        if not isinstance(entry, Mapping) or set(entry) != {"in", "out"}:
-            raise ConfigError(f"tensor_shapes[{pattern!r}] must be a table with exactly the keys in and out")
-        sides = {}
-        for side in ("in", "out"):
-            modes = entry[side]
-            if (not isinstance(modes, (list, tuple)) or not modes
-                    or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in modes)):
-                raise ConfigError(f"tensor_shapes[{pattern!r}].{side} must be a non-empty list of positive integers")
-            sides[side] = [int(m) for m in modes]
-        if len(sides["in"]) != len(sides["out"]):
-            raise ConfigError(f"tensor_shapes[{pattern!r}]: in {sides['in']} and out {sides['out']} have different "
-                              "numbers of modes")
-        shapes[str(pattern)] = sides
-    return shapes
-
-
-def _parse_mixes(value: Any) -> list[str]:
-    """Canonical specs of ``--mix`` / TOML ``mix``: a string (mixes split by ``;``), a table, or a list of either."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    specs: list[str] = []
-    for item in items:
-        if isinstance(item, dict):  # TOML table form: {conv = "tucker2", linear = "svd"}
-            if not all(isinstance(v, str) for v in item.values()):
-                raise ConfigError(f"mix {item!r}: every value must be a method name")
-            texts = [",".join(f"{k}={v}" for k, v in item.items())]
-        elif isinstance(item, str):
-            texts = [t for t in item.split(";") if t.strip()]
-        else:
-            raise ConfigError(f"mix {item!r} is neither KEY=METHOD,... text nor a table")
-        for text in texts:
-            try:
-                spec = Mix.parse(text).spec
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            if spec not in specs:
-                specs.append(spec)
-    if not specs:
-        raise ConfigError("mix is empty (give e.g. --mix 'conv=tucker2,linear=svd')")
-    return specs
+def shown_default(name: str) -> str:
+    """The default of setting ``name`` as ``--help`` shows it, in brackets (empty where it shows none)."""
+    setting = SETTINGS[name]
+    if setting.shown is not None:
+        return f" [{setting.shown}]" if setting.shown else ""
+    field_ = next(f for f in dataclasses.fields(RunConfig) if f.name == name)
+    value = field_.default_factory() if field_.default is dataclasses.MISSING else field_.default
+    items = value if isinstance(value, list) else [value]
+    return " [" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in items) + "]"
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -329,26 +342,6 @@ def load_preset(name: str) -> dict[str, Any]:
     return load_toml(str(PRESETS_DIR / f"{name}.toml"))
 
 
-def _parse_weights(value: Any) -> dict[str, str]:
-    """``--weights FILE`` (every model), ``MODEL=FILE,...``, or a TOML table ``{MODEL = FILE}``."""
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    else:
-        items = []
-        for entry in _as_list(value, "weights"):
-            model, sep, path = entry.rpartition("=")
-            items.append((model, path) if sep and model else ("*", entry))
-    weights: dict[str, str] = {}
-    for model, path in items:
-        if not isinstance(path, str) or not path:
-            raise ConfigError(f"weights for {model!r}: {path!r} is not a file path")
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise ConfigError(f"weights file {path!r} does not exist")
-        weights[str(model)] = str(resolved.resolve())
-    return weights
-
-
 def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) -> RunConfig:
     """Turn raw values (from TOML and flags, flags last) into a parsed :class:`RunConfig`.
 
@@ -363,49 +356,7 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
             continue
         if key not in CONFIG_KEYS:
             raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
-        if key == "skip":
-            config.skip = _as_list(value, key) if value not in ("", []) else []
-        elif key in ("backends", "models", "datasets", "methods", "targets", "rank_selection"):
-            setattr(config, key, _distinct(_as_list(value, key), key))
-        elif key == "mix":
-            config.mix = _parse_mixes(value) if value not in ("", []) else []
-        elif key == "ratios":
-            config.ratios = _parse_ratios(value)
-        elif key == "tt_d":
-            config.tt_d = list(dict.fromkeys(_parse_ints(value, "tt_d (the number of tensor modes)", minimum=1)))
-        elif key == "tensor_shapes":
-            config.tensor_shapes = parse_tensor_shapes(value)
-        elif key == "seeds":
-            config.seeds = _distinct(_parse_ints(value, "seeds", minimum=0), "seeds")
-        elif key in ("epochs", "baseline_epochs"):
-            setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
-        elif key in ("batch_size", "latency_batch", "latency_passes", "latency_threads", "jobs", "image_size", "subset",
-                     "cpus_per_cell"):
-            setattr(config, key, _parse_ints(_one(value, key), key, minimum=1, maximum=MAX_COUNT)[0])
-        elif key in ("data_workers", "gpus_per_cell"):
-            setattr(config, key, _parse_ints(_one(value, key), key, minimum=0, maximum=MAX_COUNT)[0])
-        elif key == "weights":
-            config.weights = _parse_weights(value) if value not in ("", {}) else {}
-        elif key == "layers":
-            config.layers = _as_list(value, key) if value not in ("", []) else []
-        elif key in ("lr", "baseline_lr", "momentum", "weight_decay", "cell_timeout", "clip_grad_norm"):
-            try:
-                number = float(_one(value, key))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key}: {value!r} is not a number") from None
-            if not math.isfinite(number):
-                raise ConfigError(f"{key}: {value!r} must be a finite number")
-            if number < 0 or (key in ("lr", "baseline_lr", "cell_timeout") and number == 0):
-                raise ConfigError(f"{key}: {value!r} must be positive")
-            if key == "cell_timeout" and number > MAX_CELL_TIMEOUT:
-                raise ConfigError(f"cell_timeout: {value!r} s is more than {MAX_CELL_TIMEOUT:g} s (30 days)")
-            setattr(config, key, number)
-        elif key in ("keep_edges_dense", "download", "dense_control", "tt_pad", "no_train", "save_models"):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false")
-            setattr(config, key, value)
-        else:
-            setattr(config, key, str(_one(value, key, numeric=False)))
+        setattr(config, key, SETTINGS[key].parse(value, key))
     if config.no_train:
         # Nothing is trained, so there is no accuracy to track and no control to fine-tune.
         config.epochs, config.baseline_epochs, config.dense_control = 0, 0, False

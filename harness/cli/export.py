@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli.common import EXIT_FAILED, EXIT_OK, UsageError, _echo
+from harness.plan.status import Status
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
     from harness.run.host import Host
@@ -39,7 +40,7 @@ def _export_choice(args: argparse.Namespace, cells: Any, run_dir: Path) -> Any:
         if match.empty:
             raise UsageError(f"harness export: no cell {args.cell_id!r} in {run_dir} (the ids are in its cells.csv)")
         cell = match.iloc[0]
-        if cell["status"] != "ok":
+        if cell["status"] != Status.OK:
             raise UsageError(f"harness export: cell {args.cell_id!r} is {cell['status']}, not ok: nothing to export")
         return cell
     kept = with_delta(decomposed_ok(cells))

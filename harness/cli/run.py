@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.cli.common import EXIT_INTERRUPTED, UsageError, _echo, report, validate_names
 from harness.config.settings import ConfigError, RunConfig, build_config, load_preset, load_toml
+from harness.plan.status import RETRYABLE as RETRYABLE_STATUSES
 from harness.results.store import STORE_NAME, RunLock, StoreError
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
@@ -52,7 +53,7 @@ def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, A
                           "the missing cells of the run as it was set up; start a new run with --out for new settings")
 
 
-RETRYABLE = ("timeout", "error")
+RETRYABLE = tuple(str(status) for status in RETRYABLE_STATUSES)
 
 
 def _retry_statuses(args: argparse.Namespace) -> tuple[str, ...]:

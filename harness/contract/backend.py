@@ -43,11 +43,9 @@ class OverBudget(Exception):
     ``over_budget`` and never enters a ranking."""
 
 
-# The status of a cell whose backend broke its parameter budget.
 # The CP-ALS budget of every backend that fits CP by ALS (native, tensorly's parafac, tltorch's, TedNet's fills),
 # unless a request's options say otherwise: CP then compares libraries, not numbers of sweeps.
 CP_ALS = {"n_iter_max": 300, "tol": 1e-8}
-OVER_BUDGET = "over_budget"
 
 
 def cp_options(request: "DecomposeRequest") -> dict[str, Any]:

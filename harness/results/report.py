@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.contract.backend import OVER_BUDGET
 from harness.core.errors import one_line
-from harness.results.store import DAMAGED, load_results
+from harness.plan.status import FAILED
+from harness.results.store import load_results
 
 # Statuses that make `harness run` exit 1: the cell failed, its backend broke the budget it promised, or its stored
 # row cannot be read back.
-FAILED_STATUSES = ("error", "timeout", OVER_BUDGET, DAMAGED)
+FAILED_STATUSES = FAILED
 
 
 def report(run_dir: Path, host: Any, write: Callable[[str], None]) -> int:

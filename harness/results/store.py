@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.plan.status import Status
+
 if TYPE_CHECKING:  # pandas is imported where results are read, so --help starts fast
     import pandas as pd
 
@@ -30,7 +32,6 @@ ADDED_KEY_COLUMNS = {"rank_selection": "ratio", "tensorize": ""}
 # The cell as planned (its resolved per-layer plan included), JSON: what a kept network is rebuilt from.
 SPEC_COLUMN = "spec"
 # The status of a stored cell whose row cannot be read back (its JSON is damaged): listed, never compared.
-DAMAGED = "damaged"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -277,7 +278,7 @@ class Store:
 
 
 # The only status whose cells may be compared, ranked or summarised.
-COMPARABLE_STATUS = "ok"
+COMPARABLE_STATUS = Status.OK
 
 
 def comparable_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -372,7 +373,7 @@ def load_results(run_dir: str | Path) -> RunResults:
         if values is None:
             warnings.append(f"warning: the stored row of cell {raw.at[index, 'cell_id']} is damaged (its metrics are "
                             "not valid JSON); it is listed as damaged and left out of every comparison")
-            raw.at[index, "status"], raw.at[index, "error"] = DAMAGED, "its stored metrics cannot be read"
+            raw.at[index, "status"], raw.at[index, "error"] = Status.DAMAGED.value, "its stored metrics cannot be read"
         parsed.append(values or {})
     metrics = pd.DataFrame(parsed, index=raw.index)
     # A metric named like a stored column would duplicate it; the column wins.

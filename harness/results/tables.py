@@ -13,6 +13,7 @@ import json
 
 import pandas as pd
 
+from harness.plan.status import Status
 from harness.results.aggregate import (
     SECONDS_FORMAT,
     STABILITY_DIGITS,
@@ -221,14 +222,14 @@ def budget_deviations(cells: pd.DataFrame) -> pd.DataFrame:
 def failed_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Cells that errored, timed out, diverged or broke their budget, one row each (unsupported cells are in
     :func:`unsupported_table`)."""
-    rest = cells[~cells["status"].isin(["ok", "unsupported"])]
+    rest = cells[~cells["status"].isin([Status.OK, Status.UNSUPPORTED])]
     return ordered_columns(rest.copy(), FAILED_COLUMNS)[FAILED_COLUMNS].assign(ratio=lambda f: f["ratio"].map(_value))
 
 
 def unsupported_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Unsupported cells grouped by backend, model, method, target and reason: count, ratios and seeds covered."""
     columns = UNSUPPORTED_KEYS[:-1] + ["reason", "cells", "ratios", "seeds"]
-    gaps = cells[cells["status"] == "unsupported"].assign(error=lambda f: f["error"].fillna("–"))
+    gaps = cells[cells["status"] == Status.UNSUPPORTED].assign(error=lambda f: f["error"].fillna("–"))
     rows = [{**dict(zip(UNSUPPORTED_KEYS[:-1], key[:-1])), "reason": key[-1], "cells": len(group),
              "ratios": _listed(group["ratio"], "×"), "seeds": _listed(group["seed"])}
             for key, group in gaps.groupby(UNSUPPORTED_KEYS, sort=True)]

@@ -23,6 +23,7 @@ from typing import Any
 
 from harness.config.settings import ConfigError, RunConfig
 from harness.plan.planner import Cell
+from harness.plan.status import Status
 from harness.run.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
 
 # Plugins and the cell context, loaded once per Ray worker process (Ray reuses its workers across tasks).
@@ -139,4 +140,4 @@ class RayExecutor:
             return self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return failed_result(cell, "error", f"Ray task failed ({type(exc).__name__}): {reason[:300]}")
+            return failed_result(cell, Status.ERROR, f"Ray task failed ({type(exc).__name__}): {reason[:300]}")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from harness.config.settings import RunConfig
-from harness.contract.backend import OVER_BUDGET, DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
+from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.contract.selection import (
     LayerBudget,
     RankSelector,
@@ -50,6 +50,7 @@ from harness.core.allocator import keep_freed_memory
 from harness.measure.metrics import count_flops, count_params, replacement_error
 from harness.measure.stability import stability_metrics
 from harness.plan.planner import AUTO, Cell, LayerPlan
+from harness.plan.status import Status
 from harness.run.baseline import baseline_path, load_baseline
 from harness.run.data import Data, resolve_dataset
 from harness.run.host import Host, format_exception
@@ -116,16 +117,16 @@ def _json_safe(info: Any) -> Any:
 def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run one cell and return its result as plain data (never raises for a backend's fault)."""
     started = time.perf_counter()
-    result: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": "ok", "error": None,
+    result: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": Status.OK, "error": None,
                               "traceback": None, "metrics": {}, "epochs": [], "layers": []}
     try:
         _run(cell, ctx, result, progress)
     except Unsupported as exc:
-        result["status"], result["error"] = "unsupported", str(exc).splitlines()[0] if str(exc) else "unsupported"
+        result["status"], result["error"] = Status.UNSUPPORTED, str(exc).splitlines()[0] if str(exc) else "unsupported"
     except OverBudget as exc:
-        result["status"], result["error"] = OVER_BUDGET, str(exc)
+        result["status"], result["error"] = Status.OVER_BUDGET, str(exc)
     except Exception as exc:
-        result["status"] = "error"
+        result["status"] = Status.ERROR
         result["error"], result["traceback"] = format_exception(exc)
     result["metrics"]["cell_s"] = time.perf_counter() - started
     return result
@@ -431,4 +432,4 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
                                          [r.test_acc for r in records]))
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):
-        result["status"], result["error"] = "diverged", "training loss became NaN or infinite"
+        result["status"], result["error"] = Status.DIVERGED, "training loss became NaN or infinite"

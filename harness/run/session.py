@@ -31,6 +31,7 @@ from harness.core.allocator import keep_freed_memory
 from harness.core.resources import threads_per_worker
 from harness.measure.metrics import FLOP_CONVENTION
 from harness.plan.planner import Cell, not_planned_summary, plan_cells
+from harness.plan.status import Status
 from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
 from harness.run.data import Data, DataUnavailable, resolve_dataset
 from harness.run.executors import InProcessExecutor, ProcessExecutor, failed_result
@@ -159,7 +160,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "
               f"{len(pending)} to run{retried})")
         for cell in [c for c in pending if c.unsupported]:
-            store.add_result(failed_result(cell, "unsupported", cell.unsupported))
+            store.add_result(failed_result(cell, Status.UNSUPPORTED, cell.unsupported))
         runnable = [c for c in pending if not c.unsupported]
         if runnable:
             _train_baselines(config, host, data, runnable, device, write)
@@ -307,7 +308,7 @@ def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells:
     def on_result(cell: Cell, result: dict[str, Any]) -> None:
         store.add_result(result)
         cell_bar.update(1)
-        if result["status"] != "ok":
+        if result["status"] != Status.OK:
             cell_bar.write(f"{result['status']}: {cell.cell_id}: {result['error']}")
         if lines:
             lines.finished(cell.cell_id, result["status"])

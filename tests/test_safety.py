@@ -331,8 +331,8 @@ def test_a_damaged_cell_row_is_one_warning_and_the_other_cells_report(kept_run, 
 def test_a_worker_killed_while_starting_costs_one_cell_not_the_run(tmp_path, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_TEST_KILL_MARKER", str(tmp_path / "killed-once"))
     out = tmp_path / "run"
-    code = main(["-p", "startup_killer", *common(cache_dir)[:-4], "--ratios", "2,4", "--no-dense-control",
-                 "--jobs", "1", "--cache-dir", str(cache_dir), "--out", str(out)])
+    code = main(["-p", "startup_killer", *common(cache_dir)[:-4], "--ratios", "2,4", "--no-train",
+                 "--datasets", "random:1x28x28", "--jobs", "1", "--cache-dir", str(cache_dir), "--out", str(out)])
     assert code == 1
     cells = pd.read_csv(out / "cells.csv")
     assert sorted(cells["status"]) == ["error", "ok"]
@@ -390,10 +390,17 @@ def test_kept_networks_of_every_models_form_export_in_a_fresh_process(tmp_path, 
     work.mkdir()
     (work / "mynet.py").write_text(USER_MODEL)
     monkeypatch.chdir(work)
+    # The run's ONNX Runtime timing is not under test here (test_export has it): skipping it halves the run.
+    from harness.run import session
+
+    real_find_spec = session.importlib.util.find_spec
+    monkeypatch.setattr(session.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
     models = "torchvision:mobilenet_v3_small,./mynet.py:build_net,mynet:build_net"
     assert main(["run", "--no-train", "--datasets", "random:3x32x32", "--models", models, "--backends", "native",
                  "--methods", "svd", "--targets", "linear", "--ratios", "4", "--no-dense-control", "--latency-passes",
                  "1", "--executor", "inprocess", "--save-models", "--cache-dir", str(cache_dir), "--out", "run"]) == 0
+    monkeypatch.undo()
     cells = pd.read_csv(work / "run" / "cells.csv")
     assert len(cells) == 3 and (cells["status"] == "ok").all()
     (work / "exporter.py").write_text(EXPORTER)

@@ -162,7 +162,7 @@ class RunConfig:
     tt_pad: bool = setting(False, boolean, group=SWEEP, switch=True, shown="",
                            help="zero-pad Linear sizes that factor badly (e.g. a prime) up to sizes that factor "
                                 "evenly, within the original layer's budget, for tensorized methods")
-    seeds: list[int] = setting([0], ints_from(0, "seeds"), group=SWEEP,
+    seeds: list[int] = setting([0], ints_from(0), group=SWEEP,
                                help="comma list of seeds; reports give mean, std and n over them")
     # fnmatch patterns over cell ids (backend/model/dataset/method/target/xRATIO/sSEED[/r-SELECTION][/t-SHAPES])
     # left out.

@@ -178,9 +178,9 @@ def text(value: Any, key: str) -> str:
     return str(one(value, key, numeric=False))
 
 
-def ints_from(minimum: int, what: str) -> Callable[[Any, str], list[int]]:
+def ints_from(minimum: int) -> Callable[[Any, str], list[int]]:
     def parse(value: Any, key: str) -> list[int]:
-        return distinct(parse_ints(value, what or key, minimum=minimum), key)
+        return distinct(parse_ints(value, key, minimum=minimum), key)
     return parse
 
 

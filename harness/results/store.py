@@ -101,8 +101,8 @@ class RunLock:
             self.fd = None
 
 
-def _metrics(text: Any) -> dict[str, Any] | None:
-    """A stored cell's metrics, or None where its JSON is damaged."""
+def _json_object(text: Any) -> dict[str, Any] | None:
+    """A stored JSON object (a cell's metrics or spec, a layer's info), or None where its JSON is damaged."""
     try:
         value = json.loads(text)
     except (TypeError, ValueError):
@@ -139,8 +139,8 @@ def _cell_record(conn: sqlite3.Connection, cell_id: str) -> dict[str, Any] | Non
     for layer, kind, params_dense, params, max_params, info in conn.execute(
             "SELECT layer, kind, params_dense, params, max_params, info FROM layers WHERE cell_id = ?", (cell_id,)):
         layers.append({"layer": layer, "kind": kind, "params_dense": params_dense, "params": params,
-                       "max_params": max_params, "info": _metrics(info) or {}})
-    return {"spec": _metrics(spec) if spec else None, "metrics": _metrics(metrics) or {}, "layers": layers}
+                       "max_params": max_params, "info": _json_object(info) or {}})
+    return {"spec": _json_object(spec) if spec else None, "metrics": _json_object(metrics) or {}, "layers": layers}
 
 
 def _finite(value: Any) -> Any:
@@ -235,7 +235,7 @@ class Store:
         rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
         return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
                 for cell_id, model, dataset, seed, text in rows
-                if (metrics := _metrics(text) or {}).get("latency_pending")]
+                if (metrics := _json_object(text) or {}).get("latency_pending")]
 
     def awaiting_ort(self) -> list[dict[str, Any]]:
         """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the same
@@ -243,14 +243,14 @@ class Store:
         rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
         return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
                 for cell_id, model, dataset, seed, text in rows
-                if (metrics := _metrics(text) or {}).get("model_file") and "ort_speedup" not in metrics
+                if (metrics := _json_object(text) or {}).get("model_file") and "ort_speedup" not in metrics
                 and "ort_error" not in metrics]
 
     def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into a finished cell's metrics, in one transaction."""
         with self.conn:
             (text,) = self.conn.execute("SELECT metrics FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
-            metrics = {**(_metrics(text) or {}), **{k: _finite(v) for k, v in values.items()}}
+            metrics = {**(_json_object(text) or {}), **{k: _finite(v) for k, v in values.items()}}
             self.conn.execute("UPDATE cells SET metrics = ? WHERE cell_id = ?", (json.dumps(metrics), cell_id))
 
     def add_result(self, result: dict[str, Any]) -> None:
@@ -369,7 +369,7 @@ def load_results(run_dir: str | Path) -> RunResults:
         raw = raw.drop(columns=[SPEC_COLUMN])
     parsed, warnings = [], []
     for index, text in zip(raw.index, raw["metrics"]):
-        values = _metrics(text)
+        values = _json_object(text)
         if values is None:
             warnings.append(f"warning: the stored row of cell {raw.at[index, 'cell_id']} is damaged (its metrics are "
                             "not valid JSON); it is listed as damaged and left out of every comparison")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.core.errors import one_line
 from harness.core.files import write_atomically
 from harness.run.baseline import file_digest as file_sha256
 
@@ -72,10 +74,14 @@ def save_network(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> 
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         content = {"format": NETWORK_FORMAT, "state_dict": state, "probe_shape": list(input_shape),
                    "probe_output": _probe_output(model, probe_input(input_shape))}
-        write_atomically(path, lambda handle: torch.save(content, handle))
+        # Serialised once: the bytes written are the bytes hashed, without reading the file back.
+        buffer = io.BytesIO()
+        torch.save(content, buffer)
+        data = buffer.getvalue()
+        write_atomically(path, lambda handle: handle.write(data))
     finally:
         model.to(device)
-    return file_sha256(path)
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -103,9 +109,7 @@ def read_network(path: Path, expected_sha256: str | None) -> SavedNetwork:
         content = torch.load(path, map_location="cpu", weights_only=True)
         state, shape, output = content["state_dict"], tuple(content["probe_shape"]), content["probe_output"]
     except Exception as exc:  # noqa: BLE001 - a file that is not what save_network writes: one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NetworkInvalid(f"the saved network {path} cannot be read as data: {type(exc).__name__}: "
-                             f"{first[:200]}") from None
+        raise NetworkInvalid(f"the saved network {path} cannot be read as data: {one_line(exc)[:250]}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NetworkInvalid(f"the saved network {path} holds no state dict")
     return SavedNetwork(state, shape, output)
@@ -159,9 +163,8 @@ def rebuild_network(cell: Any, rows: list[dict[str, Any]], host: Any, base: nn.M
     try:
         replay_plan(cell, host, model, rows)
     except Exception as exc:  # noqa: BLE001 - a backend that cannot replay: one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NetworkInvalid(f"the architecture of {cell.cell_id} cannot be rebuilt: {type(exc).__name__}: "
-                             f"{first[:200]}{why}") from None
+        raise NetworkInvalid(f"the architecture of {cell.cell_id} cannot be rebuilt: {one_line(exc)[:250]}{why}"
+                             ) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(saved.state_dict))
     unexpected = sorted(set(saved.state_dict) - set(expected))

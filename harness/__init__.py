@@ -42,7 +42,7 @@ API = {
         "tt_linear_budget_ranks", "tt_matrix_linear_module"),
     # what a report reads and the tables, findings and plots every report shows alike
     "harness.results.store": ("RunResults",),
-    "harness.plan.planner": ("not_planned_summary",),
+    "harness.plan.cells": ("not_planned_summary",),
     "harness.results.findings": ("Finding", "all_findings", "best_networks"),
     "harness.results.plots": ("PLOTS", "nothing_to_show", "to_png"),
     "harness.results.tables": (

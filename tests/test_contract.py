@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from harness import DecomposeRequest, Unsupported
-from harness.contract.backend import OverBudget, check_budget, count_params
 from harness.cli.main import main
 from harness.config.settings import build_config
-from harness.run.names import validate_names
-from harness.plan.planner import not_planned_summary, plan_cells
-from harness.run.host import load_host
+from harness.contract.backend import OverBudget, check_budget, count_params
+from harness.plan.cells import not_planned_summary
+from harness.plan.planner import plan_cells
 from harness.results.store import load_results
+from harness.run.host import load_host
+from harness.run.names import validate_names
 
 matplotlib.use("Agg")
 
@@ -56,8 +57,8 @@ def test_an_over_budget_cell_is_not_ok_and_the_run_exits_1(over_budget_run, caps
 
 def test_no_report_ranks_an_over_budget_cell(over_budget_run, capsys):
     from harness_html import render
-    from harness import summary_table
 
+    from harness import summary_table
     from harness.results import plots
     from harness.results.findings import all_findings
 

@@ -58,7 +58,7 @@ def kept(out, cell_id):
     cell = results.cells.set_index("cell_id").loc[cell_id]
     cell = {**cell.to_dict(), "cell_id": cell_id}
     host = load_host(extra_modules=["sealed_backend"])
-    return kept_network(out, results.meta, cell, read_cell(out, cell_id), host, out / cell["model_file"])[0]
+    return kept_network(out, results.meta, read_cell(out, cell_id), host, out / cell["model_file"])[0]
 
 
 def _importable(name: str) -> bool:

@@ -7,6 +7,7 @@ is copied by the tests that tamper with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -23,6 +24,7 @@ import pandas as pd
 import pytest
 
 from harness.cli.main import main
+from harness.plan.cells import Cell
 from harness.run.networks import NETWORKS, file_sha256, network_path
 from harness.results.store import STORE_NAME, Store, journal_path, load_results
 
@@ -203,7 +205,8 @@ def test_the_kit_counts_buffers_too():
 # ----------------------------------------------------------------------------- kills, damaged rows, workers
 
 WRITER = """
-import copy, json, os, signal, sys
+import dataclasses, json, os, signal, sys
+from harness.plan.result import CellResult
 from harness.results.store import Store
 run_dir, kill_at, first, count, template = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 template = json.load(open(template))
@@ -218,9 +221,8 @@ def trace(statement):
 store.conn.set_trace_callback(trace)
 print("ready", flush=True)
 for seed in range(first, first + count):
-    result = copy.deepcopy(template)
-    result["cell"]["seed"] = seed
-    result["cell_id"] = f"synthetic/s{seed}"
+    result = CellResult.from_dict(template)
+    result.cell = dataclasses.replace(result.cell, backend="synthetic", seed=seed)
     store.add_result(result)
     print(seed, seen, flush=True)
 """
@@ -265,21 +267,27 @@ def test_a_sigkill_anywhere_in_a_cells_commit_leaves_a_readable_store(kept_run, 
     run_dir, cell_id, _ = copy_run(kept_run, tmp_path)
     template = tmp_path / "template.json"
     _template(run_dir, cell_id, template)
-    layers_per_cell = len(json.loads(template.read_text())["layers"])
+    stored = json.loads(template.read_text())
+    layers_per_cell = len(stored["layers"])
+    cell = Cell.from_dict(stored["cell"])
+
+    def synthetic(seed: int | str) -> str:  # the id of the writer's copy of the cell with this seed
+        return dataclasses.replace(cell, backend="synthetic", seed=int(seed)).cell_id
+
     # How many statements three cells take: a kill at each of them below.
     clean = _writer(run_dir, 0, 100, 3, template)
     lines = clean.communicate(timeout=120)[0].split()
     statements = int(lines[-1])
     assert statements >= 20
-    committed: set[str] = {f"synthetic/s{seed}" for seed in (100, 101, 102)}
+    committed: set[str] = {synthetic(seed) for seed in (100, 101, 102)}
     first, hot = 200, 0
     for kill_at in range(1, statements + 1):
         writer = _writer(run_dir, kill_at, first, 3, template)
         out = writer.communicate(timeout=120)[0].splitlines()
         assert writer.returncode == -signal.SIGKILL
-        done = {f"synthetic/s{line.split()[0]}" for line in out[1:]}
+        done = {synthetic(line.split()[0]) for line in out[1:]}
         hot += journal_path(run_dir / STORE_NAME).exists()
-        _check_store(run_dir, committed | done, {f"synthetic/s{seed}" for seed in range(first, first + 3)},
+        _check_store(run_dir, committed | done, {synthetic(seed) for seed in range(first, first + 3)},
                      layers_per_cell)
         committed |= {c for c in load_results(run_dir).cells["cell_id"] if c.startswith("synthetic/")}
         first += 10
@@ -290,9 +298,9 @@ def test_a_sigkill_anywhere_in_a_cells_commit_leaves_a_readable_store(kept_run, 
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)
         out = writer.communicate(timeout=60)[0].splitlines()
-        done = {f"synthetic/s{line.split()[0]}" for line in out}
+        done = {synthetic(line.split()[0]) for line in out}
         hot += journal_path(run_dir / STORE_NAME).exists()
-        _check_store(run_dir, committed | done, {f"synthetic/s{seed}" for seed in range(first, first + 500)},
+        _check_store(run_dir, committed | done, {synthetic(seed) for seed in range(first, first + 500)},
                      layers_per_cell)
         committed |= {c for c in load_results(run_dir).cells["cell_id"] if c.startswith("synthetic/")}
         first += 1000

@@ -11,12 +11,8 @@ import pytest
 import torch
 
 import harness
-from harness.tensor import spectra as rank_selection
 from harness.cli.main import main
 from harness.config.settings import RunConfig
-from harness.run.names import validate_names
-from harness.run.models import lenet5
-from harness.plan.planner import Cell, plan_cells
 from harness.contract.selection import (
     LayerBudget,
     RankSelector,
@@ -28,8 +24,13 @@ from harness.contract.selection import (
     normalize_spec,
     spec_label,
 )
-from harness.run.selectors import SELECTORS
+from harness.plan.cells import Cell
+from harness.plan.planner import plan_cells
 from harness.results.store import load_results
+from harness.run.models import lenet5
+from harness.run.names import validate_names
+from harness.run.selectors import SELECTORS
+from harness.tensor import spectra as rank_selection
 
 BUILTIN = {selector.name: selector for selector in SELECTORS}
 PLANTED_SPECTRUM = [10.0, 8.0, 6.0, 5.0, 4.0]

@@ -9,18 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from harness.contract.backend import BackendInfo, DecomposeRequest, count_params
 from harness.cli.main import main
 from harness.config.settings import ConfigError, RunConfig, build_config
-from harness.run.names import validate_names
-from harness.run.models import lenet5
-from harness.plan.planner import Cell, plan_cells
+from harness.config.tensorize import Tensorization, labels, padding_for
+from harness.contract.backend import BackendInfo, DecomposeRequest, count_params
+from harness.plan.cells import Cell
+from harness.plan.planner import plan_cells
+from harness.results.store import load_results
 from harness.run.host import load_host
+from harness.run.models import lenet5
+from harness.run.names import validate_names
 from harness.run.runner import CellContext, decompose_padded
 from harness.tensor.shapes import balanced_factors, padded_factors, spread
-from harness.results.store import load_results
 from harness.tensor.structures import PaddedLinear
-from harness.config.tensorize import Tensorization, labels, padding_for
 
 # LeNet-5's decomposed Linear layers with the edges kept dense: "2" (400 -> 120) and "4" (120 -> 84).
 FC1, FC2 = "2", "4"

@@ -12,7 +12,8 @@ import sqlite3
 
 import pytest
 
-from harness.plan.planner import Cell
+from harness.plan.cells import Cell
+from harness.plan.result import CellResult
 from harness.results.store import STORE_NAME, Store, load_results
 
 BASE_TABLES = """
@@ -58,8 +59,7 @@ def test_old_store_loads_resumes_and_takes_new_cells(tmp_path, extra, extra_valu
     store = Store(tmp_path)  # writing adds the column; the old cell stays done under its old id
     assert store.finished_ids() == {old_cell.cell_id}
     new_cell = Cell("native", "lenet5", "mnist-embedded", "tt", "linear", **{"ratio": 4.0, "seed": 0, **new_fields})
-    store.add_result({"cell_id": new_cell.cell_id, "cell": new_cell.to_dict(), "status": "ok", "error": None,
-                      "metrics": {"params": 5}, "epochs": [], "layers": []})
+    store.add_result(CellResult(new_cell, metrics={"params": 5}))
     store.close()
     both = load_results(tmp_path).cells.set_index("cell_id")
     assert both.loc[old_cell.cell_id, column] == old_value

@@ -83,7 +83,7 @@ def cmd_export(host: Host, args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"harness export: the kept network of {cell_id!r} is missing ({path})")
     try:
-        model, data = session.kept_network(run_dir, results.meta, cell, read_cell(run_dir, cell_id), host, path)
+        model, data = session.kept_network(run_dir, results.meta, read_cell(run_dir, cell_id), host, path)
     except NetworkInvalid as exc:
         raise UsageError(f"harness export: {exc}") from None
     except ModelUnavailable as exc:

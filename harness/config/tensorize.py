@@ -17,9 +17,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch-free at import: a cell's tensorization label is read by the reports
+    from torch import nn
 
 from harness.config.settings import ConfigError
 from harness.tensor.shapes import padded_factors
@@ -74,6 +75,8 @@ def check_tensor_shapes(tensor_shapes: Mapping[str, Mapping[str, list[int]]], mo
                         layers: Sequence[tuple[str, nn.Module]]) -> list[str]:
     """Check explicit shapes against the built model's Linear ``layers``: a ``ConfigError`` when the modes do not
     multiply out to a matched layer's features, notes for patterns that match none."""
+    from torch import nn
+
     notes = []
     linears = [(path, layer) for path, layer in layers if isinstance(layer, nn.Linear)]
     for pattern in tensor_shapes:

@@ -17,9 +17,10 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch-free at import: the planner's cells and the reports read this module
+    from torch import Tensor
 
 DEFAULT_SELECTION = "ratio"
 MATCH = "@"

@@ -30,8 +30,6 @@ shapes are checked against the built model here.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -42,7 +40,6 @@ from harness.config.settings import TARGET_KINDS, ConfigError, RunConfig
 from harness.config.tensorize import DEFAULT as DEFAULT_TENSORIZE
 from harness.config.tensorize import (
     Tensorization,
-    cell_tag,
     check_tensor_shapes,
     governing_pattern,
     labels,
@@ -50,93 +47,17 @@ from harness.config.tensorize import (
     padding_for,
 )
 from harness.contract.backend import BackendInfo, conv_features, count_params, layer_kind
-from harness.contract.selection import DEFAULT_SELECTION, MATCH, RankSelector, spec_label, uses_ratio
-
-KIND_NAMES = {"linear": "Linear", "conv2d": "Conv2d"}
-# The dense control's cell: backend and method "dense", target "none", init "control", ratio 1.
-CONTROL_BACKEND = "dense"
-# The ratio recorded for cells whose rank selector ignores --ratios (user ratios must exceed 1, so it cannot clash).
-NO_RATIO = 1.0
-CONTROL_INIT = "control"
-CONTROL_TARGET = "none"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of work; plain data, so any executor can ship it to a worker."""
-
-    backend: str
-    model: str
-    dataset: str
-    method: str
-    target: str
-    ratio: float
-    seed: int
-    init: str = "decompose"
-    unsupported: str | None = None
-    rank_selection: str = DEFAULT_SELECTION
-    # The canonical spec of a mixed cell (its method is then the mix's label); None for one method throughout.
-    mix: str | None = None
-    # How the cell's tensorized Linear layers are shaped (a harness.config.tensorize label, e.g. "d2"); "" is the default.
-    tensorize: str = DEFAULT_TENSORIZE
-    # The resolved per-layer plan the runner executes, in module order (empty for the dense control).
-    layers: tuple[LayerPlan, ...] = ()
-
-    @property
-    def is_control(self) -> bool:
-        return self.init == CONTROL_INIT
-
-    @property
-    def cell_id(self) -> str:
-        # The selection tag is left out for the default, so run directories from before selectors still resume.
-        tag = "" if self.rank_selection == DEFAULT_SELECTION else f"/{spec_label(self.rank_selection)}"
-        return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
-                f"/x{self.ratio:g}/s{self.seed}{tag}{cell_tag(self.tensorize)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Cell:
-        layers = tuple(LayerPlan.from_dict(layer) for layer in data.get("layers", ()))
-        return cls(**{**data, "layers": layers})
-
-    def planned(self) -> list[LayerPlan]:
-        """The layers the runner asks the backend to decompose (not those planned dense)."""
-        return [layer for layer in self.layers if layer.dense is None]
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What a cell does to one targeted layer, resolved by the planner so the runner only executes it.
-
-    ``method`` is the method the backend is asked for (``auto``: the runner tries ``candidates`` and keeps the
-    lowest-error one); ``init`` how it starts; ``options`` the request's options (tensorized shapes);
-    ``padding`` the (in, out) factors of a zero-padded copy to decompose instead; ``dense`` why the layer is
-    left dense instead (a conv feature the backend declared it cannot handle), None when it is decomposed; the
-    layer's budget comes from the cell's rank selection, from the trained weights, in the worker.
-    """
-
-    path: str
-    kind: str
-    method: str
-    init: str = "decompose"
-    candidates: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict, hash=False)
-    padding: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-    dense: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | LayerPlan) -> LayerPlan:
-        if isinstance(data, LayerPlan):
-            return data
-        padding = data.get("padding")
-        return cls(**{**data, "candidates": tuple(data.get("candidates", ())),
-                      "padding": tuple(tuple(side) for side in padding) if padding else None})
-
+from harness.contract.selection import MATCH, RankSelector, uses_ratio
+from harness.plan.cells import (
+    CONTROL_BACKEND,
+    CONTROL_INIT,
+    CONTROL_TARGET,
+    NO_RATIO,
+    Cell,
+    LayerPlan,
+    NotPlanned,
+    Plan,
+)
 
 def one_by_one(layer: nn.Module) -> bool:
     """A 1x1 convolution: a matrix applied at every pixel."""
@@ -284,59 +205,6 @@ def _selection_ratios(config: RunConfig, selectors: dict[str, RankSelector] | No
         ratio_based = uses_ratio(spec, selectors) if selectors is not None else MATCH not in spec
         planned.append((spec, list(config.ratios) if ratio_based else [NO_RATIO]))
     return planned
-
-
-@dataclass(frozen=True)
-class NotPlanned:
-    """A (backend, model, method, target) the planner left out: the backend does not declare ``lacks`` (the
-    method itself, or one a mix maps) for ``kind`` layers, which the target holds."""
-
-    backend: str
-    model: str
-    method: str
-    target: str
-    kind: str
-    lacks: str
-
-    @property
-    def reason(self) -> str:
-        if self.lacks == AUTO:
-            return f"{self.backend} has no decompose-init method for {KIND_NAMES[self.kind]} layers for auto"
-        return f"{self.backend} declares no {self.lacks} for {KIND_NAMES[self.kind]} layers"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def not_planned_summary(records: list[dict[str, str]] | list[NotPlanned]) -> str:
-    """One line: how many (backend, model, method, target) combinations were not planned, and why.
-
-    E.g. "12 combinations not planned, the backend does not declare the method for a targeted layer kind:
-    native: cp, tucker2 (Linear); tltorch: svd (Linear)"; "" when there are none.
-    """
-    rows = [r if isinstance(r, NotPlanned) else NotPlanned(**r) for r in records]
-    if not rows:
-        return ""
-    by_backend: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        methods = by_backend[row.backend][KIND_NAMES.get(row.kind, row.kind)]
-        if row.lacks not in methods:
-            methods.append(row.lacks)
-    parts = ["{}: {}".format(backend, "; ".join(f"{', '.join(sorted(methods))} ({kind})"
-                                                for kind, methods in sorted(kinds.items())))
-             for backend, kinds in sorted(by_backend.items())]
-    count = len(rows)
-    return (f"{count} combination{'s' if count != 1 else ''} not planned, the backend does not declare the method "
-            f"for a targeted layer kind: {' | '.join(parts)}")
-
-
-@dataclass
-class Plan:
-    """The planner's answer: the cells to run, notes for the user, and the combinations left out and why."""
-
-    cells: list[Cell]
-    notes: list[str] = field(default_factory=list)
-    not_planned: list[NotPlanned] = field(default_factory=list)
 
 
 def check_ratios(ratios: list[float], model_name: str, layers: list[tuple[str, nn.Module]]) -> None:

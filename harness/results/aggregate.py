@@ -18,7 +18,7 @@ import math
 import pandas as pd
 
 from harness.config.mixing import AUTO, MIX_PREFIX
-from harness.plan.planner import CONTROL_BACKEND, CONTROL_INIT
+from harness.plan.cells import CONTROL_BACKEND, CONTROL_INIT
 from harness.results.store import comparable_cells
 
 STABILITY_DIGITS = 3  # last-k std and best−last drop are ~0.01 pp after a long cosine schedule

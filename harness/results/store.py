@@ -14,10 +14,12 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.plan.result import CellResult, LayerResult, PendingNetwork, StoredCell
 from harness.plan.status import Status
 
 if TYPE_CHECKING:  # pandas is imported where results are read, so --help starts fast
@@ -31,7 +33,6 @@ KEY_COLUMNS = ["backend", "model", "dataset", "method", "target", "ratio", "seed
 ADDED_KEY_COLUMNS = {"rank_selection": "ratio", "tensorize": ""}
 # The cell as planned (its resolved per-layer plan included), JSON: what a kept network is rebuilt from.
 SPEC_COLUMN = "spec"
-# The status of a stored cell whose row cannot be read back (its JSON is damaged): listed, never compared.
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,19 +129,20 @@ def connect_for_reading(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def _cell_record(conn: sqlite3.Connection, cell_id: str) -> dict[str, Any] | None:
-    """One stored cell as a kept network's rebuild needs it: its spec (None for stores from before specs were
-    kept), metrics and layer rows (``info`` parsed)."""
-    row = conn.execute(f"SELECT {SPEC_COLUMN}, metrics FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+def _cell_record(conn: sqlite3.Connection, cell_id: str) -> StoredCell | None:
+    """One stored cell as a kept network's rebuild needs it (its layer rows' ``info`` parsed)."""
+    row = conn.execute(f"SELECT model, dataset, seed, {SPEC_COLUMN}, metrics FROM cells WHERE cell_id = ?",
+                       (cell_id,)).fetchone()
     if row is None:
         return None
-    spec, metrics = row
-    layers = []
-    for layer, kind, params_dense, params, max_params, info in conn.execute(
-            "SELECT layer, kind, params_dense, params, max_params, info FROM layers WHERE cell_id = ?", (cell_id,)):
-        layers.append({"layer": layer, "kind": kind, "params_dense": params_dense, "params": params,
-                       "max_params": max_params, "info": _json_object(info) or {}})
-    return {"spec": _json_object(spec) if spec else None, "metrics": _json_object(metrics) or {}, "layers": layers}
+    model, dataset, seed, spec, metrics = row
+    layers = [LayerResult(layer, kind, params_dense, params, max_params, recon_error, decompose_s,
+                          _json_object(info) or {}, stdout)
+              for layer, kind, params_dense, params, max_params, recon_error, decompose_s, info, stdout
+              in conn.execute("SELECT layer, kind, params_dense, params, max_params, recon_error, decompose_s, info, "
+                              "stdout FROM layers WHERE cell_id = ?", (cell_id,))]
+    return StoredCell(cell_id, model, dataset, seed, _json_object(metrics) or {},
+                      _json_object(spec) if spec else None, layers)
 
 
 def _finite(value: Any) -> Any:
@@ -218,7 +220,7 @@ class Store:
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
 
-    def cell_record(self, cell_id: str) -> dict[str, Any] | None:
+    def cell_record(self, cell_id: str) -> StoredCell | None:
         """See :func:`read_cell`."""
         return _cell_record(self.conn, cell_id)
 
@@ -229,22 +231,20 @@ class Store:
         marks = ", ".join("?" * len(statuses))
         return {row[0] for row in self.conn.execute(f"SELECT cell_id FROM cells WHERE status IN ({marks})", statuses)}
 
-    def pending_latency(self) -> list[dict[str, Any]]:
-        """Every cell whose network waits for the latency phase (cell_id, model, dataset, seed, metrics), in the
-        order they finished."""
+    def _networks(self, waiting: Callable[[dict[str, Any]], bool]) -> list[PendingNetwork]:
         rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
-        return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
-                for cell_id, model, dataset, seed, text in rows
-                if (metrics := _json_object(text) or {}).get("latency_pending")]
+        return [PendingNetwork(cell_id, model, dataset, seed, metrics) for cell_id, model, dataset, seed, text in rows
+                if waiting(metrics := _json_object(text) or {})]
 
-    def awaiting_ort(self) -> list[dict[str, Any]]:
-        """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the same
-        form as :meth:`pending_latency`."""
-        rows = self.conn.execute("SELECT cell_id, model, dataset, seed, metrics FROM cells ORDER BY finished_at")
-        return [{"cell_id": cell_id, "model": model, "dataset": dataset, "seed": seed, "metrics": metrics}
-                for cell_id, model, dataset, seed, text in rows
-                if (metrics := _json_object(text) or {}).get("model_file") and "ort_speedup" not in metrics
-                and "ort_error" not in metrics]
+    def pending_latency(self) -> list[PendingNetwork]:
+        """Every cell whose network waits for the latency phase, in the order they finished."""
+        return self._networks(lambda metrics: bool(metrics.get("latency_pending")))
+
+    def awaiting_ort(self) -> list[PendingNetwork]:
+        """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the order
+        they finished."""
+        return self._networks(lambda metrics: bool(metrics.get("model_file")) and "ort_speedup" not in metrics
+                              and "ort_error" not in metrics)
 
     def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into a finished cell's metrics, in one transaction."""
@@ -253,10 +253,10 @@ class Store:
             metrics = {**(_json_object(text) or {}), **{k: _finite(v) for k, v in values.items()}}
             self.conn.execute("UPDATE cells SET metrics = ? WHERE cell_id = ?", (json.dumps(metrics), cell_id))
 
-    def add_result(self, result: dict[str, Any]) -> None:
+    def add_result(self, result: CellResult) -> None:
         """Store a finished cell, its epochs and its layers in one transaction."""
-        cell, cell_id = result["cell"], result["cell_id"]
-        metrics = {k: _finite(v) for k, v in result["metrics"].items()}
+        cell, cell_id = result.cell.to_dict(), result.cell_id
+        metrics = {k: _finite(v) for k, v in result.metrics.items()}
         with self.conn:
             self.conn.execute("DELETE FROM epochs WHERE cell_id = ?", (cell_id,))
             self.conn.execute("DELETE FROM layers WHERE cell_id = ?", (cell_id,))
@@ -264,17 +264,16 @@ class Store:
             keys = [cell.get(k, ADDED_KEY_COLUMNS.get(k)) for k in KEY_COLUMNS]
             self.conn.execute(
                 f"INSERT OR REPLACE INTO cells ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                (cell_id, *keys, result["status"], result["error"], result.get("traceback"), json.dumps(metrics),
+                (cell_id, *keys, Status(result.status).value, result.error, result.traceback, json.dumps(metrics),
                  time.time(), json.dumps(cell)))
             self.conn.executemany(
                 "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?)",
-                [(cell_id, e["epoch"], _finite(e["train_loss"]), _finite(e["test_loss"]), e["test_acc"], e["epoch_s"])
-                 for e in result["epochs"]])
+                [(cell_id, e.epoch, _finite(e.train_loss), _finite(e.test_loss), e.test_acc, e.epoch_s)
+                 for e in result.epochs])
             self.conn.executemany(
                 "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(cell_id, r["layer"], r["kind"], r["params_dense"], r["params"], r["max_params"],
-                  _finite(r["recon_error"]), r["decompose_s"], json.dumps(r["info"]), r.get("stdout"))
-                 for r in result["layers"]])
+                [(cell_id, r.layer, r.kind, r.params_dense, r.params, r.max_params, _finite(r.recon_error),
+                  r.decompose_s, json.dumps(r.info), r.stdout) for r in result.layers])
 
 
 # The only status whose cells may be compared, ranked or summarised.
@@ -385,9 +384,9 @@ def load_results(run_dir: str | Path) -> RunResults:
     return RunResults(run_dir=run_dir, meta=meta, cells=cells, epochs=epochs, layers=layers, warnings=warnings)
 
 
-def read_cell(run_dir: str | Path, cell_id: str) -> dict[str, Any] | None:
-    """One stored cell's ``spec`` (the :class:`harness.plan.planner.Cell` as a dict; None in stores from before it was
-    kept), ``metrics`` and ``layers`` (rows with ``info`` parsed), or None when the run has no such cell."""
+def read_cell(run_dir: str | Path, cell_id: str) -> StoredCell | None:
+    """One stored cell as rebuilding its saved network needs it (:class:`harness.plan.result.StoredCell`), or None
+    when the run has no such cell."""
     path = Path(run_dir) / STORE_NAME
     try:
         conn = connect_for_reading(path)

@@ -26,21 +26,17 @@ import torch
 from harness.config.settings import RunConfig
 from harness.core.deadline import deadline
 from harness.core.resources import threads_per_worker
-from harness.plan.planner import Cell
+from harness.plan.cells import Cell
+from harness.plan.result import CellResult
 from harness.plan.status import Status
 
-ResultCallback = Callable[[Cell, dict[str, Any]], None]
+ResultCallback = Callable[[Cell, CellResult], None]
 ProgressCallback = Callable[[int], None]
 
 
-def failed_result(cell: Cell, status: str, message: str) -> dict[str, Any]:
-    return {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": status, "error": message, "traceback": None,
-            "metrics": {}, "epochs": [], "layers": []}
-
-
-def timeout_result(cell: Cell, limit: float) -> dict[str, Any]:
+def timeout_result(cell: Cell, limit: float) -> CellResult:
     """The result of a cell stopped at the time limit, the same whichever executor stopped it."""
-    return failed_result(cell, Status.TIMEOUT, f"cell exceeded the time limit of {limit:g} s")
+    return CellResult.failed(cell, Status.TIMEOUT, f"cell exceeded the time limit of {limit:g} s")
 
 
 class _CellTimeout(BaseException):
@@ -64,7 +60,7 @@ class InProcessExecutor:
                 with deadline(self.config.cell_timeout, _CellTimeout):
                     result = run_cell(cell, self.context, on_progress)
             except SystemExit as exc:  # a plugin calling sys.exit() fails its cell, not the run
-                result = failed_result(cell, Status.ERROR, f"the cell called sys.exit({exc.code!r})")
+                result = CellResult.failed(cell, Status.ERROR, f"the cell called sys.exit({exc.code!r})")
             except _CellTimeout:
                 result = timeout_result(cell, self.config.cell_timeout)
             on_result(cell, result)
@@ -190,12 +186,12 @@ class ProcessExecutor:
                 self._stop_worker(wid, kill=True)
                 why = " (killed: out of memory?)" if code == -signal.SIGKILL else ""
                 if cell is not None:
-                    on_result(cell, failed_result(cell, Status.ERROR, f"worker process died (exit code {code}){why}"))
+                    on_result(cell, CellResult.failed(cell, Status.ERROR, f"worker process died (exit code {code}){why}"))
                 elif not worker["ready"] and pending:
                     # It died loading the plugins (the OOM killer, a plugin's crash): the cell it was about to take
                     # pays for it, so a worker that can never start fails each cell once, never the whole run.
                     cell = pending.pop(0)
-                    on_result(cell, failed_result(cell, Status.ERROR,
+                    on_result(cell, CellResult.failed(cell, Status.ERROR,
                                                   f"worker process died while starting (exit code {code}){why}"))
             else:
                 continue

@@ -18,11 +18,11 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from harness.plan.result import PendingNetwork, ResultStore
 from harness.run.networks import NETWORKS, held_bytes, network_path
 
 __all__ = ["NETWORKS", "PASSES", "ROUNDS_PER_PASS", "measure_ort", "measure_pending", "network_path"]
@@ -35,7 +35,7 @@ PASSES, ROUNDS_PER_PASS = 3, 7
 # from its file on each pass (a replay costs the backend's structure-only decomposition).
 KEEP_REBUILT_BYTES = 2 << 30
 
-NetworkLoader = Callable[[dict[str, Any], Path], nn.Module]
+NetworkLoader = Callable[[PendingNetwork, Path], nn.Module]
 
 
 class _Rebuilt:
@@ -44,8 +44,8 @@ class _Rebuilt:
     def __init__(self, load: NetworkLoader) -> None:
         self.load, self.kept, self.bytes = load, {}, 0
 
-    def __call__(self, cell: dict[str, Any], path: Path) -> nn.Module:
-        cell_id = cell["cell_id"]
+    def __call__(self, cell: PendingNetwork, path: Path) -> nn.Module:
+        cell_id = cell.cell_id
         if cell_id in self.kept:
             return self.kept[cell_id]
         network = self.load(cell, path)
@@ -64,8 +64,8 @@ def in_memory_format(module: nn.Module, batch: torch.Tensor, memory_format: str)
     return module.to(memory_format=layout), batch.contiguous(memory_format=layout) if batch.dim() == 4 else batch
 
 
-def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
-                    dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
+def measure_pending(run_dir: Path, pending: list[PendingNetwork], store: ResultStore,
+                    dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                     write: Callable[[str], None], progress: Callable[[int], None] | None = None,
                     passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False,
                     memory_format: str = "contiguous") -> int:
@@ -82,12 +82,12 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
     """
     from harness.measure.metrics import latency_pairs, latency_summary
 
-    samples: dict[str, list[tuple[float, float]]] = {cell["cell_id"]: [] for cell in pending}
+    samples: dict[str, list[tuple[float, float]]] = {cell.cell_id: [] for cell in pending}
     failed: dict[str, str] = {}
     load = _Rebuilt(load)
     for _ in range(passes):
         for cell in pending:
-            cell_id = cell["cell_id"]
+            cell_id = cell.cell_id
             if cell_id in failed:
                 continue
             try:
@@ -102,7 +102,7 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
                 progress(1)
     measured = 0
     for cell in pending:
-        cell_id = cell["cell_id"]
+        cell_id = cell.cell_id
         if cell_id in failed:
             store.update_metrics(cell_id, {"latency_pending": False, "latency_error": failed[cell_id]})
         else:
@@ -119,7 +119,7 @@ def measure_pending(run_dir: Path, pending: list[dict[str, Any]], store: Any,
     return measured
 
 
-def _keep(run_dir: Path, cell_id: str, store: Any) -> None:
+def _keep(run_dir: Path, cell_id: str, store: ResultStore) -> None:
     """Move a measured network to ``models/`` (``--save-models``) and record where it is and its size."""
     from harness.run.export import model_path
 
@@ -132,8 +132,8 @@ def _keep(run_dir: Path, cell_id: str, store: Any) -> None:
                                    "model_bytes": kept.stat().st_size})
 
 
-def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
-                dense_for: Callable[[dict[str, Any]], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
+def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
+                dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None], progress: Callable[[int], None] | None = None,
                 passes: int = PASSES, rounds: int = ROUNDS_PER_PASS) -> int:
     """Time the ``kept`` cells' networks and their dense baselines in ONNX Runtime; returns how many were timed.
@@ -153,10 +153,10 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
     failed: dict[str, str] = {}
     dense_graphs: dict[str, Path] = {}
     for cell in kept:
-        cell_id = cell["cell_id"]
+        cell_id = cell.cell_id
         try:
             dense, batch = dense_for(cell)
-            key = "/".join(str(cell[k]) for k in ("model", "dataset", "seed"))
+            key = "/".join(str(getattr(cell, k)) for k in ("model", "dataset", "seed"))
             if key not in dense_graphs:
                 dense_file = Path(run_dir) / "models" / f"dense-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
                 export_network(dense, batch, "onnx", dense_file)
@@ -171,7 +171,7 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
     samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
     for _ in range(passes):
         for cell in kept:
-            cell_id = cell["cell_id"]
+            cell_id = cell.cell_id
             if cell_id in graphs and cell_id not in failed:
                 batch = dense_for(cell)[1].cpu()
                 dense_run, network_run = (load_exported(path, "onnx", threads) for path in graphs[cell_id])
@@ -179,7 +179,7 @@ def measure_ort(run_dir: Path, kept: list[dict[str, Any]], store: Any,
             if progress:
                 progress(1)
     for cell in kept:
-        cell_id = cell["cell_id"]
+        cell_id = cell.cell_id
         if cell_id in failed:
             store.update_metrics(cell_id, {"ort_error": failed[cell_id]})
         else:

@@ -28,6 +28,8 @@ from torch import nn
 
 from harness.core.errors import one_line
 from harness.core.files import write_atomically
+from harness.plan.cells import Cell
+from harness.plan.result import LayerResult, StoredCell
 from harness.run.baseline import file_digest as file_sha256
 
 NETWORKS = "networks"
@@ -115,22 +117,20 @@ def read_network(path: Path, expected_sha256: str | None) -> SavedNetwork:
     return SavedNetwork(state, shape, output)
 
 
-def load_cell_network(record: dict[str, Any] | None, path: Path, host: Any, base: nn.Module,
+def load_cell_network(record: StoredCell | None, path: Path, host: Any, base: nn.Module,
                       base_is_baseline: bool = True) -> nn.Module:
     """The network a stored cell saved at ``path``: its file checked against the hash in ``record`` (what
     :func:`harness.results.store.read_cell` gives), read as data and rebuilt on ``base`` (see :func:`rebuild_network`)."""
-    from harness.plan.planner import Cell
-
     if record is None:
         raise NetworkInvalid(f"the store has no cell for the saved network {path}")
-    saved = read_network(path, record["metrics"].get("network_sha256"))
-    if not record.get("spec"):
+    saved = read_network(path, record.metrics.get("network_sha256"))
+    if not record.spec:
         raise NetworkInvalid(f"the store keeps no plan to rebuild the network {path} from (a run by an older harness)")
     try:
-        cell = Cell.from_dict(record["spec"])
+        cell = Cell.from_dict(record.spec)
     except (TypeError, ValueError, KeyError) as exc:
         raise NetworkInvalid(f"the stored plan of the network {path} cannot be read: {exc}") from None
-    return rebuild_network(cell, record["layers"], host, base, saved, base_is_baseline)
+    return rebuild_network(cell, record.layers, host, base, saved, base_is_baseline)
 
 
 def held_bytes(model: nn.Module) -> int:
@@ -150,7 +150,7 @@ def _same_output(output: torch.Tensor, recorded: torch.Tensor) -> bool:
     return float((output[finite] - recorded[finite]).abs().max()) <= PROBE_TOLERANCE * scale
 
 
-def rebuild_network(cell: Any, rows: list[dict[str, Any]], host: Any, base: nn.Module, saved: SavedNetwork,
+def rebuild_network(cell: Cell, rows: list[LayerResult], host: Any, base: nn.Module, saved: SavedNetwork,
                     base_is_baseline: bool = True) -> nn.Module:
     """The cell's network: ``base`` (the dense network the cell started from, copied, not changed) with the cell's
     plan replayed on it through ``host`` (see :func:`harness.run.runner.replay_plan`), the saved tensors loaded

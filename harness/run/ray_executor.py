@@ -22,15 +22,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.config.settings import ConfigError, RunConfig
-from harness.plan.planner import Cell
+from harness.plan.cells import Cell
+from harness.plan.result import CellResult
 from harness.plan.status import Status
-from harness.run.executors import ProgressCallback, ResultCallback, failed_result, timeout_result
+from harness.run.executors import ProgressCallback, ResultCallback, timeout_result
 
 # Plugins and the cell context, loaded once per Ray worker process (Ray reuses its workers across tasks).
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, threads: int, epochs: Any = None) -> dict[str, Any]:
+def _run_cell_task(config_data: dict, plugin_args: dict, cell_data: dict, threads: int, epochs: Any = None) -> CellResult:
     """One cell, in a Ray worker: the same ``run_cell`` as every executor; each finished epoch goes to ``epochs``."""
     import torch
 
@@ -134,10 +135,10 @@ class RayExecutor:
             for finished in epochs.get_nowait_batch(epochs.qsize()):
                 on_progress(finished)
 
-    def _result(self, ref: Any, cell: Cell) -> dict[str, Any]:
+    def _result(self, ref: Any, cell: Cell) -> CellResult:
         """The cell's result, or its error when the task's worker or node died (Ray's reason, first line)."""
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return failed_result(cell, Status.ERROR, f"Ray task failed ({type(exc).__name__}): {reason[:300]}")
+            return CellResult.failed(cell, Status.ERROR, f"Ray task failed ({type(exc).__name__}): {reason[:300]}")

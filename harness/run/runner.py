@@ -2,7 +2,7 @@
 
 It loads the cached dense baseline, measures it, asks the cell's rank selector for each
 planned layer's parameter budget (once, from the trained weights), and executes the
-cell's per-layer plan (:class:`harness.plan.planner.LayerPlan`, resolved by the planner): each
+cell's per-layer plan (:class:`harness.plan.cells.LayerPlan`, resolved by the planner): each
 layer is replaced through the host by the backend's answer within its budget, with its
 own method and request options; an ``auto`` layer tries its candidates and keeps the one
 closest to the dense weight; a padded Linear is decomposed as a zero-padded copy within
@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.config.mixing import AUTO
 from harness.config.settings import RunConfig
 from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.contract.selection import (
@@ -49,14 +50,15 @@ from harness.contract.selection import (
 from harness.core.allocator import keep_freed_memory
 from harness.measure.metrics import count_flops, count_params, replacement_error
 from harness.measure.stability import stability_metrics
-from harness.plan.planner import AUTO, Cell, LayerPlan
+from harness.plan.cells import Cell, LayerPlan
+from harness.plan.result import CellResult, LayerResult
 from harness.plan.status import Status
 from harness.run.baseline import baseline_path, load_baseline
 from harness.run.data import Data, resolve_dataset
 from harness.run.host import Host, format_exception
 from harness.run.models import resolve_model
 from harness.run.networks import network_path, save_network
-from harness.run.training import EpochRecord, evaluate, evaluate_test, synchronize, train
+from harness.run.training import evaluate, evaluate_test, synchronize, train
 from harness.tensor.structures import PaddedLinear, zero_padded
 
 # Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
@@ -114,21 +116,19 @@ def _json_safe(info: Any) -> Any:
     return str(info)
 
 
-def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run one cell and return its result as plain data (never raises for a backend's fault)."""
+def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> CellResult:
+    """Run one cell and return its result (never raises for a backend's fault)."""
     started = time.perf_counter()
-    result: dict[str, Any] = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "status": Status.OK, "error": None,
-                              "traceback": None, "metrics": {}, "epochs": [], "layers": []}
+    result = CellResult(cell)
     try:
         _run(cell, ctx, result, progress)
     except Unsupported as exc:
-        result["status"], result["error"] = Status.UNSUPPORTED, str(exc).splitlines()[0] if str(exc) else "unsupported"
+        result.fail(Status.UNSUPPORTED, str(exc).splitlines()[0] if str(exc) else "unsupported")
     except OverBudget as exc:
-        result["status"], result["error"] = Status.OVER_BUDGET, str(exc)
+        result.fail(Status.OVER_BUDGET, str(exc))
     except Exception as exc:
-        result["status"] = Status.ERROR
-        result["error"], result["traceback"] = format_exception(exc)
-    result["metrics"]["cell_s"] = time.perf_counter() - started
+        result.fail(Status.ERROR, *format_exception(exc))
+    result.metrics["cell_s"] = time.perf_counter() - started
     return result
 
 
@@ -275,12 +275,10 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     return best, seconds, "".join(printed), record
 
 
-def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: str) -> dict[str, Any]:
+def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: str) -> LayerResult:
     """The row of a targeted layer left dense: its own parameters on both sides, and why."""
     params = count_params(layer)
-    return {"layer": plan.path, "kind": plan.kind, "params_dense": params, "params": params, "max_params": budget,
-            "recon_error": 0.0, "decompose_s": 0.0, "info": {"method": None, "left_dense": reason},
-            "stdout": None}
+    return LayerResult(plan.path, plan.kind, params, params, budget, info={"method": None, "left_dense": reason})
 
 
 def layer_request(cell: Cell, plan: LayerPlan, layer: nn.Module, budget: int | None, device: str,
@@ -291,18 +289,18 @@ def layer_request(cell: Cell, plan: LayerPlan, layer: nn.Module, budget: int | N
                             dense_params=count_params(layer), budget=budget, rebuild=rebuild)
 
 
-def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[dict[str, Any]]) -> None:
+def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[LayerResult]) -> None:
     """Replace ``model``'s layers (on the CPU) as the finished ``cell`` did: each layer its rows record as decomposed
     is asked of the backend again, with the budget and the method (``auto``'s choice) the row records and
     ``rebuild`` set, so the backend may skip the fitting whose values the saved state dict replaces anyway."""
-    recorded = {row["layer"]: row for row in rows}
+    recorded = {row.layer: row for row in rows}
     for plan in cell.layers:
         row = recorded.get(plan.path)
-        if plan.dense is not None or row is None or row["info"].get("left_dense") is not None:
+        if plan.dense is not None or row is None or row.left_dense is not None:
             continue
         layer = model.get_submodule(plan.path)
-        method = row["info"].get("method") or plan.method
-        request = layer_request(cell, plan, layer, row["max_params"], "cpu", rebuild=True)
+        method = row.info.get("method") or plan.method
+        request = layer_request(cell, plan, layer, row.max_params, "cpu", rebuild=True)
         request = dataclasses.replace(request, method=method)
         if plan.padding is not None and plan.method != AUTO:
             replacement = decompose_padded(host, layer, request, plan.padding)[0]
@@ -311,9 +309,9 @@ def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[dict[str, A
         _replace(model, plan.path, replacement)
 
 
-def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str, Any]) -> None:
+def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResult) -> None:
     """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer."""
-    device, metrics = ctx.device, result["metrics"]
+    device, metrics, rows = ctx.device, result.metrics, result.layers
     planned = cell.planned()
     layers = {plan.path: model.get_submodule(plan.path) for plan in cell.layers}
     budgets = dict(zip([plan.path for plan in planned],
@@ -323,7 +321,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         layer = layers[plan.path]
         budget = budgets.get(plan.path)
         if plan.dense is not None:
-            result["layers"].append(_dense_row(plan, layer, None, plan.dense))
+            rows.append(_dense_row(plan, layer, None, plan.dense))
             continue
         request = layer_request(cell, plan, layer, budget.params, str(device))
         method, init, auto = plan.method, plan.init, None
@@ -338,7 +336,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
         except Unsupported as exc:  # this layer only: the cell goes on with the rest
             reason = str(exc).splitlines()[0] if str(exc) else "unsupported"
             refused.append(f"{reason} (layer {plan.path})")
-            result["layers"].append(_dense_row(plan, layer, request.max_params, reason))
+            rows.append(_dense_row(plan, layer, request.max_params, reason))
             continue
         decompose_s += seconds
         dense_weight = layer.weight.detach()
@@ -360,31 +358,29 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: dict[str,
             info["recon_error_estimate"] = estimate
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
-        result["layers"].append({
-            "layer": plan.path, "kind": plan.kind, "params_dense": request.dense_params,
-            "params": count_params(replacement), "max_params": request.max_params,
-            "recon_error": math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), "decompose_s": seconds,
-            "info": info, "stdout": printed[-2000:] or None,
-        })
+        rows.append(LayerResult(
+            plan.path, plan.kind, request.dense_params, count_params(replacement), request.max_params,
+            recon_error=math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), decompose_s=seconds, info=info,
+            stdout=printed[-2000:] or None))
         # The host's check, whatever the backend promised: the row above keeps the offending layer on record.
         check_budget(replacement, request)
         _replace(model, plan.path, replacement)
 
-    decomposed = [row for row in result["layers"] if row["info"].get("left_dense") is None]
+    decomposed = [row for row in rows if row.left_dense is None]
     if not decomposed:
         raise Unsupported(refused[0] if refused else f"no layer of {cell.model} could be decomposed")
-    params_dense = sum(row["params_dense"] for row in result["layers"])
-    params = sum(row["params"] for row in result["layers"])
+    params_dense = sum(row.params_dense for row in rows)
+    params = sum(row.params for row in rows)
     metrics.update(
         params_dense=params_dense, params=params, compression=params_dense / params if params else None,
         budget=sum(budget.params for budget in budgets.values()), budget_ok=all(
-            row["params"] <= row["max_params"] for row in decomposed if row["max_params"] is not None),
+            row.params <= row.max_params for row in decomposed if row.max_params is not None),
         decompose_s=decompose_s, recon_error=math.sqrt(error_sq / max(weight_sq, 1e-30)),
-        layers_targeted=len(result["layers"]), layers_decomposed=len(decomposed),
+        layers_targeted=len(rows), layers_decomposed=len(decomposed),
     )
 
 
-def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callable[[int], None] | None) -> None:
+def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[int], None] | None) -> None:
     config, device = ctx.config, ctx.device
     data = ctx.data(cell.dataset)
     build = ctx.builder(cell.model, cell.dataset)
@@ -395,7 +391,7 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
     sample = latency_input[:1]
     # A data-free study measures no accuracy: its images are random and its network untrained.
     accuracy = (lambda net: None) if config.no_train else (lambda net: evaluate_test(net, data)[1])
-    metrics = result["metrics"]
+    metrics = result.metrics
     metrics.update(
         device=str(device), threads=torch.get_num_threads(), latency_batch=len(latency_input),
         model_params_dense=count_params(model), flops_dense=count_flops(model, sample),
@@ -413,8 +409,7 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
         _decompose(cell, ctx, model, result)
         metrics["acc_decomposed"] = accuracy(model)
 
-    records: list[EpochRecord] = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
-    result["epochs"] = [vars(r) for r in records]
+    records = result.epochs = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
     final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
     seen = [r.test_acc for r in records] + ([metrics["acc_decomposed"]] if metrics["acc_decomposed"] is not None
                                             else [])
@@ -432,4 +427,4 @@ def _run(cell: Cell, ctx: CellContext, result: dict[str, Any], progress: Callabl
                                          [r.test_acc for r in records]))
     metrics["flop_speedup"] = metrics["flops_dense"] / metrics["flops"] if metrics["flops"] else None
     if records and not all(math.isfinite(r.train_loss) for r in records):
-        result["status"], result["error"] = Status.DIVERGED, "training loss became NaN or infinite"
+        result.fail(Status.DIVERGED, "training loss became NaN or infinite")

@@ -30,11 +30,13 @@ from harness.config.settings import ConfigError, RunConfig
 from harness.core.allocator import keep_freed_memory
 from harness.core.resources import threads_per_worker
 from harness.measure.metrics import FLOP_CONVENTION
-from harness.plan.planner import Cell, not_planned_summary, plan_cells
+from harness.plan.cells import Cell, not_planned_summary
+from harness.plan.planner import plan_cells
+from harness.plan.result import CellResult, PendingNetwork, ResultStore, StoredCell
 from harness.plan.status import Status
 from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
 from harness.run.data import Data, DataUnavailable, resolve_dataset
-from harness.run.executors import InProcessExecutor, ProcessExecutor, failed_result
+from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
 from harness.run.host import Host
 from harness.run.latency import NetworkLoader, measure_ort, measure_pending
@@ -129,7 +131,7 @@ def default_run_dir() -> str:
 
 
 def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugin_args: dict[str, Any],
-            write: Callable[[str], None], open_store: Callable[[dict[str, Any] | None], Any],
+            write: Callable[[str], None], open_store: Callable[[dict[str, Any] | None], ResultStore],
             retry: tuple[str, ...] = ()) -> None:
     """Run (or resume) the cells of ``config`` into ``run_dir``. ``open_store(meta)`` gives the run's store
     (:class:`harness.results.store.Store`, which this layer only calls): a new one made with ``meta``, or, when
@@ -160,7 +162,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         write(f"run directory: {run_dir}  ({len(cells)} cells, {len(cells) - len(pending)} already done, "
               f"{len(pending)} to run{retried})")
         for cell in [c for c in pending if c.unsupported]:
-            store.add_result(failed_result(cell, Status.UNSUPPORTED, cell.unsupported))
+            store.add_result(CellResult.failed(cell, Status.UNSUPPORTED, cell.unsupported))
         runnable = [c for c in pending if not c.unsupported]
         if runnable:
             _train_baselines(config, host, data, runnable, device, write)
@@ -170,7 +172,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         store.close()
 
 
-def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Any,
+def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: ResultStore,
                    device: torch.device, write: Callable[[str], None]) -> None:
     """Time every network the cells saved, serially, in this process alone (see :mod:`harness.run.latency`)."""
     pending = store.pending_latency()
@@ -189,26 +191,26 @@ def _threads() -> str:
     return f"{count} thread{'s' if count != 1 else ''}"
 
 
-def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: Any,
-                   device: torch.device, write: Callable[[str], None], pending: list[dict[str, Any]]) -> None:
+def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: ResultStore,
+                   device: torch.device, write: Callable[[str], None], pending: list[PendingNetwork]) -> None:
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
 
-    def dense_for(cell: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor]:
-        key = (cell["model"], cell["dataset"], int(cell["seed"]))
-        splits = data[cell["dataset"]].to(device)
-        if cell["dataset"] not in batches:
-            batches[cell["dataset"]] = splits.head("test", config.latency_batch)[0]
+    def dense_for(cell: PendingNetwork) -> tuple[torch.nn.Module, torch.Tensor]:
+        key = (cell.model, cell.dataset, int(cell.seed))
+        splits = data[cell.dataset].to(device)
+        if cell.dataset not in batches:
+            batches[cell.dataset] = splits.head("test", config.latency_batch)[0]
         if key not in dense_models:
             dense_models.clear()  # one dense network at a time: real ones are large
-            spec = resolve_model(cell["model"], host.models)
-            path = baseline_path(config.cache_dir, *key, config.training_spec(), config.weights_for(cell["model"]))
+            spec = resolve_model(cell.model, host.models)
+            path = baseline_path(config.cache_dir, *key, config.training_spec(), config.weights_for(cell.model))
             dense_models[key] = load_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
                                               device)
-        return dense_models[key], batches[cell["dataset"]]
+        return dense_models[key], batches[cell.dataset]
 
-    def load(cell: dict[str, Any], path: Path) -> torch.nn.Module:
-        return load_cell_network(store.cell_record(cell["cell_id"]), path, host, dense_for(cell)[0])
+    def load(cell: PendingNetwork, path: Path) -> torch.nn.Module:
+        return load_cell_network(store.cell_record(cell.cell_id), path, host, dense_for(cell)[0])
 
     if pending:
         write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
@@ -219,8 +221,8 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         _deployment_phase(config, run_dir, store, device, dense_for, load, write)
 
 
-def _time_eager(config: RunConfig, run_dir: Path, store: Any, pending: list[dict[str, Any]],
-                dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
+def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: list[PendingNetwork],
+                dense_for: Callable[[PendingNetwork], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None]) -> None:
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
               disable=None) as bar:
@@ -238,8 +240,8 @@ def _time_eager(config: RunConfig, run_dir: Path, store: Any, pending: list[dict
                         keep=config.save_models, memory_format=config.memory_format)
 
 
-def _deployment_phase(config: RunConfig, run_dir: Path, store: Any, device: torch.device,
-                      dense_for: Callable[[dict[str, Any]], tuple[torch.nn.Module, torch.Tensor]],
+def _deployment_phase(config: RunConfig, run_dir: Path, store: ResultStore, device: torch.device,
+                      dense_for: Callable[[PendingNetwork], tuple[torch.nn.Module, torch.Tensor]],
                       load: NetworkLoader, write: Callable[[str], None]) -> None:
     """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
     beside their dense baselines when onnxruntime is installed and the run is on the CPU."""
@@ -289,7 +291,7 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
               f"in {meta['train_s']:.1f} s (cached at {path})")
 
 
-def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: Any) -> None:
+def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: ResultStore) -> None:
     if config.executor == "inprocess":
         executor = InProcessExecutor(config, host)
     elif config.executor == "ray":
@@ -305,13 +307,13 @@ def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells:
 
     lines = ProgressLines(len(cells)) if cell_bar.disable else None
 
-    def on_result(cell: Cell, result: dict[str, Any]) -> None:
+    def on_result(cell: Cell, result: CellResult) -> None:
         store.add_result(result)
         cell_bar.update(1)
-        if result["status"] != Status.OK:
-            cell_bar.write(f"{result['status']}: {cell.cell_id}: {result['error']}")
+        if result.status != Status.OK:
+            cell_bar.write(f"{result.status}: {cell.cell_id}: {result.error}")
         if lines:
-            lines.finished(cell.cell_id, result["status"])
+            lines.finished(cell.cell_id, result.status)
 
     try:
         executor.run(cells, on_result, epoch_bar.update)
@@ -342,22 +344,22 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: torch.device
+def dense_network(config: RunConfig, host: Host, cell: PendingNetwork, data: Data, device: torch.device
                   ) -> tuple[torch.nn.Module, bool]:
     """The dense network a stored cell started from, and whether it is that very baseline: the verified cache
     entry when it is there, else the model built afresh from the cell's seed (and ``--weights``), which
     rebuilds every architecture whose structure does not depend on the trained weights."""
     from harness.run.baseline import CacheInvalid, build_seeded, load_weights
 
-    spec = resolve_model(cell["model"], host.models)
+    spec = resolve_model(cell.model, host.models)
     build = lambda: spec.build(data.input_shape, data.num_classes)  # noqa: E731 - a thunk for the cache's API
-    weights = config.weights_for(cell["model"])
-    path = baseline_path(config.cache_dir, cell["model"], cell["dataset"], int(cell["seed"]),
+    weights = config.weights_for(cell.model)
+    path = baseline_path(config.cache_dir, cell.model, cell.dataset, int(cell.seed),
                          config.training_spec(), weights if weights and os.path.isfile(weights) else None)
     try:
         return load_baseline(path, build, device), True
     except (CacheInvalid, OSError):
-        model = build_seeded(build, int(cell["seed"]))
+        model = build_seeded(build, int(cell.seed))
         if weights and os.path.isfile(weights):
             try:
                 load_weights(model, weights)
@@ -366,19 +368,22 @@ def dense_network(config: RunConfig, host: Host, cell: Any, data: Data, device: 
         return model.to(device).eval(), False
 
 
-def kept_network(run_dir: Path, meta: dict[str, Any], cell: Any, record: dict[str, Any] | None, host: Host,
+def kept_network(run_dir: Path, meta: dict[str, Any], record: StoredCell | None, host: Host,
                  path: Path) -> tuple[torch.nn.Module, Data]:
     """A stored cell's saved network at ``path`` rebuilt on the CPU (:mod:`harness.run.networks`), and the cell's
     data; :class:`harness.run.networks.NetworkInvalid` or :class:`harness.run.models.ModelUnavailable` in one line when
     it cannot be. ``record`` is the cell as stored (:func:`harness.results.store.read_cell`). The run's model code
     is imported as the run named it, never from inside ``run_dir``."""
     from harness.run.models import user_code_outside
+    from harness.run.networks import NetworkInvalid
 
+    if record is None:
+        raise NetworkInvalid(f"the store has no cell for the saved network {path}")
     config = RunConfig.from_dict(meta["config"])
-    config.datasets = [cell["dataset"]]
-    data = load_data(config, host, torch.device("cpu"))[cell["dataset"]]
+    config.datasets = [record.dataset]
+    data = load_data(config, host, torch.device("cpu"))[record.dataset]
     with user_code_outside(run_dir, meta.get("cwd")):
-        base, is_baseline = dense_network(config, host, cell, data, torch.device("cpu"))
+        base, is_baseline = dense_network(config, host, record, data, torch.device("cpu"))
         model = load_cell_network(record, path, host, base, is_baseline)
     return model, data
 

@@ -13,23 +13,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness.config.settings import TrainSettings
+from harness.plan.result import EpochRecord
 from harness.run.data import Batches, Data
 
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    train_loss: float
-    test_loss: float
-    test_acc: float
-    epoch_s: float
 
 
 def synchronize(device: torch.device | str) -> None:

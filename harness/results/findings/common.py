@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.planner import NO_RATIO
+from harness.plan.cells import NO_RATIO
 from harness.results.aggregate import SECONDS_FORMAT, decomposed_ok, mean_std, seed_summary, with_delta
 
 # A comparison is fair only between cells that differ in backend alone.

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.plan.planner import NO_RATIO
+from harness.plan.cells import NO_RATIO
 from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta
 from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups
 

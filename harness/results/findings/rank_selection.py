@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from harness.contract.selection import split_match
-from harness.plan.planner import NO_RATIO
+from harness.plan.cells import NO_RATIO
 from harness.results.aggregate import decomposed_ok, mean_std, seed_summary
 from harness.results.findings.common import TIE, Finding, _counts, _lead_verdict, _missing, _pp, _several, _share
 

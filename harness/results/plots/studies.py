@@ -8,7 +8,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from harness.config.tensorize import EXPLICIT
-from harness.plan.planner import NO_RATIO
+from harness.plan.cells import NO_RATIO
 from harness.results.aggregate import categories, decomposed_ok, seed_summary
 from harness.results.plots.common import (
     DODGE,

@@ -38,7 +38,7 @@ METHODS = {
     ("conv2d", "tt"): conv,
 }
 
-# What tltorch 0.5's FactorizedConv gets wrong, as measured (tests/test_backend_tltorch.py shows
+# What tltorch 0.5's FactorizedConv gets wrong, as measured (tests/backends/tltorch/test_backend_tltorch.py shows
 # each). Dilation (also non-square), padding and non-square kernels it carries correctly.
 GAPS = {
     "groups": "grouped convs fail at forward time",

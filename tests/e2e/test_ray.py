@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from paths import PLUGINS
 
 from harness.cli.main import main
 
@@ -29,7 +30,7 @@ COMPARED = ["status", "params", "compression", "recon_error", "acc_decomposed", 
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                 [str(Path(__file__).parent / "plugins"), os.environ.get("PYTHONPATH", "")])}})
+                 [str(PLUGINS), os.environ.get("PYTHONPATH", "")])}})
     yield
     ray.shutdown()
 
@@ -97,8 +98,9 @@ def _finished(store: Path) -> int:
 
 
 def test_epochs_finished_on_ray_move_the_epoch_bar(tmp_path, cache_dir, local_ray, monkeypatch):
-    import harness.run.session
     from tqdm import tqdm
+
+    import harness.run.session
 
     epochs: list[int] = []
 

@@ -15,7 +15,7 @@ class TestTensorly(BackendConformance):
     backend = "tensorly"
 
 
-# tltorch and tltorch-rec run the kit in tests/test_backend_tltorch.py, where a subclass
+# tltorch and tltorch-rec run the kit in tests/backends/tltorch/test_backend_tltorch.py, where a subclass
 # adds the planted CP check in tltorch's tensorized Linear layout.
 
 

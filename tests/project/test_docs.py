@@ -4,13 +4,12 @@ README.md stays short with its set-up and test commands on the first screen, and
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 from harness.cli.main import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("run", "list", "plugins", "report", "compare", "export")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
 

@@ -490,7 +490,7 @@ def test_raw_tltorch_forward_fails_under_numpy_backend_but_ours_does_not():
         assert torch.equal(ours(x), expected)
 
 
-@needs_tltorch  # the script imports tensorly; the truly-missing case is tests/test_unavailable.py
+@needs_tltorch  # the script imports tensorly; the truly-missing case is tests/backends/test_unavailable.py
 def test_fresh_import_restores_the_backend_and_plugin_loads_without_tltorch():
     script = textwrap.dedent("""
         import importlib, sys
@@ -519,7 +519,7 @@ def test_fresh_import_restores_the_backend_and_plugin_loads_without_tltorch():
         assert lines[1:] == ["[True, True] numpy", "pytorch"]
 
 
-@needs_tltorch  # hides an installed library; the truly-missing case is tests/test_unavailable.py
+@needs_tltorch  # hides an installed library; the truly-missing case is tests/backends/test_unavailable.py
 def test_missing_tltorch_or_opt_einsum_makes_both_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "opt_einsum", None)
     infos = []

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from paths import ROOT
 
 from harness.cli.main import main
 from harness.plan.cells import Cell
-from harness.run.networks import NETWORKS, file_sha256, network_path
 from harness.results.store import STORE_NAME, Store, journal_path, load_results
-
-ROOT = Path(__file__).resolve().parents[1]
+from harness.run.networks import NETWORKS, file_sha256, network_path
 
 
 class PlantedCode:

@@ -5,7 +5,7 @@ the harness computes — a budget, a rank, an accuracy, an error — fails here,
 backends on LeNet-5's conv layers at x4 with one fine-tuning epoch and the dense control, values
 compared exactly up to float rounding. The run trains its own baseline with one thread in this process (a baseline
 trained with two threads sums in another order and differs in the last bits, and so does everything after it).
-After a change that is meant to change results, record the run anew: ``python tests/test_golden.py``.
+After a change that is meant to change results, record the run anew: ``python tests/e2e/test_golden.py``.
 """
 
 from __future__ import annotations
@@ -95,10 +95,10 @@ def test_the_golden_run_gives_the_recorded_values(tmp_path):
         assert differences(golden, got) == [], name
 
 
-if __name__ == "__main__":  # record: python tests/test_golden.py
+if __name__ == "__main__":  # record: python tests/e2e/test_golden.py
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
     run_dir = golden_run(Path(tempfile.mkdtemp()))
     for name in ("cells", "layers"):
         values(pd.read_csv(run_dir / f"{name}.csv"), name).to_csv(GOLDEN / f"lenet5-x4.{name}.csv", index=False)

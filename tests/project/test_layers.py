@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
 
 
 def lint(cwd: Path) -> subprocess.CompletedProcess:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from paths import PLUGINS
 
 from harness.cli.main import main
-
-PLUGINS = Path(__file__).parent / "plugins"
 
 
 def _run(out, cache, capsys) -> tuple[int, pd.DataFrame, str]:

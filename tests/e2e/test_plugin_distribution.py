@@ -14,16 +14,17 @@ import io
 import os
 import re
 import shutil
-import tokenize
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from paths import ROOT
 
-EXAMPLE = Path(__file__).parent.parent / "plugins" / "example_plugin"
-GUIDE = Path(__file__).parent.parent / "docs" / "plugins.md"
+EXAMPLE = ROOT / "plugins" / "example_plugin"
+GUIDE = ROOT / "docs" / "plugins.md"
 
 
 def code_lines(source: str) -> int:

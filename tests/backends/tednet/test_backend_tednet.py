@@ -1,6 +1,6 @@
 """Tests of the tednet backend: fills that reproduce the dense layer, budgets, shapes, gaps, seeding, stdout.
 
-The conformance kit (tests/test_conformance.py) checks the plugin contract on small
+The conformance kit (tests/backends/test_conformance.py) checks the plugin contract on small
 layers; this file checks what is particular to TedNet on the layers of the brief
 (Linear 400 -> 120, Conv 16 -> 32 3x3): that the factors copied into TedNet's own
 parameter layout reproduce the dense layer, that the closed-form parameter counts the

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from paths import PLUGINS
 
 from harness.cli.main import main
 from harness.results.store import load_results
@@ -143,7 +144,7 @@ def _count_cells(path: Path) -> int:
 
 
 def test_sigkill_then_resume_keeps_finished_cells(tmp_path, cache_dir):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins"),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PLUGINS),
                                                         os.environ.get("PYTHONPATH", "")]))
     base = [sys.executable, "-m", "harness.cli.main", "-p", "fake_backend", "run", "--backends", "fake", "--methods",
             "lowrank", "--targets", "conv,linear", "--ratios", "2,4,8", "--epochs", "1", "--baseline-epochs", "1",
@@ -274,7 +275,7 @@ def test_latency_threads_time_the_phase_and_are_given_back(tmp_path, fast_args):
 def test_a_run_without_a_terminal_prints_a_line_per_finished_cell(tmp_path, cache_dir):
     import re
 
-    plugins = Path(__file__).parent / "plugins"
+    plugins = PLUGINS
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])}
     with open(tmp_path / "stderr.log", "w") as log:
         done = subprocess.run([sys.executable, "-m", "harness", "-p", "fake_backend", "run", "--backends", "fake",

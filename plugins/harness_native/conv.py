@@ -82,13 +82,15 @@ def tucker2_conv(layer: nn.Conv2d, rank_out: int, rank_in: int, *, n_iter_max: i
 def decompose_tucker2(layer: nn.Conv2d, request: DecomposeRequest) -> tuple[nn.Module, dict]:
     """Tucker-2 at ``request.rank`` (int, or ``[R_out, R_in]``), else within the budget.
 
-    ``request.options["n_iter_max"]`` sets the number of HOOI sweeps (default 10).
+    ``request.options["n_iter_max"]`` sets the number of HOOI sweeps (default 10); a rebuild needs the HOSVD's
+    shapes only, since the saved factors are loaded over them.
     """
     if request.rank is not None:
         rank_out, rank_in = ranks_arg(request.rank, 2)
     else:
         rank_out, rank_in = tucker2_budget_ranks(layer, param_budget(request))
-    return tucker2_conv(layer, rank_out, rank_in, n_iter_max=int(request.options.get("n_iter_max", 10)))
+    sweeps = 0 if request.rebuild else int(request.options.get("n_iter_max", 10))
+    return tucker2_conv(layer, rank_out, rank_in, n_iter_max=sweeps)
 
 
 # ----------------------------------------------------------------------------- tensor train

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import CP_ALS, DecomposeRequest
+from harness import DecomposeRequest, cp_options
 
 # Options a request may set, per tltorch factorization name, passed on to tensorly as they are.
 SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -51,9 +51,9 @@ def decomposition_kwargs(factorization: str, request: DecomposeRequest) -> tuple
     if factorization in ("cp", "tucker", "blocktt"):
         kwargs["random_state"] = int(request.seed)
     if factorization == "cp":
-        # The host's CP budget, not parafac's own default of 100 sweeps: the same as every other backend's.
-        for key, value in CP_ALS.items():
-            kwargs.setdefault(key, value)
+        # The host's CP budget, not parafac's own default of 100 sweeps: the same as every other backend's (and one
+        # sweep when the host only rebuilds the structure).
+        kwargs.update(cp_options(request))
         trace = CPTrace(n_iter_max=int(kwargs["n_iter_max"]), tol=float(kwargs["tol"]))
         kwargs["callback"] = trace
     return kwargs, trace

@@ -24,7 +24,8 @@ API = {
         "FULL_RANK", "CP_ALS", "cp_options", "BackendInfo", "DecomposeRequest", "Unsupported", "OverBudget", "fill_ranks",
         "largest_fitting", "param_budget", "weight64", "check_budget", "layer_kind", "conv_features", "methods_table"),
     # what a rank selector is given and returns
-    "harness.contract.selection": ("LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer"),
+    "harness.contract.selection": (
+        "LayerBudget", "RankSelector", "SelectionInput", "SelectionLayer", "LayerLatency", "LatencyOption"),
     # models and datasets
     "harness.run.models": ("ModelSpec",),
     "harness.run.data": ("Data", "DatasetSpec"),

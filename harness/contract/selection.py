@@ -8,7 +8,9 @@ and passes each answer on as ``DecomposeRequest.budget``. A user names a selecto
 (:func:`parse_spec`); :func:`spec_label` turns that into the glob-friendly tag of the cell id. ``SEL@REF`` (e.g.
 ``ratio@vbmf``) *matches* two selectors: SEL spreads exactly the total that REF chose on the same layers
 (:func:`matched_budgets`), so the two are compared at equal total parameters; SEL needs ``uses_ratio`` (it is then
-run at the ratio dense total / REF's total) or an ``at_total``, and REF must choose its own total.
+run at the ratio dense total / REF's total) or an ``at_total``, and REF must choose its own total. A selector
+that ``needs_latency`` (the built-in ``latency``) is also given each layer's latency table, measured on the target
+before any cell runs (:class:`LayerLatency`), and may answer per layer a method, or "keep dense" with the reason.
 """
 
 from __future__ import annotations
@@ -41,6 +43,29 @@ class SelectionLayer(NamedTuple):
 
 
 @dataclass(frozen=True)
+class LatencyOption:
+    """One measured candidate replacement of a layer: the backend's structure for ``method`` at the parameter
+    ``budget`` (``params`` counted on the built module, ``ranks`` as the backend reported them), and its latency
+    ``ms`` at the cell's input shape, batch, threads, device and memory format, ``dense_ms`` the dense layer's
+    in the same alternating rounds (so ``dense_ms / ms`` is the measured speedup)."""
+
+    method: str
+    budget: int
+    params: int
+    ms: float
+    dense_ms: float
+    ranks: Any = None
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    """A targeted layer's latency table: the dense layer's latency and every measured candidate."""
+
+    dense_ms: float
+    options: tuple[LatencyOption, ...]
+
+
+@dataclass(frozen=True)
 class SelectionInput:
     """What ``RankSelector.budgets`` receives for one cell.
 
@@ -49,7 +74,9 @@ class SelectionInput:
     method, for information only (budgets must not depend on the backend); ``layers`` the targeted layers in module
     order. ``loss_with(i, weight)``, when the runner has data at hand, is the dense network's mean cross-entropy on a
     fixed batch of *training* images with layer ``i``'s weight replaced by ``weight`` (the other layers dense): what a
-    data-driven selector measures sensitivity with (never test data, which only the reports may see).
+    data-driven selector measures sensitivity with (never test data, which only the reports may see). For a selector
+    that ``needs_latency``, ``latency`` holds one :class:`LayerLatency` per layer and ``network_ms`` the whole dense
+    network's latency at the same batch, both measured quietly on the target before the cells ran.
     """
 
     argument: str | None
@@ -57,14 +84,25 @@ class SelectionInput:
     method: str
     layers: list[SelectionLayer]
     loss_with: Callable[[int, Tensor], float] | None = None
+    latency: Sequence[LayerLatency] | None = None
+    network_ms: float | None = None
 
 
 @dataclass(frozen=True)
 class LayerBudget:
-    """A selector's answer for one layer: its parameter budget and, for the record, the reference ranks behind it."""
+    """A selector's answer for one layer: its parameter budget and, for the record, the reference ranks behind it.
+
+    ``dense``, when set, keeps the layer dense with that reason (``params`` is then its dense count); ``method``
+    asks the backend for that method instead of the cell's (one the cell's plan allows); ``predicted_ms`` is the
+    latency the selector expects of the layer and ``why`` a short reason for its choice, both recorded on the layer.
+    """
 
     params: int
     ranks: Any = None
+    dense: str | None = None
+    method: str | None = None
+    predicted_ms: float | None = None
+    why: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +114,8 @@ class RankSelector:
     instead of one per ratio). ``takes_argument`` allows ``NAME:ARG``; ``default_argument`` stands in when the user
     gives none, and ``check_argument(arg)`` raises ``ValueError`` for an argument that is no good, so a typo is a
     usage error before anything runs. ``at_total(SelectionInput, total)``, optional, returns budgets summing to at
-    most ``total`` parameters: what ``NAME@REF`` uses for a selector that does not use the ratio.
+    most ``total`` parameters: what ``NAME@REF`` uses for a selector that does not use the ratio. ``needs_latency``
+    asks the host to measure every targeted layer's latency table before the cells run and pass it in.
     """
 
     name: str
@@ -87,6 +126,7 @@ class RankSelector:
     default_argument: str | None = None
     check_argument: Callable[[str], None] | None = None
     at_total: Callable[[SelectionInput, int], Sequence[int | LayerBudget]] | None = None
+    needs_latency: bool = False
 
     @property
     def matchable(self) -> bool:
@@ -215,5 +255,5 @@ def layer_budgets(selector: RankSelector, selection: SelectionInput, total: int 
         if params is None or isinstance(budget.params, bool) or params < 1:
             raise SelectionError(f"rank selector {selector.name!r} gave layer {layer.path} the budget "
                                  f"{budget.params!r}; budgets are positive integers")
-        budgets.append(LayerBudget(int(params), budget.ranks))
+        budgets.append(replace(budget, params=int(params)))
     return budgets

@@ -38,6 +38,7 @@ from harness.config.settings import RunConfig
 from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.contract.selection import (
     LayerBudget,
+    LayerLatency,
     RankSelector,
     SelectionError,
     SelectionInput,
@@ -155,12 +156,13 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
     own, reference = split_match(cell.rank_selection)
     name, argument = parse_spec(own)
     selector = _rank_selector(ctx, name)
+    tables, network_ms = _latency_tables(cell, ctx, model, layers) if selector.needs_latency else (None, None)
     selection = SelectionInput(
         argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
         method=cell.method,
         layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
                                getattr(layer, "bias", None) is not None) for path, layer in layers],
-        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)))
+        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)), latency=tables, network_ms=network_ms)
     start = time.perf_counter()
     if reference is None:
         budgets = layer_budgets(selector, selection)
@@ -170,7 +172,45 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
                                          reference_argument)
         metrics.update(matched_to=reference, matched_total=total)
     metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
+    if tables is not None:
+        predicted = network_ms - sum(t.dense_ms for t in tables) + sum(
+            b.predicted_ms if b.predicted_ms is not None else t.dense_ms for b, t in zip(budgets, tables))
+        metrics.update(latency_network_table_ms=network_ms, latency_predicted_ms=predicted,
+                       predicted_speedup=network_ms / predicted if predicted > 0 else None)
     return budgets
+
+
+def _latency_tables(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]]
+                    ) -> tuple[list[LayerLatency], float]:
+    """The latency tables of ``layers`` and the dense network's latency, as the profiling phase cached them."""
+    from harness.run.latency_tables import (
+        TableCache,
+        device_name,
+        layer_inputs,
+        network_key,
+        read_tables,
+        table_context,
+    )
+
+    config = ctx.config
+    batch = ctx.data(cell.dataset).head("test", config.latency_batch)[0]
+    shapes = layer_inputs(model, batch, [path for path, _ in layers])
+    device, library = device_name(ctx.device), ctx.host.backends[cell.backend].library_version
+    cache = TableCache(config.cache_dir)
+    try:
+        network_ms = cache.network_ms(network_key(cell.model, tuple(batch.shape), config.latency_threads, device,
+                                                  config.memory_format)[0])
+        contexts = [table_context(layer, shapes[path], cell.backend, library, config.latency_threads, device,
+                                  config.memory_format)[0] for path, layer in layers]
+        try:
+            tables = read_tables(cache, contexts)
+        except LookupError as exc:
+            raise SelectionError(str(exc)) from None
+    finally:
+        cache.close()
+    if network_ms is None:
+        raise SelectionError("no latency of the dense network: the profiling phase did not measure it")
+    return tables, network_ms
 
 
 def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
@@ -180,7 +220,7 @@ def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
     return selector
 
 
-def _call_backend(ctx: CellContext | Host, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
+def call_backend(ctx: CellContext | Host, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
     """The backend's replacement for ``layer`` (on the cell's device), the seconds it took and what it printed.
 
     ``ctx`` is a worker's context, or a bare host (a replay: on the CPU)."""
@@ -207,7 +247,7 @@ def decompose_padded(ctx: CellContext | Host, layer: nn.Linear, request: Decompo
     options = {k: v for k, v in request.options.items() if k != "tt_d"}
     request = dataclasses.replace(request, options={**options, "in_shape": list(in_factors),
                                                     "out_shape": list(out_factors)})
-    inner, seconds, printed = _call_backend(ctx, zero_padded(layer, padded_in, padded_out), request)
+    inner, seconds, printed = call_backend(ctx, zero_padded(layer, padded_in, padded_out), request)
     wrapped = PaddedLinear(inner, layer.in_features, layer.out_features, padded_in)
     wrapped.decomposition_info = {
         **(getattr(inner, "decomposition_info", {}) or {}),
@@ -248,7 +288,7 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     for method in candidates:
         start = time.perf_counter()
         try:
-            replacement, _, out = _call_backend(ctx, layer, dataclasses.replace(request, method=method))
+            replacement, _, out = call_backend(ctx, layer, dataclasses.replace(request, method=method))
         except Unsupported as exc:
             skipped[method] = str(exc).splitlines()[0] if str(exc) else "unsupported"
             continue
@@ -273,6 +313,16 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     if estimated:
         record["estimated"] = estimated
     return best, seconds, "".join(printed), record
+
+
+def _latency_info(budget: LayerBudget) -> dict[str, Any]:
+    """What a latency-aware selector said of a layer: the latency it expects and why it chose so."""
+    info: dict[str, Any] = {}
+    if budget.predicted_ms is not None:
+        info["latency_predicted_ms"] = budget.predicted_ms
+    if budget.why is not None:
+        info["why"] = budget.why
+    return info
 
 
 def _dense_row(plan: LayerPlan, layer: nn.Module, budget: int | None, reason: str) -> LayerResult:
@@ -305,7 +355,7 @@ def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[LayerResult
         if plan.padding is not None and plan.method != AUTO:
             replacement = decompose_padded(host, layer, request, plan.padding)[0]
         else:
-            replacement = _call_backend(host, layer, request)[0]
+            replacement = call_backend(host, layer, request)[0]
         _replace(model, plan.path, replacement)
 
 
@@ -323,6 +373,15 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
         if plan.dense is not None:
             rows.append(_dense_row(plan, layer, None, plan.dense))
             continue
+        if budget.dense is not None:  # the selector keeps it dense, e.g. no candidate is faster than the layer
+            row = _dense_row(plan, layer, None, budget.dense)
+            row.info.update(_latency_info(budget))
+            rows.append(row)
+            continue
+        if budget.method is not None and budget.method not in (plan.method, *plan.candidates):
+            raise SelectionError(f"the rank selector asked layer {plan.path} for {budget.method!r}, which its plan "
+                                 f"does not allow")
+        plan = dataclasses.replace(plan, method=budget.method or plan.method)
         request = layer_request(cell, plan, layer, budget.params, str(device))
         method, init, auto = plan.method, plan.init, None
         try:
@@ -332,7 +391,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             elif plan.padding is not None:
                 replacement, seconds, printed = decompose_padded(ctx, layer, request, plan.padding)
             else:
-                replacement, seconds, printed = _call_backend(ctx, layer, request)
+                replacement, seconds, printed = call_backend(ctx, layer, request)
         except Unsupported as exc:  # this layer only: the cell goes on with the rest
             reason = str(exc).splitlines()[0] if str(exc) else "unsupported"
             refused.append(f"{reason} (layer {plan.path})")
@@ -358,6 +417,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             info["recon_error_estimate"] = estimate
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
+        info.update(_latency_info(budget))
         rows.append(LayerResult(
             plan.path, plan.kind, request.dense_params, count_params(replacement), request.max_params,
             recon_error=math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), decompose_s=seconds, info=info,
@@ -368,7 +428,9 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
 
     decomposed = [row for row in rows if row.left_dense is None]
     if not decomposed:
-        raise Unsupported(refused[0] if refused else f"no layer of {cell.model} could be decomposed")
+        kept = [f"{row.layer}: {row.left_dense}" for row in rows if row.left_dense]
+        raise Unsupported(refused[0] if refused else f"no layer of {cell.model} was replaced ({'; '.join(kept)})"
+                          if kept else f"no layer of {cell.model} could be decomposed")
     params_dense = sum(row.params_dense for row in rows)
     params = sum(row.params for row in rows)
     metrics.update(

@@ -1,4 +1,4 @@
-"""The built-in rank selectors (ratio, energy, vbmf, budget, sensitivity), registered as a plugin like the models.
+"""The built-in rank selectors (ratio, energy, vbmf, budget, sensitivity, latency), registered as a plugin.
 
 Each turns a cell's trained weights into per-layer parameter budgets that every backend then fills with its own
 method, so they are priced in one *reference structure* per layer kind, independent of the cell's method: a Linear
@@ -12,13 +12,18 @@ so a layer whose spectrum decays fast gives parameters to one whose spectrum doe
 same knapsack on measured loss instead of energy: per layer and candidate rank, the training loss of the dense network
 with only that layer truncated to the reference structure (the runner's ``loss_with``). Held to another selector's
 total (``ratio@vbmf``, ``budget@vbmf``), ratio and budget run at the ratio that gives that total, and ``energy@vbmf``
-searches the largest energy share, the same for every layer, whose budgets fit it.
+searches the largest energy share, the same for every layer, whose budgets fit it. ``latency:S`` (or
+``latency:Lms``) chooses per layer a measured candidate or "keep dense" from the layers' latency tables
+(:mod:`harness.run.latency_tables`) so that the network's predicted latency meets a speedup ``S`` over dense (or
+``L`` milliseconds) with the least summed relative reconstruction error of the reference structure at each
+candidate's budget: a multiple-choice knapsack over latency. A candidate slower than its dense layer is never chosen.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -226,6 +231,106 @@ def _sensitivity_budgets(selection: SelectionInput) -> list[LayerBudget]:
     return _knapsack_budgets(selection, loss_options)
 
 
+# ----------------------------------------------------------------------------- measured latency
+
+# Latencies enter the knapsack in units of this many milliseconds (0.1 microsecond): integer costs, rounded up.
+LATENCY_UNIT_MS = 1e-4
+
+
+def parse_target(argument: str) -> tuple[str, float]:
+    """A latency target: ``"2"`` or ``"2x"`` as ``("speedup", 2.0)``, ``"3.5ms"`` as ``("ms", 3.5)``; ValueError
+    for anything else, a speedup of 1 or less, or a latency that is not positive."""
+    text = argument.strip().lower()
+    kind = "ms" if text.endswith("ms") else "speedup"
+    number = text[:-2] if kind == "ms" else text.removesuffix("x")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"the latency target {argument!r} is neither a speedup (2, 1.5x) nor a latency "
+                         "(4.2ms)") from None
+    if not math.isfinite(value) or value <= 0 or (kind == "speedup" and value <= 1):
+        raise ValueError(f"the latency target {argument!r} must be a speedup above 1 or a positive latency")
+    return kind, value
+
+
+def _reference_error(layer: SelectionLayer, method: str) -> Callable[[int], float]:
+    """The relative error of ``layer``'s reference structure filling a parameter budget: SVD for Linear layers and
+    for the svd method, Tucker-2 on the channel modes for other conv methods (the same proxy for every backend)."""
+    weight = _weight(layer)
+    reference = "svd" if layer.kind == "linear" or method == "svd" else "tucker2"
+    reconstruct = rank_selection.truncation(weight, layer.kind, reference)
+    norm = float(weight.norm())
+    if reference == "svd":
+        out_features, in_features = weight.flatten(1).shape
+        top = min(out_features, in_features)
+
+        def ranks_at(budget: int) -> Any:
+            return harness.largest_fitting(
+                lambda r: structures.svd_params(in_features, out_features, r, layer.has_bias), budget, top)
+    else:
+        def ranks_at(budget: int) -> Any:
+            return structures.tucker2_budget_ranks(_conv_shape(layer), budget)
+
+    def error(budget: int) -> float:
+        try:
+            ranks = ranks_at(budget)
+        except harness.Unsupported:
+            return 1.0
+        return float((weight - reconstruct(ranks)).norm()) / max(norm, 1e-30)
+
+    return error
+
+
+def _latency_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    tables, network_ms = selection.latency, selection.network_ms
+    if tables is None or network_ms is None:
+        raise ValueError("latency needs the layers' latency tables, and none were measured")
+    kind, value = parse_target(selection.argument or "")
+    layers_ms = sum(table.dense_ms for table in tables)
+    rest = max(0.0, network_ms - layers_ms)  # what the targeted layers do not cost: the rest of the network
+    target = network_ms / value if kind == "speedup" else value
+    choices: list[list[LayerBudget]] = []
+    options: list[list[tuple[int, float]]] = []
+    for layer, table in zip(selection.layers, tables):
+        dense = LayerBudget(layer.dense_params, dense="every candidate is slower than the dense layer",
+                            predicted_ms=table.dense_ms)
+        faster = sorted((o for o in table.options if o.ms < table.dense_ms), key=lambda o: (o.ms, -o.budget))
+        layer_choices, layer_options = [dense], [(_units(table.dense_ms), 0.0)]
+        errors = {method: _reference_error(layer, method) for method in {o.method for o in faster}}
+        for option in faster:
+            why = (f"{option.method} at {option.params} params: {option.ms:.3g} ms against {table.dense_ms:.3g} ms "
+                   f"dense ({table.dense_ms / option.ms:.2f}x)")
+            layer_choices.append(LayerBudget(option.budget, option.ranks, method=option.method,
+                                             predicted_ms=option.ms, why=why))
+            layer_options.append((_units(option.ms), -errors[option.method](option.budget)))
+        if faster:  # dense is a choice, not a refusal: say why the knapsack kept it if it does
+            layer_choices[0] = LayerBudget(layer.dense_params, dense="the target is met without replacing it",
+                                           predicted_ms=table.dense_ms)
+        choices.append(layer_choices)
+        options.append(layer_options)
+    total = math.floor((target - rest) / LATENCY_UNIT_MS)
+    fastest = [min(range(len(o)), key=lambda j: (o[j][0], -o[j][1])) for o in options]
+    if sum(o[j][0] for o, j in zip(options, fastest)) > total:
+        # Out of reach on this machine: the fastest option everywhere, which says so on every layer.
+        picked = [(j, "the target is out of reach: the fastest option") for j in fastest]
+    else:
+        picked = [(j, None) for j in rank_selection.allocate_budget(options, total, buckets=1 << 15)]
+    answer = []
+    for layer_choices, (j, note) in zip(choices, picked):
+        chosen = layer_choices[j]
+        answer.append(replace(chosen, why=f"{note}; {chosen.why or chosen.dense}" if note else chosen.why))
+    return answer
+
+
+def _units(ms: float) -> int:
+    return math.ceil(ms / LATENCY_UNIT_MS)
+
+
+def check_target(argument: str) -> None:
+    """Raise ValueError unless ``argument`` is a latency target (see :func:`parse_target`)."""
+    parse_target(argument)
+
+
 # ----------------------------------------------------------------------------- registration
 
 
@@ -243,6 +348,10 @@ SELECTORS = (
     RankSelector("sensitivity", "the ratio's total budget spread over the layers to keep the training loss lowest, "
                  "measured per layer and rank on a batch of training images", uses_ratio=True, takes_argument=False,
                  budgets=_sensitivity_budgets),
+    RankSelector("latency", "per layer a measured candidate or dense, to reach the speedup ARG (e.g. 2) or latency "
+                 "ARGms over dense on this machine with the least reconstruction error", uses_ratio=False,
+                 takes_argument=True, budgets=_latency_budgets, default_argument="2", check_argument=check_target,
+                 needs_latency=True),
 )
 
 

@@ -40,8 +40,10 @@ from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
 from harness.run.host import Host
 from harness.run.latency import NetworkLoader, measure_ort, measure_pending
+from harness.run.latency_tables import device_name
 from harness.run.models import resolve_model
 from harness.run.networks import load_cell_network
+from harness.run.profiling import needs_tables, profile_cells
 from harness.run.runner import resolve_device
 
 
@@ -52,19 +54,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_metadata(config: RunConfig, host: Host, argv: list[str], device: torch.device) -> dict[str, Any]:
@@ -166,6 +155,9 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         runnable = [c for c in pending if not c.unsupported]
         if runnable:
             _train_baselines(config, host, data, runnable, device, write)
+            profiled = needs_tables(runnable, host)
+            if profiled:  # before any worker starts: the tables are timed with nothing else running
+                profile_cells(config, host, data, planning_models, profiled, device, write)
             _dispatch(config, host, plugin_args, runnable, store)
         _latency_phase(config, host, data, run_dir, store, device, write)
     finally:

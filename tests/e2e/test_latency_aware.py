@@ -1,0 +1,116 @@
+"""The latency-aware selector: planted latency tables, the cached tables of a real run, and what a run records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from harness.cli.main import main
+from harness.contract.selection import LatencyOption, LayerLatency, SelectionInput, SelectionLayer, layer_budgets
+from harness.run.latency_tables import TABLES_FILE, TableCache, candidate_budgets, layer_inputs
+from harness.run.selectors import SELECTORS, parse_target
+
+LATENCY = {selector.name: selector for selector in SELECTORS}["latency"]
+
+
+def _layer(path: str, out_features: int = 30, in_features: int = 40, seed: int = 0) -> SelectionLayer:
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.float64)
+    return SelectionLayer(path, "linear", weight, weight.numel() + out_features, True)
+
+
+def _table(dense_ms: float, *options: tuple[int, float]) -> LayerLatency:
+    return LayerLatency(dense_ms, tuple(LatencyOption("svd", budget, budget, ms, dense_ms) for budget, ms in options))
+
+
+def _select(argument: str, tables: list[LayerLatency], network_ms: float, layers: list[SelectionLayer]):
+    return layer_budgets(LATENCY, SelectionInput(argument, None, "svd", layers, latency=tables,
+                                                 network_ms=network_ms))
+
+
+def _predicted(budgets, tables, network_ms) -> float:
+    return network_ms - sum(t.dense_ms for t in tables) + sum(b.predicted_ms for b in budgets)
+
+
+def test_the_selector_meets_a_planted_tables_target_exactly_with_the_least_error():
+    layers = [_layer("a", seed=1), _layer("b", seed=2)]
+    # Two layers of 4 ms in a 10 ms network: x2 asks for 5 ms, so the layers get 3 ms between them. Each offers a
+    # rank-8 structure (140+... params) at 1 ms and a rank-16 one at 2 ms; one of each fits exactly.
+    small, large = 8 * 70 + 30, 16 * 70 + 30
+    tables = [_table(4.0, (small, 1.0), (large, 2.0)), _table(4.0, (small, 1.0), (large, 2.0))]
+    budgets = _select("2", tables, 10.0, layers)
+    assert _predicted(budgets, tables, 10.0) == pytest.approx(5.0)
+    assert sorted(b.params for b in budgets) == [small, large]
+    assert all(b.dense is None and "against 4 ms dense" in b.why for b in budgets)
+    # A looser target gives both layers the larger structure; a target in milliseconds is read as such.
+    loose = _select("1.5", tables, 10.0, layers)
+    assert [b.params for b in loose] == [large, large]
+    assert _predicted(_select("4ms", tables, 10.0, layers), tables, 10.0) <= 4.0
+
+
+def test_a_layer_whose_every_candidate_is_slower_stays_dense_with_its_reason():
+    layers = [_layer("fast"), _layer("slow", seed=3)]
+    tables = [_table(4.0, (300, 1.0)), _table(2.0, (300, 2.5), (600, 3.0))]
+    budgets = _select("1.2", tables, 8.0, layers)
+    assert budgets[1].dense == "every candidate is slower than the dense layer"
+    assert budgets[1].params == layers[1].dense_params
+    assert budgets[0].dense is None and budgets[0].params == 300
+    # Even when the target cannot be met, a slower candidate is never taken: the fastest option there is dense.
+    unreachable = _select("100", tables, 8.0, layers)
+    assert unreachable[1].dense is not None and "out of reach" in unreachable[0].why
+
+
+def test_targets_are_parsed_and_nonsense_is_refused():
+    assert parse_target("2") == ("speedup", 2.0) and parse_target("1.5x") == ("speedup", 1.5)
+    assert parse_target("3.5ms") == ("ms", 3.5)
+    for bad in ("fast", "1", "0.5", "-2ms", "nan", "infms"):
+        with pytest.raises(ValueError):
+            parse_target(bad)
+
+
+def test_candidate_budgets_hold_hardware_friendly_ranks_below_dense():
+    linear = nn.Linear(256, 128)
+    budgets = candidate_budgets(linear, "svd")
+    dense = 256 * 128 + 128
+    assert all(0 < b < dense for b in budgets) and len(budgets) <= 16
+    assert 64 * (256 + 128) + 128 in budgets  # the rank-64 SVD, a multiple of 16
+    conv = nn.Conv2d(64, 64, 3)
+    assert all(0 < b < 64 * 64 * 9 + 64 for b in candidate_budgets(conv, "tucker2"))
+    shapes = layer_inputs(nn.Sequential(conv, nn.Flatten()), torch.zeros(2, 64, 8, 8), ["0"])
+    assert shapes == {"0": (2, 64, 8, 8)}
+
+
+def test_a_run_measures_the_tables_once_and_records_choices_and_predictions(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["run", "--models", "lenet5", "--no-train", "--datasets", "random:1x28x28", "--backends", "native",
+            "--methods", "svd", "--targets", "linear", "--rank-selection", "latency:1.01", "--latency-passes", "1",
+            "--latency-batch", "8", "--executor", "inprocess", "--cache-dir", str(cache)]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    first = capsys.readouterr().out
+    measured = int(first.split("candidates measured")[0].rsplit(": ", 1)[1])
+    assert measured > 0
+    cells = pd.read_csv(tmp_path / "one" / "cells.csv")
+    assert cells["status"].tolist() == ["ok"]
+    assert cells["predicted_speedup"].iloc[0] > 0 and cells["speedup"].notna().all()
+    layers = pd.read_csv(tmp_path / "one" / "layers.csv")
+    infos = [json.loads(info) for info in layers["info"]]
+    assert all("latency_predicted_ms" in info and info.get("why") for info in infos)
+
+    # A second run measures nothing: every entry is in the cache.
+    assert main([*args, "--out", str(tmp_path / "two")]) == 0
+    assert ": 0 candidates measured" in capsys.readouterr().out
+
+    # A damaged entry is measured again, never used; a file SQLite cannot read is replaced with a warning.
+    with sqlite3.connect(cache / TABLES_FILE) as conn:
+        conn.execute("UPDATE entries SET value = '{\"ms\": -1}' WHERE rowid = (SELECT min(rowid) FROM entries)")
+    assert main([*args, "--out", str(tmp_path / "three")]) == 0
+    assert ": 1 candidates measured" in capsys.readouterr().out
+    (cache / TABLES_FILE).write_bytes(b"not a database" * 100)
+    table = TableCache(cache, write=print)
+    table.close()
+    assert "cannot be read" in capsys.readouterr().out

@@ -44,7 +44,8 @@ API = {
     # what a report reads and the tables, findings and plots every report shows alike
     "harness.results.store": ("RunResults",),
     "harness.plan.cells": ("not_planned_summary",),
-    "harness.results.findings": ("Finding", "all_findings", "best_networks"),
+    "harness.results.findings": (
+        "Finding", "all_findings", "best_networks", "faster_than_dense_sentence", "verdict_lines"),
     "harness.results.plots": ("PLOTS", "nothing_to_show", "to_png"),
     "harness.results.tables": (
         "BUDGET_FILL", "CELL_COLUMNS", "EPOCH_COLUMNS", "TABLES", "TERMINAL_ROWS", "budget_deviations",

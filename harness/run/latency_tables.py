@@ -268,15 +268,15 @@ def network_latency(cache: TableCache, key: tuple[str, str], model: nn.Module, b
     return ms
 
 
-def read_tables(cache: TableCache, contexts: Sequence[str]) -> list[LayerLatency]:
-    """The tables of a cell's layers, one per context, or ``LookupError`` naming the first layer without one."""
+def read_tables(cache: TableCache, contexts: Sequence[str], methods: Sequence[Sequence[str]]) -> list[LayerLatency]:
+    """The tables of a cell's layers, one per context and limited to that layer's ``methods``, or ``LookupError``
+    naming the first layer without one."""
     tables = []
-    for index, context in enumerate(contexts):
-        options = cache.options(context)
+    for index, (context, allowed) in enumerate(zip(contexts, methods)):
+        options = [option for option in cache.options(context) if option.method in allowed]
         if not options:
-            raise LookupError(f"no latency table for targeted layer {index}: the profiling phase did not measure it")
+            raise LookupError(f"no latency table for targeted layer {index} ({', '.join(allowed)}): the profiling "
+                              "phase did not measure it")
         dense_ms = _median([o.dense_ms for o in options])
         tables.append(LayerLatency(dense_ms, tuple(options)))
     return tables
-
-

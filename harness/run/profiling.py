@@ -86,9 +86,14 @@ def profile_cells(config: RunConfig, host: Host, data: dict[str, Data], networks
                             candidate = call_backend(host, layer, request)[0]
                         return in_memory_format(candidate.to(device), x, config.memory_format)[0]
 
-                    measured += profile_layer(cache, context, layer, x, layer_methods(plan), build)
-                    layers += 1
+                    layer_start = time.perf_counter()
+                    count = profile_layer(cache, context, layer, x, layer_methods(plan), build)
+                    measured, layers = measured + count, layers + 1
                     bar.update(1)
+                    if bar.disable:  # no terminal: a line per layer, so a long phase is never silent
+                        write(f"latency table {layers}/{bar.total}: {cell.model} {plan.path} "
+                              f"({', '.join(layer_methods(plan))}): {count} candidates measured in "
+                              f"{time.perf_counter() - layer_start:.1f} s")
     finally:
         cache.close()
         torch.set_num_threads(threads)

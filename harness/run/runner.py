@@ -187,6 +187,7 @@ def _latency_tables(cell: Cell, ctx: CellContext, model: nn.Module, layers: list
         TableCache,
         device_name,
         layer_inputs,
+        layer_methods,
         network_key,
         read_tables,
         table_context,
@@ -202,8 +203,9 @@ def _latency_tables(cell: Cell, ctx: CellContext, model: nn.Module, layers: list
                                                   config.memory_format)[0])
         contexts = [table_context(layer, shapes[path], cell.backend, library, config.latency_threads, device,
                                   config.memory_format)[0] for path, layer in layers]
+        plans = {plan.path: plan for plan in cell.layers}
         try:
-            tables = read_tables(cache, contexts)
+            tables = read_tables(cache, contexts, [layer_methods(plans[path]) for path, _ in layers])
         except LookupError as exc:
             raise SelectionError(str(exc)) from None
     finally:

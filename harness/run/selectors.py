@@ -22,7 +22,7 @@ candidate's budget: a multiple-choice knapsack over latency. A candidate slower 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import harness
-from harness.contract.selection import LayerBudget, RankSelector, SelectionInput, SelectionLayer
+from harness.contract.selection import LayerBudget, LayerLatency, RankSelector, SelectionInput, SelectionLayer
 from harness.tensor import spectra as rank_selection
 from harness.tensor import structures
 
@@ -282,6 +282,16 @@ def _reference_error(layer: SelectionLayer, method: str) -> Callable[[int], floa
 
 
 def _latency_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    return _latency_plan(selection, None)
+
+
+def _latency_ratio_budgets(selection: SelectionInput) -> list[LayerBudget]:
+    return _latency_plan(selection, sum(math.floor(layer.dense_params / selection.ratio) for layer in selection.layers))
+
+
+def _latency_plan(selection: SelectionInput, max_params: int | None) -> list[LayerBudget]:
+    """Per layer a measured candidate or dense, meeting the latency target with the least summed reference error;
+    with ``max_params``, also within that many parameters in all (a Lagrange multiplier on parameters, searched)."""
     tables, network_ms = selection.latency, selection.network_ms
     if tables is None or network_ms is None:
         raise ValueError("latency needs the layers' latency tables, and none were measured")
@@ -289,34 +299,59 @@ def _latency_budgets(selection: SelectionInput) -> list[LayerBudget]:
     layers_ms = sum(table.dense_ms for table in tables)
     rest = max(0.0, network_ms - layers_ms)  # what the targeted layers do not cost: the rest of the network
     target = network_ms / value if kind == "speedup" else value
-    choices: list[list[LayerBudget]] = []
-    options: list[list[tuple[int, float]]] = []
-    for layer, table in zip(selection.layers, tables):
-        dense = LayerBudget(layer.dense_params, dense="every candidate is slower than the dense layer",
-                            predicted_ms=table.dense_ms)
-        faster = sorted((o for o in table.options if o.ms < table.dense_ms), key=lambda o: (o.ms, -o.budget))
-        layer_choices, layer_options = [dense], [(_units(table.dense_ms), 0.0)]
-        errors = {method: _reference_error(layer, method) for method in {o.method for o in faster}}
-        for option in faster:
-            why = (f"{option.method} at {option.params} params: {option.ms:.3g} ms against {table.dense_ms:.3g} ms "
-                   f"dense ({table.dense_ms / option.ms:.2f}x)")
-            layer_choices.append(LayerBudget(option.budget, option.ranks, method=option.method,
-                                             predicted_ms=option.ms, why=why))
-            layer_options.append((_units(option.ms), -errors[option.method](option.budget)))
-        if faster:  # dense is a choice, not a refusal: say why the knapsack kept it if it does
-            layer_choices[0] = LayerBudget(layer.dense_params, dense="the target is met without replacing it",
-                                           predicted_ms=table.dense_ms)
-        choices.append(layer_choices)
-        options.append(layer_options)
+    choices, options = zip(*(_layer_options(layer, table, max_params is not None)
+                             for layer, table in zip(selection.layers, tables)))
     total = math.floor((target - rest) / LATENCY_UNIT_MS)
-    fastest = [min(range(len(o)), key=lambda j: (o[j][0], -o[j][1])) for o in options]
-    if sum(o[j][0] for o, j in zip(options, fastest)) > total:
+    fastest = [min(range(len(o)), key=lambda j: (o[j][0], -o[j][1])) for o, _ in options]
+    if sum(o[j][0] for (o, _), j in zip(options, fastest)) > total:
         # Out of reach on this machine: the fastest option everywhere, which says so on every layer.
-        picked = [(j, "the target is out of reach: the fastest option") for j in fastest]
-    else:
-        picked = [(j, None) for j in rank_selection.allocate_budget(options, total, buckets=1 << 15)]
+        return _answer(choices, fastest, "the latency target is out of reach: the fastest option")
+    scale = sum(layer.dense_params for layer in selection.layers)
+
+    def allocate(multiplier: float) -> tuple[list[int], int]:
+        priced = [[(ms, value - multiplier * p / scale) for (ms, value), p in zip(o, params)] for o, params in options]
+        picked = rank_selection.allocate_budget(priced, total, buckets=1 << 15)
+        return picked, sum(params[j] for (_, params), j in zip(options, picked))
+
+    picked, spent = allocate(0.0)
+    if max_params is None or spent <= max_params:
+        return _answer(choices, picked, None)
+    high = 1.0
+    while allocate(high)[1] > max_params and high < 1e9:
+        high *= 4
+    if allocate(high)[1] > max_params:
+        return _answer(choices, allocate(high)[0], "the parameter budget is out of reach at this latency target")
+    low = high / 4 if high > 1.0 else 0.0
+    for _ in range(30):  # the smallest multiplier that fits: the least error the parameter budget allows
+        middle = (low + high) / 2
+        low, high = (middle, high) if allocate(middle)[1] > max_params else (low, middle)
+    return _answer(choices, allocate(high)[0], None)
+
+
+def _layer_options(layer: SelectionLayer, table: LayerLatency, with_slower: bool
+                   ) -> tuple[list[LayerBudget], tuple[list[tuple[int, float]], list[int]]]:
+    """A layer's choices (dense first) and their knapsack options ``(latency units, -error)`` with their parameters.
+    A candidate slower than the dense layer is a choice only when a parameter budget may need it (``with_slower``)."""
+    faster = [o for o in table.options if o.ms < table.dense_ms]
+    usable = sorted(table.options if with_slower else faster, key=lambda o: (o.ms, -o.budget))
+    reason = "the target is met without replacing it" if faster else "every candidate is slower than the dense layer"
+    choices = [LayerBudget(layer.dense_params, dense=reason, predicted_ms=table.dense_ms)]
+    options, params = [(_units(table.dense_ms), 0.0)], [layer.dense_params]
+    errors = {method: _reference_error(layer, method) for method in {o.method for o in usable}}
+    for option in usable:
+        slower = " (slower than dense: taken for the parameter budget)" if option.ms >= table.dense_ms else ""
+        why = (f"{option.method} at {option.params} params: {option.ms:.3g} ms against {table.dense_ms:.3g} ms "
+               f"dense ({table.dense_ms / option.ms:.2f}x){slower}")
+        choices.append(LayerBudget(option.budget, option.ranks, method=option.method, predicted_ms=option.ms,
+                                   why=why))
+        options.append((_units(option.ms), -errors[option.method](option.budget)))
+        params.append(option.params)
+    return choices, (options, params)
+
+
+def _answer(choices: Sequence[list[LayerBudget]], picked: Sequence[int], note: str | None) -> list[LayerBudget]:
     answer = []
-    for layer_choices, (j, note) in zip(choices, picked):
+    for layer_choices, j in zip(choices, picked):
         chosen = layer_choices[j]
         answer.append(replace(chosen, why=f"{note}; {chosen.why or chosen.dense}" if note else chosen.why))
     return answer
@@ -352,6 +387,9 @@ SELECTORS = (
                  "ARGms over dense on this machine with the least reconstruction error", uses_ratio=False,
                  takes_argument=True, budgets=_latency_budgets, default_argument="2", check_argument=check_target,
                  needs_latency=True),
+    RankSelector("latency-ratio", "as latency, and within the ratio's parameter total (dense / ratio over the "
+                 "layers)", uses_ratio=True, takes_argument=True, budgets=_latency_ratio_budgets,
+                 default_argument="2", check_argument=check_target, needs_latency=True),
 )
 
 

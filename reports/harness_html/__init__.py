@@ -29,8 +29,8 @@ import pandas as pd
 import harness
 from harness import (BUDGET_FILL, PLOTS, budget_deviations, constant_columns, control_table, dense_baselines,
                      failed_table, layer_ranks_table, same_in_every_row, summary_table, unsupported_summary,
-                     unsupported_table, Finding, RunResults, all_findings, best_networks, not_planned_summary,
-                     nothing_to_show, to_png)
+                     unsupported_table, Finding, RunResults, all_findings, best_networks, faster_than_dense_sentence,
+                     not_planned_summary, nothing_to_show, to_png)
 
 SUMMARY = {
     "acc_decomposed": "acc after decomp %",
@@ -100,14 +100,14 @@ def _table(frame: pd.DataFrame | None, table_id: str, drop_constant: bool = Fals
 
 
 def with_export_commands(answer: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """The answer rows with the ``harness export`` command that writes each network (when the run kept it)
-    in place of its cell id."""
+    """The answer rows with the ``harness export`` command that writes each network (when the run kept it), in a
+    format the cell is known to export to, in place of its cell id."""
     if answer.empty:
         return answer
-    commands = [f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format onnx" if kept
+    commands = [f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format {fmt}" if kept
                 else "not kept: run with --save-models to export it"
-                for cell, kept in zip(answer["cell_id"], answer["kept"])]
-    return answer.drop(columns=["cell_id", "kept"]).assign(**{"take it home": commands})
+                for cell, kept, fmt in zip(answer["cell_id"], answer["kept"], answer["export_format"])]
+    return answer.drop(columns=["cell_id", "kept", "export_format"]).assign(**{"take it home": commands})
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -244,6 +244,9 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
     answer = with_export_commands(best_networks(results.comparable), results.run_dir)
     answer_html = (_table(answer, "best-networks-table") if not answer.empty
                    else '<p class="muted">No ok decomposed network: nothing to recommend.</p>')
+    slower = faster_than_dense_sentence(results.comparable)
+    if slower:
+        answer_html = f'<p class="verdict">{html.escape(slower)}</p>' + answer_html
     body = "\n".join([
         ("<header><h1>Tensor-decomposition comparison</h1>"
          f'<p class="muted">{html.escape(str(results.meta.get("command", "")))}</p></header>'),

@@ -168,6 +168,12 @@ def harness_terminal_summary(results: RunResults, write: Callable[[str], None]) 
         write("")
         write("dense control:")
         write(_format(control, "simple"))
+    verdict = harness.verdict_lines(results.comparable)
+    if verdict:
+        write("")
+        write("verdict (the best compressed networks; report.html has the table):")
+        for line in verdict:
+            write(f"  {line}")
     counts = cells["status"].value_counts().to_dict()
     not_planned = not_planned_summary(results.meta.get("not_planned") or [])
     if not_planned:

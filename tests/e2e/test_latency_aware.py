@@ -16,6 +16,7 @@ from harness.run.latency_tables import TABLES_FILE, TableCache, candidate_budget
 from harness.run.selectors import SELECTORS, parse_target
 
 LATENCY = {selector.name: selector for selector in SELECTORS}["latency"]
+LATENCY_RATIO = {selector.name: selector for selector in SELECTORS}["latency-ratio"]
 
 
 def _layer(path: str, out_features: int = 30, in_features: int = 40, seed: int = 0) -> SelectionLayer:
@@ -63,6 +64,21 @@ def test_a_layer_whose_every_candidate_is_slower_stays_dense_with_its_reason():
     # Even when the target cannot be met, a slower candidate is never taken: the fastest option there is dense.
     unreachable = _select("100", tables, 8.0, layers)
     assert unreachable[1].dense is not None and "out of reach" in unreachable[0].why
+
+
+def test_with_the_ratio_the_plan_also_keeps_within_the_parameter_total():
+    layers = [_layer("a", seed=1), _layer("b", seed=2)]  # 30x40 + 30 = 1230 dense parameters each
+    small, large = 8 * 70 + 30, 16 * 70 + 30
+    tables = [_table(4.0, (small, 1.0), (large, 2.0)), _table(4.0, (small, 1.0), (large, 2.0))]
+    loose = layer_budgets(LATENCY, SelectionInput("1.5", None, "svd", layers, latency=tables, network_ms=10.0))
+    assert [b.params for b in loose] == [large, large]
+    # x1.4 in parameters allows 2 * 878 = 1756: one large and one small structure (1740), not two large ones.
+    ratio = layer_budgets(LATENCY_RATIO, SelectionInput("1.5", 1.4, "svd", layers, latency=tables, network_ms=10.0))
+    assert sorted(b.params for b in ratio) == [small, large]
+    # A layer with no faster candidate may take a slower, smaller one when the parameter total needs it, and says so.
+    slow = [_table(4.0, (small, 1.0)), _table(1.0, (small, 1.5))]
+    forced = layer_budgets(LATENCY_RATIO, SelectionInput("1.01", 2.0, "svd", layers, latency=slow, network_ms=6.0))
+    assert forced[1].dense is None and "taken for the parameter budget" in forced[1].why
 
 
 def test_targets_are_parsed_and_nonsense_is_refused():
@@ -114,3 +130,15 @@ def test_a_run_measures_the_tables_once_and_records_choices_and_predictions(tmp_
     table = TableCache(cache, write=print)
     table.close()
     assert "cannot be read" in capsys.readouterr().out
+
+
+def test_a_layers_table_holds_only_the_methods_its_plan_allows(tmp_path):
+    from harness.run.latency_tables import read_tables
+
+    cache = TableCache(tmp_path)
+    for method, budget in (("svd", 100), ("tucker2", 120)):
+        cache.add("layer", LatencyOption(method, budget, budget, 1.0, 2.0), "a layer")
+    assert [o.method for o in read_tables(cache, ["layer"], [("tucker2",)])[0].options] == ["tucker2"]
+    with pytest.raises(LookupError, match="no latency table for targeted layer 0 .cp."):
+        read_tables(cache, ["layer"], [("cp",)])
+    cache.close()

@@ -39,7 +39,7 @@ from harness.results.findings.common import SINGLE_SEED_TIE_PP, Finding, above_b
 from harness.results.findings.decomposition_time import decomposition_time
 from harness.results.findings.measurement import measurement_problems
 from harness.results.findings.mixed import mixed_vs_single
-from harness.results.findings.networks import WITHIN_DENSE_PP, best_networks
+from harness.results.findings.networks import WITHIN_DENSE_PP, best_networks, faster_than_dense_sentence, verdict_lines
 from harness.results.findings.rank_selection import rank_selection_at_equal_params
 from harness.results.findings.recovery import recovery
 from harness.results.findings.regime import regime
@@ -51,7 +51,7 @@ from harness.results.store import RunResults
 __all__ = ["FINDERS", "MIXED", "SINGLE_SEED_TIE_PP", "WITHIN_DENSE_PP", "Finding", "above_bound", "all_findings",
            "at_chance", "best_backends", "best_networks", "categories", "control_stability", "decomposition_time",
            "measurement_problems", "mixed_vs_single", "rank_selection_at_equal_params", "recovery", "regime",
-           "speedup_vs_flops", "target_payoff", "trusted_speedups"]
+           "speedup_vs_flops", "target_payoff", "trusted_speedups", "faster_than_dense_sentence", "verdict_lines"]
 
 
 FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Finding]]] = [

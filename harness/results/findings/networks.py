@@ -1,4 +1,16 @@
-"""The best compressed networks: the answer table's rows."""
+"""The best compressed networks: the answer table's rows, and the one-line verdict of a run.
+
+Each row names one configuration (means over its seeds) chosen from the comparable decomposed cells for one
+constraint: the most accurate at or above each compression the run aimed at (of the decomposed layers, as the
+constraint says; a budget filled to 98 % counts), the fastest within :data:`WITHIN_DENSE_PP` points of dense, and
+the smallest whole network within that many points that is not slower than dense (in a data-free run, the fastest
+and the smallest not slower). Accuracy ties (equal to two decimals) go to the faster network, then to the smaller
+whole network. Every row shows the whole model's compression and parameters beside the decomposed layers', and its
+speedup says "slower than dense" where it is below 1, so a row never recommends a slower network unannounced.
+Speedups above their FLOP bound are not trusted (see ``measurement_problems``). ``export_format`` is a format the
+row's cell is known to export to: ONNX when the run's ONNX Runtime phase exported it, otherwise ``pt``, the state
+dict that the quiet latency phase already rebuilt and ran.
+"""
 
 from __future__ import annotations
 
@@ -11,51 +23,120 @@ from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, wit
 from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups
 
 WITHIN_DENSE_PP = 1.0
+# A ratio target is met within rounding: a x4 cell at 3.99x (a layer kept dense, a budget not filled) answers ">= x4".
+REACHED = 0.98
+SLOWER = "slower than dense"
+
+
+def _speed_text(value: Any) -> str:
+    text = _times(value)
+    return f"{text} ({SLOWER})" if pd.notna(value) and float(value) < 1.0 else text
+
+
+def _params_text(value: Any) -> str:
+    if pd.isna(value):
+        return "–"
+    value = float(value)
+    return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k" if value >= 1e3 else f"{value:.0f}"
+
+
+def _with_model_compression(cells: pd.DataFrame) -> pd.DataFrame:
+    out = cells.copy()
+    dense = pd.to_numeric(out.get("model_params_dense"), errors="coerce")
+    params = pd.to_numeric(out.get("model_params"), errors="coerce")
+    out["model_compression"] = dense / params
+    out["model_params"] = params
+    return out
 
 
 def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
-    """The answer a user came for, one row per constraint: the most accurate configuration at or above each
-    compression the run aimed at, and the fastest one within :data:`WITHIN_DENSE_PP` points of dense (the
-    fastest at all, for a data-free run). Means over seeds of comparable decomposed cells; speedups above their
-    FLOP bound are not trusted (see :func:`measurement_problems`). With the ONNX Runtime speedup when the run
-    measured it, and ``cell_id`` (the configuration's best seed by the row's criterion) with ``kept`` (whether
-    the run kept its network for ``harness export``) for the command that takes it home."""
+    """The answer a user came for, one row per constraint (see the module docstring), with ``cell_id`` (the
+    configuration's best seed by the row's criterion), ``kept`` (whether the run kept its network for ``harness
+    export``) and ``export_format`` for the command that takes it home."""
     ok = decomposed_ok(cells)
     if ok.empty:
         return pd.DataFrame()
+    ok = _with_model_compression(ok)
     group = COMPARE + ["backend"]
     has_ort = "ort_speedup" in ok.columns and pd.to_numeric(ok["ort_speedup"], errors="coerce").notna().any()
-    metrics = ["acc_final", "delta", "compression", "speedup"] + (["ort_speedup"] if has_ort else [])
+    metrics = (["acc_final", "delta", "compression", "model_compression", "model_params", "speedup"]
+               + (["ort_speedup"] if has_ort else []))
     summary = seed_summary(with_delta(ok), metrics, group)
     trusted = seed_summary(trusted_speedups(ok), ["speedup"], group)[group + ["speedup_mean"]]
     summary = summary.drop(columns=["speedup_mean", "speedup_std"]).merge(trusted, on=group, how="left")
+    summary["acc_rounded"] = summary["acc_final_mean"].round(2)
     rows = []
 
     def row(constraint: str, pick: pd.Series, by: str) -> dict[str, Any]:
         seeds = ok[(ok[group].astype(str) == pick[group].astype(str).values).all(axis=1)]
         seeds = seeds[pd.to_numeric(seeds[by], errors="coerce").notna()] if by in seeds.columns else seeds
-        chosen = seeds.loc[pd.to_numeric(seeds[by], errors="coerce").idxmax()] if not seeds.empty else None
+        higher = by != "model_params"
+        values = pd.to_numeric(seeds[by], errors="coerce") if by in seeds.columns else pd.Series(dtype=float)
+        chosen = (seeds.loc[values.idxmax() if higher else values.idxmin()] if not seeds.empty and values.notna().any()
+                  else (seeds.iloc[0] if not seeds.empty else None))
         out = {"constraint": constraint, "backend": pick["backend"], "method": pick["method"],
                "target": pick["target"], "ratio": _ratio_or_total(pick["ratio"]), "init": pick["init"],
-               "compression ×": _times(pick["compression_mean"]),
+               "compression × (decomposed layers)": _times(pick["compression_mean"]),
+               "compression × (whole model)": _times(pick["model_compression_mean"]),
+               "params (whole model)": _params_text(pick["model_params_mean"]),
                "final accuracy %": mean_std(pick["acc_final_mean"], pick["acc_final_std"], pick["n"]),
-               "Δ vs dense pp": _pp(pick["delta_mean"], signed=True), "speedup ×": _times(pick["speedup_mean"])}
+               "Δ vs dense pp": _pp(pick["delta_mean"], signed=True), "speedup ×": _speed_text(pick["speedup_mean"])}
         if has_ort:
-            out["ORT speedup ×"] = _times(pick["ort_speedup_mean"])
+            out["ORT speedup ×"] = _speed_text(pick["ort_speedup_mean"])
         out["cell_id"] = chosen["cell_id"] if chosen is not None else None
         out["kept"] = bool(chosen is not None and isinstance(chosen.get("model_file"), str))
+        out["export_format"] = ("onnx" if chosen is not None and isinstance(chosen.get("onnx_file"), str)
+                                else "pt")
         return out
+
+    def first(frame: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
+        return frame.sort_values(keys, ascending=ascending, na_position="last").iloc[0]
 
     has_accuracy = summary["acc_final_mean"].notna().any()
     for ratio in sorted(r for r in summary["ratio"].unique() if float(r) != NO_RATIO):
-        reach = summary[summary["compression_mean"] >= float(ratio) * 0.98]  # a budget filled to 98 % counts
+        reach = summary[summary["compression_mean"] >= float(ratio) * REACHED]
+        constraint = f"≥ ×{float(ratio):g} compression of the decomposed layers"
         if has_accuracy and reach["acc_final_mean"].notna().any():
-            # Equal accuracy: the smaller network is the better answer.
-            best = reach.sort_values(["acc_final_mean", "compression_mean"], ascending=False).iloc[0]
-            rows.append(row(f"most accurate at ≥ ×{float(ratio):g} compression", best, "acc_final"))
-    fast = summary[summary["delta_mean"] >= -WITHIN_DENSE_PP] if has_accuracy else summary
-    if fast["speedup_mean"].notna().any():
-        label = (f"fastest within {WITHIN_DENSE_PP:g} point of dense accuracy" if has_accuracy
-                 else "fastest (no accuracy in a data-free run)")
-        rows.append(row(label, fast.loc[fast["speedup_mean"].idxmax()], "speedup"))
+            # Equal accuracy: the faster network is the better answer, then the smaller one.
+            best = first(reach.dropna(subset=["acc_final_mean"]), ["acc_rounded", "speedup_mean", "model_compression_mean"],
+                         [False, False, False])
+            rows.append(row(f"most accurate at {constraint}", best, "acc_final"))
+        elif not has_accuracy and reach["speedup_mean"].notna().any():
+            rows.append(row(f"fastest at {constraint}", first(reach, ["speedup_mean", "model_compression_mean"],
+                                                               [False, False]), "speedup"))
+    near = summary[summary["delta_mean"] >= -WITHIN_DENSE_PP] if has_accuracy else summary
+    within = f" within {WITHIN_DENSE_PP:g} point of dense accuracy" if has_accuracy else ""
+    if near["speedup_mean"].notna().any():
+        label = f"fastest{within}" if has_accuracy else "fastest (no accuracy in a data-free run)"
+        rows.append(row(label, first(near, ["speedup_mean", "model_compression_mean"], [False, False]), "speedup"))
+    not_slower = near[near["speedup_mean"] >= 1.0]
+    if not not_slower.empty:
+        rows.append(row(f"smallest whole network{within} and not slower than dense",
+                        first(not_slower, ["model_params_mean", "speedup_mean"], [True, False]), "model_params"))
     return pd.DataFrame(rows)
+
+
+def faster_than_dense_sentence(cells: pd.DataFrame) -> str:
+    """One sentence when no comparable decomposed network measured faster than dense on this machine, else ""."""
+    ok = decomposed_ok(cells)
+    if ok.empty:
+        return ""
+    speed = pd.to_numeric(trusted_speedups(ok)["speedup"], errors="coerce").dropna()
+    if speed.empty or (speed > 1.0).any():
+        return ""
+    return (f"No decomposed network ran faster than dense on this machine: the fastest measured {speed.max():.2f}× "
+            "(try --rank-selection latency:S, which keeps every layer whose candidates are slower dense).")
+
+
+def verdict_lines(cells: pd.DataFrame) -> list[str]:
+    """The answer table as a few lines for the end of a run: one per row, then the sentence above if it applies."""
+    answer = best_networks(cells)
+    lines = []
+    for _, pick in answer.iterrows():
+        accuracy = pick["final accuracy %"]
+        accuracy = "" if accuracy == "–" else f", accuracy {accuracy} %"
+        lines.append(f"{pick['constraint']}: {pick['backend']} {pick['method']} on {pick['target']}{accuracy}, "
+                     f"whole model {pick['compression × (whole model)']} smaller, speedup {pick['speedup ×']} "
+                     f"({pick['cell_id']})")
+    sentence = faster_than_dense_sentence(cells)
+    return lines + ([sentence] if sentence else [])

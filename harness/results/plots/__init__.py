@@ -43,6 +43,7 @@ from harness.results.plots.common import (
 )
 from harness.results.plots.overview import (
     accuracy_vs_compression,
+    accuracy_vs_latency,
     decomposition_time,
     epoch_curves,
     speedup_vs_compression,
@@ -51,7 +52,7 @@ from harness.results.plots.overview import (
 from harness.results.plots.studies import accuracy_vs_rank, rank_selection_study, tensorize_sweep
 from harness.results.store import RunResults
 
-__all__ = ["EPOCH_MIN_SPAN", "NOTHING_TO_SHOW", "PLOTS", "accuracy_vs_compression", "accuracy_vs_rank",
+__all__ = ["EPOCH_MIN_SPAN", "NOTHING_TO_SHOW", "PLOTS", "accuracy_vs_compression", "accuracy_vs_latency", "accuracy_vs_rank",
            "backend_colours", "decomposition_time", "epoch_curves", "nothing_to_show", "rank_selection_study",
            "speedup_vs_compression", "summary_single_seed", "target_comparison", "tensorize_sweep", "to_png"]
 
@@ -60,6 +61,10 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
     "accuracy_vs_compression": (lambda r: accuracy_vs_compression(r.comparable),
                                 ("Final accuracy against the achieved compression of the decomposed layers, one "
                                 "panel per method; lines are each backend's Pareto front.")),
+    "accuracy_vs_latency": (lambda r: accuracy_vs_latency(r.comparable),
+                            ("Final accuracy (whole-model compression in a data-free run) against the measured latency "
+                             "of the whole network; the black vertical line is the dense network's latency: a point "
+                             "left of it is faster than dense.")),
     "speedup_vs_compression": (lambda r: speedup_vs_compression(r.comparable),
                                ("Measured whole-network latency speedup against compression, one panel per target; "
                                "the grey dashed line is the speedup the FLOP reduction alone would give.")),

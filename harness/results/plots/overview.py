@@ -118,6 +118,48 @@ def speedup_vs_compression(cells: pd.DataFrame) -> Figure:
     return figure
 
 
+def accuracy_vs_latency(cells: pd.DataFrame) -> Figure:
+    """Final accuracy (whole-model compression in a data-free run) against measured whole-network latency, one panel
+    per model and dataset, with the dense network's latency and accuracy as black lines: what is left of the dense
+    line is faster, what is above the dotted one more accurate."""
+    ok = decomposed_ok(cells)
+    has_accuracy = not ok.empty and pd.to_numeric(ok.get("acc_final"), errors="coerce").notna().any()
+    y_name = "final test accuracy %" if has_accuracy else "compression × (whole model)"
+    title = f"{'Final accuracy' if has_accuracy else 'Whole-model compression'} vs measured latency (mean over seeds)"
+    if ok.empty or pd.to_numeric(ok.get("latency_ms"), errors="coerce").notna().sum() == 0:
+        return _empty(title, "No ok decomposed cells with a measured latency.")
+    ok = ok.assign(model_compression=pd.to_numeric(ok["model_params_dense"], errors="coerce")
+                   / pd.to_numeric(ok["model_params"], errors="coerce"))
+    y = "acc_final" if has_accuracy else "model_compression"
+    colours = backend_colours(cells["backend"].unique())
+    panels, notes = _panels(ok, ["model", "dataset"])
+    figure, axes = _figure(len(panels), 3, 3.2)
+    for axis, (name, panel) in zip(axes, panels):
+        summary = seed_summary(panel, ["latency_ms", "latency_dense_ms", y],
+                               ["backend", "method", "target", "init", "ratio", "rank_selection", "tensorize"])
+        axis.axvline(summary["latency_dense_ms_mean"].median(), color="black", linewidth=0.9)
+        if has_accuracy:
+            _dense_lines(axis, cells, panel, control=False)
+        for (backend, target), points in summary.groupby(["backend", "target"]):
+            axis.plot(points["latency_ms_mean"], points[f"{y}_mean"], TARGET_MARKERS.get(target, "D"),
+                      color=colours[backend], linestyle="none", markersize=5)
+        axis.set_xscale("log")
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("latency ms (whole network, log)")
+        axis.set_ylabel(y_name)
+        axis.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colours[b], marker="o", linestyle="none", label=b)
+               for b in sorted(ok["backend"].unique())]
+    handles += [Line2D([], [], color="gray", marker=TARGET_MARKERS.get(t, "D"), linestyle="none", label=f"target {t}")
+                for t in sorted(ok["target"].unique())]
+    handles.append(Line2D([], [], color="black", linewidth=0.9, label="dense latency"))
+    figure.legend(handles=handles + (_dense_legend(cells)[:1] if has_accuracy else []), loc="outside right upper",
+                  fontsize=8)
+    figure.suptitle(title, fontsize=11)
+    _note(figure, notes)
+    return figure
+
+
 def epoch_curves(cells: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
     """Test accuracy per epoch at the run's median ratio, decomposed backends vs the dense control."""
     ok = decomposed_ok(cells)

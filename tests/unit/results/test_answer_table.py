@@ -1,0 +1,82 @@
+"""The answer table on planted cells: slower rows flagged, whole-model size shown, ties broken by speed then size,
+exports offered only in a format the cell is known to export to, and the sentence when nothing beats dense."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.results.findings import best_networks, faster_than_dense_sentence, verdict_lines
+
+
+def _cell(backend: str, method: str, *, acc: float, speedup: float, compression: float = 4.1,
+          model_params: int = 20_000, ratio: float = 4.0, target: str = "conv", **extra) -> dict:
+    return {"cell_id": f"{backend}/lenet5/mnist/{method}/{target}/x{ratio:g}/s0", "status": "ok", "budget_ok": True,
+            "backend": backend, "model": "lenet5", "dataset": "mnist", "method": method, "target": target,
+            "init": "decompose", "ratio": ratio, "rank_selection": "ratio", "tensorize": "", "seed": 0,
+            "acc_final": acc, "acc_baseline": 97.0, "compression": compression, "speedup": speedup,
+            "flop_speedup": 10.0, "model_params_dense": 60_000, "model_params": model_params,
+            "model_file": f"models/{backend}-{method}.pt", **extra}
+
+
+def _answer(*cells: dict) -> pd.DataFrame:
+    return best_networks(pd.DataFrame(list(cells)))
+
+
+def _row(answer: pd.DataFrame, starts: str) -> pd.Series:
+    return answer[answer["constraint"].str.startswith(starts)].iloc[0]
+
+
+def test_a_row_slower_than_dense_says_so_and_every_row_shows_the_whole_model():
+    answer = _answer(_cell("tednet", "btt", acc=96.9, speedup=0.02, target="linear"),
+                     _cell("native", "tucker2", acc=96.5, speedup=1.3, model_params=30_000))
+    most = _row(answer, "most accurate at ≥ ×4 compression of the decomposed layers")
+    assert most["backend"] == "tednet" and most["speedup ×"] == "0.02× (slower than dense)"
+    assert all(answer["compression × (whole model)"] != "–") and "params (whole model)" in answer.columns
+    assert most["compression × (whole model)"] == "3.00×"
+    for _, row in answer.iterrows():  # a speedup below 1 never appears without its flag
+        value = float(row["speedup ×"].split("×")[0])
+        assert value >= 1 or "slower than dense" in row["speedup ×"]
+
+
+def test_accuracy_ties_go_to_the_faster_then_the_smaller_network():
+    answer = _answer(_cell("slow", "svd", acc=96.5, speedup=0.9),
+                     _cell("fast", "svd", acc=96.5, speedup=1.4),
+                     _cell("fast-big", "svd", acc=96.5, speedup=1.4, model_params=50_000))
+    assert _row(answer, "most accurate at ≥ ×4")["backend"] == "fast"
+
+
+def test_fastest_and_smallest_not_slower_rows_within_a_point_of_dense():
+    answer = _answer(_cell("a", "svd", acc=96.8, speedup=1.1, model_params=40_000),
+                     _cell("b", "svd", acc=96.5, speedup=1.6, model_params=30_000),
+                     _cell("c", "svd", acc=96.6, speedup=0.8, model_params=10_000),  # smallest, but slower
+                     _cell("d", "svd", acc=90.0, speedup=3.0, model_params=5_000))  # fast and small, 7 points off
+    assert _row(answer, "fastest within 1 point")["backend"] == "b"
+    assert _row(answer, "smallest whole network within 1 point of dense accuracy and not slower")["backend"] == "b"
+
+
+def test_a_cell_whose_onnx_export_failed_is_offered_as_pt_and_one_that_exported_as_onnx():
+    from harness_html import with_export_commands
+
+    answer = _answer(_cell("tltorch", "btt", acc=96.9, speedup=1.2, ort_error="ONNX cannot express einsum"),
+                     _cell("native", "svd", acc=96.0, speedup=1.5, onnx_file="models/native-svd.onnx",
+                           ort_speedup=1.4))
+    commands = with_export_commands(answer, "RUN").set_index("constraint")["take it home"]
+    assert commands["most accurate at ≥ ×4 compression of the decomposed layers"].endswith("--format pt")
+    assert commands["fastest within 1 point of dense accuracy"].endswith("--format onnx")
+
+
+def test_when_nothing_beats_dense_one_sentence_says_so():
+    slow = pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=0.7), _cell("b", "cp", acc=96.0, speedup=0.95)])
+    sentence = faster_than_dense_sentence(slow)
+    assert sentence.startswith("No decomposed network ran faster than dense on this machine") and "0.95×" in sentence
+    assert sentence in verdict_lines(slow)
+    assert faster_than_dense_sentence(pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=1.1)])) == ""
+
+
+def test_a_data_free_run_answers_by_speed_and_size():
+    answer = _answer(_cell("a", "svd", acc=None, speedup=1.2, model_params=30_000),
+                     _cell("b", "tucker2", acc=None, speedup=1.8, model_params=40_000))
+    assert _row(answer, "fastest at ≥ ×4")["backend"] == "b"
+    assert _row(answer, "smallest whole network and not slower")["backend"] == "a"
+    assert all(", accuracy" not in line for line in verdict_lines(pd.DataFrame(
+        [_cell("a", "svd", acc=None, speedup=1.2)])))

@@ -15,6 +15,11 @@ Four studies, each measured for real (none is part of the test suite; ``harness 
   side by side, and the dense control's speedup over itself.
 - ``main``: the wall time of the default ``harness run --backends all`` (slow: minutes to tens of minutes), and
   where it went: the cells phase against the rest, and the cell-seconds of each backend and method.
+- ``latency-aware``: data-free torchvision networks at 224x224 (``--models``, VGG-16 and ResNet-50 by default),
+  per batch and thread count (``--batches``, ``--thread-counts``), native Tucker-2 and SVD on the conv layers under
+  ``--rank-selection latency:2`` beside the uniform x4 plan, in one run per configuration (slow: the latency tables
+  of a 224x224 network take minutes to profile at batch 1, and are cached for the next run): the predicted and the
+  measured whole-network speedup, the whole-model compression and the profiling seconds.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-STUDIES = ("cp", "latency", "jobs", "main")
+STUDIES = ("cp", "latency", "jobs", "main", "latency-aware")
 
 
 def _rss_mb() -> float:
@@ -242,6 +247,43 @@ def main_study() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
              "cells": summary[0] if summary else "?"}], breakdown
 
 
+def latency_aware_study(models: list[str], batches: list[int], threads: list[int], target: str = "2",
+                        cache: Path | None = None) -> list[dict[str, Any]]:
+    """``latency:TARGET`` against uniform x4 (native Tucker-2 and SVD, conv layers) per model, batch and thread count:
+    one data-free run each, its figures read from the run's store."""
+    from harness.results.store import load_results
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        cache = cache or Path(folder) / "cache"
+        for model in models:
+            for batch in batches:
+                for count in threads:
+                    out = Path(folder) / f"{model}-b{batch}-t{count}"
+                    result = subprocess.run(
+                        [sys.executable, "-m", "harness.cli.main", "run", "--models", f"torchvision:{model}",
+                         "--no-train", "--datasets", "random:3x224x224", "--backends", "native", "--methods",
+                         "tucker2,svd", "--targets", "conv", "--rank-selection", f"ratio,latency:{target}", "--ratios",
+                         "4", "--latency-batch", str(batch), "--latency-threads", str(count), "--jobs", "1",
+                         "--out", str(out), "--cache-dir", str(cache)], capture_output=True, text=True)
+                    profiled = [line for line in result.stdout.splitlines() if line.startswith("latency tables of")]
+                    if result.returncode != 0 or not (out / "results.sqlite").is_file():
+                        rows.append({"model": model, "batch": batch, "threads": count,
+                                     "selection": f"failed: {(result.stderr or result.stdout).strip()[-200:]}"})
+                        continue
+                    cells = load_results(out).comparable
+                    for _, cell in cells.sort_values(["rank_selection", "method"]).iterrows():
+                        predicted = cell.get("predicted_speedup")
+                        rows.append({"model": model, "batch": batch, "threads": count,
+                                     "selection": cell["rank_selection"], "method": cell["method"],
+                                     "predicted x": predicted, "measured x": cell["speedup"],
+                                     "measured / predicted": cell["speedup"] / predicted if predicted == predicted
+                                     and predicted else None,
+                                     "whole-model compression x": cell["model_params_dense"] / cell["model_params"],
+                                     "profiling": profiled[0].split("(")[-1].rstrip(")") if profiled else ""})
+    return rows
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' if number != 1 else ''}"
 
@@ -280,6 +322,10 @@ def _print(title: str, rows: list[dict[str, Any]], write: Callable[[str], None])
     write(tabulate(rows, headers="keys", floatfmt=".3g", tablefmt="simple"))
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> int:
     from harness.cli.common import Parser  # one-line errors, exit 2
 
@@ -288,6 +334,11 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
                         help=f"comma list of studies: {', '.join(STUDIES)} [cp,latency,jobs; main is slow]")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the CP fits [all]")
     parser.add_argument("--sweeps", type=int, default=300, help="CP-ALS sweeps, the same for both libraries [300]")
+    parser.add_argument("--models", default="vgg16,resnet50", help="latency-aware: torchvision models [vgg16,resnet50]")
+    parser.add_argument("--batches", default="1,32", help="latency-aware: latency batch sizes [1,32]")
+    parser.add_argument("--thread-counts", default="1,2", help="latency-aware: latency threads [1,2]")
+    parser.add_argument("--cache-dir", default=None, help="latency-aware: a cache to keep the latency tables in "
+                        "between runs [a temporary one]")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in STUDIES]
@@ -306,6 +357,12 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
     if "jobs" in chosen:
         _print("The same grid with --jobs 1 and --jobs 2 (speedups from the quiet latency phase)",
                jobs_study(), write)
+    if "latency-aware" in chosen:
+        _print("--rank-selection latency:2 against uniform x4 (native, conv layers, data-free, 224x224): predicted "
+               "and measured whole-network speedup", latency_aware_study(
+                   _names(args.models), [int(b) for b in _names(args.batches)],
+                   [int(t) for t in _names(args.thread_counts)],
+                   cache=Path(args.cache_dir) if args.cache_dir else None), write)
     if "main" in chosen:
         summary, breakdown = main_study()
         _print("The default main job", summary, write)

@@ -90,7 +90,7 @@ def profile_cells(config: RunConfig, host: Host, data: dict[str, Data], networks
                     count = profile_layer(cache, context, layer, x, layer_methods(plan), build)
                     measured, layers = measured + count, layers + 1
                     bar.update(1)
-                    if bar.disable:  # no terminal: a line per layer, so a long phase is never silent
+                    if bar.disable and count:  # no terminal: a line per layer timed, so a long phase is never silent
                         write(f"latency table {layers}/{bar.total}: {cell.model} {plan.path} "
                               f"({', '.join(layer_methods(plan))}): {count} candidates measured in "
                               f"{time.perf_counter() - layer_start:.1f} s")

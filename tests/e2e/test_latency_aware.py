@@ -115,7 +115,7 @@ def test_a_run_measures_the_tables_once_and_records_choices_and_predictions(tmp_
     assert cells["predicted_speedup"].iloc[0] > 0 and cells["speedup"].notna().all()
     layers = pd.read_csv(tmp_path / "one" / "layers.csv")
     infos = [json.loads(info) for info in layers["info"]]
-    assert all("latency_predicted_ms" in info and info.get("why") for info in infos)
+    assert all("latency_predicted_ms" in info and (info.get("why") or info.get("left_dense")) for info in infos)
 
     # A second run measures nothing: every entry is in the cache.
     assert main([*args, "--out", str(tmp_path / "two")]) == 0

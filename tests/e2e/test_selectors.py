@@ -133,7 +133,8 @@ def test_specs_are_normalized_and_labelled():
     assert normalize_spec("energy", BUILTIN) == "energy:0.9"
     assert normalize_spec(" energy:0.5 ", BUILTIN) == "energy:0.5"
     assert normalize_spec("vbmf", BUILTIN) == "vbmf"
-    for bad, message in (("nope", "unknown rank selector 'nope' .known: budget, energy, latency, ratio, sensitivity, vbmf"),
+    known = "budget, energy, latency, latency-ratio, ratio, sensitivity, vbmf"
+    for bad, message in (("nope", f"unknown rank selector 'nope' .known: {known}"),
                          ("energy:1.5", r"must be in \(0, 1\]"), ("energy:x", "not a number"),
                          ("energy:0", r"must be in \(0, 1\]"), ("vbmf:3", "takes no argument")):
         with pytest.raises(ValueError, match=message):
@@ -277,7 +278,8 @@ def test_run_sweeps_selectors_with_budgets_every_layer_keeps(tmp_path, fast_args
 
 
 def test_unknown_or_bad_selection_is_one_line_usage_error(tmp_path, fast_args, capsys):
-    for spec, message in (("nope", "unknown rank selector 'nope' (known: budget, energy, latency, ratio, sensitivity, vbmf)"),
+    known = "budget, energy, latency, latency-ratio, ratio, sensitivity, vbmf"
+    for spec, message in (("nope", f"unknown rank selector 'nope' (known: {known})"),
                           ("energy:1.5", "rank selection 'energy:1.5': energy share 1.5 must be in (0, 1]")):
         code = main(["run", "--backends", "native", "--rank-selection", spec, "--out", str(tmp_path / spec),
                      *fast_args])

@@ -221,6 +221,13 @@ class RunConfig:
                                  help="memory format of the networks and the batch the latency phase times: "
                                       "channels_last is NHWC, in which oneDNN runs convs (and factored ones most) "
                                       "fastest on CPU")
+    # Per-layer latency tables for every cell, not only the latency selectors': each replacement's row then says how
+    # fast it runs against its dense layer, and the report flags the ones slower than dense.
+    layer_latency: bool = setting(False, boolean, group=TRAINING, switch=True, shown="",
+                                  help="before the cells run, time every targeted layer's dense form and the "
+                                       "backend's candidate structures (cached), so each layer row records its "
+                                       "replacement's latency against the dense layer's and the report flags the "
+                                       "slower ones (always on for --rank-selection latency)")
     # The dense baseline fine-tuned like every decomposed net: the reference for stability.
     dense_control: bool = setting(True, boolean, group=TRAINING, flag="--no-dense-control", switch=False, shown="",
                                   help="do not fine-tune the dense baseline as a control (it is, by default, once "

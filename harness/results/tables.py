@@ -121,6 +121,18 @@ def _info_text(info: object, key: str) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def _layer_latency_text(info: object) -> str:
+    """A replacement's latency against its dense layer's, from the layer's latency table: "0.031 of 0.045", with
+    "slower than dense" where it is; "–" where no table was measured."""
+    data = json.loads(info) if isinstance(info, str) and info else (info if isinstance(info, dict) else {})
+    ms, dense_ms = data.get("latency_predicted_ms"), data.get("latency_dense_layer_ms")
+    if ms is None or dense_ms is None:
+        return "–"
+    if data.get("left_dense"):
+        return f"{dense_ms:.3g} (dense)"
+    return f"{ms:.3g} of {dense_ms:.3g}" + (" (slower than dense)" if data.get("slower_than_dense") else "")
+
+
 def layer_ranks_table(results: RunResults) -> pd.DataFrame:
     """Per configuration and targeted layer of the comparable cells: budget, parameters, the method and rank used,
     the rank selector's reference ranks, why a layer was left dense, and the reconstruction error, over seeds
@@ -128,7 +140,7 @@ def layer_ranks_table(results: RunResults) -> pd.DataFrame:
     layers, cells = results.layers, results.cells
     if layers.empty or cells.empty:
         return pd.DataFrame(columns=[*LAYER_KEYS, "budget", "params", "layer method", "rank", "selected",
-                                     "left dense", "seeds"])
+                                     "left dense", "layer latency ms", "seeds"])
     ok_ids = set(results.comparable["cell_id"])
     rows = layers[layers["cell_id"].isin(ok_ids)].copy()
     for column in LAYER_KEYS:
@@ -138,6 +150,7 @@ def layer_ranks_table(results: RunResults) -> pd.DataFrame:
     rows["rank"] = [_info_text(i, "rank") for i in rows["info"]]
     rows["selected"] = [_info_text(i, "selected_ranks") for i in rows["info"]]
     rows["left dense"] = [_info_text(i, "left_dense") for i in rows["info"]]
+    rows["layer latency ms"] = [_layer_latency_text(i) for i in rows["info"]]
 
     def distinct(values: pd.Series) -> str:
         return " / ".join(dict.fromkeys(values.astype(str)))
@@ -145,6 +158,7 @@ def layer_ranks_table(results: RunResults) -> pd.DataFrame:
     table = rows.groupby(LAYER_KEYS, sort=True, dropna=False).agg(
         budget=("max_params", "mean"), params=("params", "mean"), **{"layer method": ("layer method", distinct)},
         rank=("rank", distinct), selected=("selected", distinct), **{"left dense": ("left dense", distinct)},
+        **{"layer latency ms": ("layer latency ms", distinct)},
         recon=("recon_error", "mean"), seeds=("seed", "nunique")).reset_index()
     table["budget"] = table["budget"].round(0).astype("Int64")
     table["params"] = table["params"].round(0).astype("Int64")

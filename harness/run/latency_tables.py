@@ -22,6 +22,7 @@ import math
 import platform
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ import torch
 from torch import nn
 
 from harness.contract.backend import Unsupported, layer_kind
-from harness.contract.selection import LatencyOption, LayerLatency
+from harness.config.settings import RunConfig
+from harness.contract.selection import LatencyOption, LayerBudget, LayerLatency, SelectionError
 from harness.measure.metrics import count_params, latency_pairs, measure_latency
-from harness.plan.cells import LayerPlan
+from harness.plan.cells import Cell, LayerPlan
 from harness.tensor import structures
 
 TABLES_FILE = "latency-tables.sqlite"
@@ -280,3 +282,40 @@ def read_tables(cache: TableCache, contexts: Sequence[str], methods: Sequence[Se
         dense_ms = _median([o.dense_ms for o in options])
         tables.append(LayerLatency(dense_ms, tuple(options)))
     return tables
+
+
+def cell_tables(cell: Cell, config: RunConfig, library_version: str | None, device: torch.device, data: Any,
+                model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> tuple[list[LayerLatency], float]:
+    """A cell's latency tables, one per layer of ``layers`` (paths and modules of ``model`` on ``device``), and the
+    dense network's latency, as the profiling phase cached them; :class:`SelectionError` when one is missing."""
+    batch = data.head("test", config.latency_batch)[0]
+    shapes = layer_inputs(model, batch, [path for path, _ in layers])
+    label = device_name(device)
+    cache = TableCache(config.cache_dir)
+    try:
+        network_ms = cache.network_ms(network_key(cell.model, tuple(batch.shape), config.latency_threads, label,
+                                                  config.memory_format)[0])
+        contexts = [table_context(layer, shapes[path], cell.backend, library_version, config.latency_threads, label,
+                                  config.memory_format)[0] for path, layer in layers]
+        plans = {plan.path: plan for plan in cell.layers}
+        try:
+            tables = read_tables(cache, contexts, [layer_methods(plans[path]) for path, _ in layers])
+        except LookupError as exc:
+            raise SelectionError(str(exc)) from None
+    finally:
+        cache.close()
+    if network_ms is None:
+        raise SelectionError("no latency of the dense network: the profiling phase did not measure it")
+    return tables, network_ms
+
+
+def with_table(budget: LayerBudget, table: LayerLatency) -> LayerBudget:
+    """``budget`` with the latency its layer's table measured for it, where the selector did not say: the candidate
+    of the same parameter budget (and method, where the selector named one), or the dense layer's for a layer kept
+    dense; unchanged where the table has no such candidate."""
+    if budget.predicted_ms is not None:
+        return budget
+    if budget.dense is not None:
+        return replace(budget, predicted_ms=table.dense_ms)
+    same = [o for o in table.options if o.budget == budget.params and budget.method in (None, o.method)]
+    return replace(budget, predicted_ms=same[0].ms) if same else budget

@@ -38,7 +38,6 @@ from harness.config.settings import RunConfig
 from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
 from harness.contract.selection import (
     LayerBudget,
-    LayerLatency,
     RankSelector,
     SelectionError,
     SelectionInput,
@@ -56,6 +55,7 @@ from harness.plan.result import CellResult, LayerResult
 from harness.plan.status import Status
 from harness.run.baseline import baseline_path, load_baseline
 from harness.run.data import Data, resolve_dataset
+from harness.run.latency_tables import cell_tables, with_table
 from harness.run.host import Host, format_exception
 from harness.run.models import resolve_model
 from harness.run.networks import network_path, save_network
@@ -151,18 +151,22 @@ def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Dat
 
 
 def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]],
-            metrics: dict[str, Any]) -> list[LayerBudget]:
-    """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced."""
+            metrics: dict[str, Any]) -> tuple[list[LayerBudget], list[float | None]]:
+    """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced, and each dense
+    layer's latency where the layers' latency tables were measured (None otherwise)."""
     own, reference = split_match(cell.rank_selection)
     name, argument = parse_spec(own)
     selector = _rank_selector(ctx, name)
-    tables, network_ms = _latency_tables(cell, ctx, model, layers) if selector.needs_latency else (None, None)
+    timed = selector.needs_latency or ctx.config.layer_latency
+    tables, network_ms = (cell_tables(cell, ctx.config, ctx.host.backends[cell.backend].library_version, ctx.device,
+                                      ctx.data(cell.dataset), model, layers) if timed else (None, None))
     selection = SelectionInput(
         argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
         method=cell.method,
         layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
                                getattr(layer, "bias", None) is not None) for path, layer in layers],
-        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)), latency=tables, network_ms=network_ms)
+        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)),
+        latency=tables if selector.needs_latency else None, network_ms=network_ms if selector.needs_latency else None)
     start = time.perf_counter()
     if reference is None:
         budgets = layer_budgets(selector, selection)
@@ -173,46 +177,13 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
         metrics.update(matched_to=reference, matched_total=total)
     metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
     if tables is not None:
+        budgets = [with_table(budget, table) for budget, table in zip(budgets, tables)]
         predicted = network_ms - sum(t.dense_ms for t in tables) + sum(
             b.predicted_ms if b.predicted_ms is not None else t.dense_ms for b, t in zip(budgets, tables))
         metrics.update(latency_network_table_ms=network_ms, latency_predicted_ms=predicted,
                        predicted_speedup=network_ms / predicted if predicted > 0 else None)
-    return budgets
-
-
-def _latency_tables(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]]
-                    ) -> tuple[list[LayerLatency], float]:
-    """The latency tables of ``layers`` and the dense network's latency, as the profiling phase cached them."""
-    from harness.run.latency_tables import (
-        TableCache,
-        device_name,
-        layer_inputs,
-        layer_methods,
-        network_key,
-        read_tables,
-        table_context,
-    )
-
-    config = ctx.config
-    batch = ctx.data(cell.dataset).head("test", config.latency_batch)[0]
-    shapes = layer_inputs(model, batch, [path for path, _ in layers])
-    device, library = device_name(ctx.device), ctx.host.backends[cell.backend].library_version
-    cache = TableCache(config.cache_dir)
-    try:
-        network_ms = cache.network_ms(network_key(cell.model, tuple(batch.shape), config.latency_threads, device,
-                                                  config.memory_format)[0])
-        contexts = [table_context(layer, shapes[path], cell.backend, library, config.latency_threads, device,
-                                  config.memory_format)[0] for path, layer in layers]
-        plans = {plan.path: plan for plan in cell.layers}
-        try:
-            tables = read_tables(cache, contexts, [layer_methods(plans[path]) for path, _ in layers])
-        except LookupError as exc:
-            raise SelectionError(str(exc)) from None
-    finally:
-        cache.close()
-    if network_ms is None:
-        raise SelectionError("no latency of the dense network: the profiling phase did not measure it")
-    return tables, network_ms
+        return budgets, [table.dense_ms for table in tables]
+    return budgets, [None] * len(budgets)
 
 
 def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
@@ -317,11 +288,16 @@ def _auto(ctx: CellContext, layer: nn.Module, request: DecomposeRequest,
     return best, seconds, "".join(printed), record
 
 
-def _latency_info(budget: LayerBudget) -> dict[str, Any]:
-    """What a latency-aware selector said of a layer: the latency it expects and why it chose so."""
+def _latency_info(budget: LayerBudget, dense_ms: float | None = None) -> dict[str, Any]:
+    """What the layer's latency table says of its replacement, against the dense layer's ``dense_ms``, and why a
+    latency-aware selector chose it."""
     info: dict[str, Any] = {}
     if budget.predicted_ms is not None:
         info["latency_predicted_ms"] = budget.predicted_ms
+        if dense_ms is not None:
+            info["latency_dense_layer_ms"] = dense_ms
+            if budget.dense is None and budget.predicted_ms >= dense_ms:
+                info["slower_than_dense"] = True
     if budget.why is not None:
         info["why"] = budget.why
     return info
@@ -366,8 +342,9 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
     device, metrics, rows = ctx.device, result.metrics, result.layers
     planned = cell.planned()
     layers = {plan.path: model.get_submodule(plan.path) for plan in cell.layers}
-    budgets = dict(zip([plan.path for plan in planned],
-                       _select(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)))
+    chosen, dense_ms = _select(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)
+    budgets = dict(zip([plan.path for plan in planned], chosen))
+    dense_ms = dict(zip([plan.path for plan in planned], dense_ms))
     error_sq, weight_sq, decompose_s, refused = 0.0, 0.0, 0.0, []
     for plan in cell.layers:
         layer = layers[plan.path]
@@ -377,7 +354,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             continue
         if budget.dense is not None:  # the selector keeps it dense, e.g. no candidate is faster than the layer
             row = _dense_row(plan, layer, None, budget.dense)
-            row.info.update(_latency_info(budget))
+            row.info.update(_latency_info(budget, dense_ms[plan.path]))
             rows.append(row)
             continue
         if budget.method is not None and budget.method not in (plan.method, *plan.candidates):
@@ -419,7 +396,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             info["recon_error_estimate"] = estimate
         if budget.ranks is not None:  # the selector's reference ranks, beside the ranks the backend chose
             info = {**info, "selected_ranks": _json_safe(budget.ranks)}
-        info.update(_latency_info(budget))
+        info.update(_latency_info(budget, dense_ms[plan.path]))
         rows.append(LayerResult(
             plan.path, plan.kind, request.dense_params, count_params(replacement), request.max_params,
             recon_error=math.sqrt(layer_error_sq / max(layer_weight_sq, 1e-30)), decompose_s=seconds, info=info,

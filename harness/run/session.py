@@ -155,7 +155,7 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         runnable = [c for c in pending if not c.unsupported]
         if runnable:
             _train_baselines(config, host, data, runnable, device, write)
-            profiled = needs_tables(runnable, host)
+            profiled = needs_tables(runnable, host, config.layer_latency)
             if profiled:  # before any worker starts: the tables are timed with nothing else running
                 profile_cells(config, host, data, planning_models, profiled, device, write)
             _dispatch(config, host, plugin_args, runnable, store)

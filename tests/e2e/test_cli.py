@@ -32,7 +32,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["report", "/nonexistent/run"], "is not a run directory"),
         (["run", "--resume", "/nonexistent/run"], "cannot resume"),
         (["frobnicate"], "invalid choice"),
-        (["bench", "--only", "nope"], "unknown study 'nope' (choose from cp, latency, jobs, main)"),
+        (["bench", "--only", "nope"], "unknown study 'nope' (choose from cp, latency, jobs, main, latency-aware)"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(capsys, argv, expected):

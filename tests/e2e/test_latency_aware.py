@@ -142,3 +142,36 @@ def test_a_layers_table_holds_only_the_methods_its_plan_allows(tmp_path):
     with pytest.raises(LookupError, match="no latency table for targeted layer 0 .cp."):
         read_tables(cache, ["layer"], [("cp",)])
     cache.close()
+
+
+def test_layer_latency_gives_every_cells_rows_their_latency_and_flags_slower_layers(tmp_path):
+    from harness.results.findings import slower_layers
+    from harness.results.store import load_results
+
+    out = tmp_path / "run"
+    assert main(["run", "--models", "lenet5", "--no-train", "--datasets", "random:1x28x28", "--backends", "native",
+                 "--methods", "svd", "--targets", "linear", "--ratios", "2", "--layer-latency", "--latency-passes", "1",
+                 "--latency-batch", "8", "--executor", "inprocess", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    results = load_results(out)
+    infos = [json.loads(info) for info in results.layers["info"]]
+    # x2 is on the tables' grid, so each replacement's own structure was timed against its dense layer.
+    assert infos and all("latency_predicted_ms" in info and "latency_dense_layer_ms" in info for info in infos)
+    assert all(info.get("slower_than_dense", False) == (info["latency_predicted_ms"] >= info["latency_dense_layer_ms"])
+               for info in infos)
+    found = slower_layers(results.comparable, results.layers)
+    assert len(found) == 1 and found[0].numbers["timed"] == len(infos)
+
+
+def test_the_slower_layers_finding_names_the_slowest_and_is_silent_without_tables():
+    from harness.results.findings import slower_layers
+
+    cells = pd.DataFrame({"cell_id": ["a", "b"]})
+    layers = pd.DataFrame({"cell_id": ["a", "a", "b"], "layer": ["fc1", "fc2", "fc1"], "info": [
+        json.dumps({"method": "svd", "latency_predicted_ms": 2.0, "latency_dense_layer_ms": 1.0,
+                    "slower_than_dense": True}),
+        json.dumps({"method": "svd", "latency_predicted_ms": 0.5, "latency_dense_layer_ms": 1.0}),
+        json.dumps({"method": "svd"})]})
+    found, = slower_layers(cells, layers)
+    assert found.numbers == {"slower": 1, "timed": 2} and "fc1 of a at 0.50×" in found.text
+    assert slower_layers(cells, layers.iloc[2:]) == []

@@ -1,11 +1,12 @@
 """Findings: the run's answers, computed from its tables, each one or two sentences with numbers.
 
-Every finding is a pure function of the cells and epochs frames of a run: which backend
+Every finding is a pure function of a run's tables (cells, epochs, layers): which backend
 won where (accuracy, measured speed, stability), whether decomposing conv or linear
 layers paid off, whether decomposing trained weights beat training the format from
 scratch, whether the decomposed networks train more or less steadily than the dense
 control, how close measured speedups come to the FLOP bound, and which backend
-decomposes fastest and recovers most often. Where the run holds the studies, also: which
+decomposes fastest and recovers most often, and which replaced layers run slower than the dense layer they replace
+(where the run measured latency tables). Where the run holds the studies, also: which
 rank selection was most accurate at equal total parameters (a selector and those matched
 to its total with ``SEL@REF``, or ratio-based selectors at the same ratio), and how
 mixed networks (a method per layer: a mix or ``auto``, the category "mixed" beside the
@@ -22,7 +23,8 @@ number (accuracies and pp 2 decimals, speedups 2 decimals with ×, seconds 3 sig
 digits, shares as %) and the unit in the header; the raw values are in ``numbers``.
 
 The package holds one module per finder (``backends``, ``targets``, ``rank_selection``, ``mixed``, ``regime``,
-``stability``, ``speed``, ``measurement``, ``decomposition_time``, ``recovery``), the answer table's rows
+``stability``, ``speed``, ``layer_speed``, ``measurement``, ``decomposition_time``, ``recovery``), the answer
+table's rows
 (``networks``) and what they share (``common``); :func:`all_findings` runs every finder of :data:`FINDERS`.
 """
 
@@ -31,12 +33,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pandas as pd
-
 from harness.results.aggregate import MIXED, categories
 from harness.results.findings.backends import best_backends
 from harness.results.findings.common import SINGLE_SEED_TIE_PP, Finding, above_bound, at_chance, trusted_speedups
 from harness.results.findings.decomposition_time import decomposition_time
+from harness.results.findings.layer_speed import slower_layers
 from harness.results.findings.measurement import measurement_problems
 from harness.results.findings.mixed import mixed_vs_single
 from harness.results.findings.networks import WITHIN_DENSE_PP, best_networks, faster_than_dense_sentence, verdict_lines
@@ -50,21 +51,22 @@ from harness.results.store import RunResults
 
 __all__ = ["FINDERS", "MIXED", "SINGLE_SEED_TIE_PP", "WITHIN_DENSE_PP", "Finding", "above_bound", "all_findings",
            "at_chance", "best_backends", "best_networks", "categories", "control_stability", "decomposition_time",
-           "measurement_problems", "mixed_vs_single", "rank_selection_at_equal_params", "recovery", "regime",
+           "measurement_problems", "mixed_vs_single", "slower_layers", "rank_selection_at_equal_params", "recovery", "regime",
            "speedup_vs_flops", "target_payoff", "trusted_speedups", "faster_than_dense_sentence", "verdict_lines"]
 
 
-FINDERS: list[Callable[[pd.DataFrame, pd.DataFrame, dict[str, Any]], list[Finding]]] = [
-    lambda cells, epochs, meta: best_backends(cells, _libraries(meta), _libraries(meta, "modules")),
-    lambda cells, epochs, meta: target_payoff(cells),
-    lambda cells, epochs, meta: mixed_vs_single(cells),
-    lambda cells, epochs, meta: rank_selection_at_equal_params(cells),
-    lambda cells, epochs, meta: regime(cells),
-    lambda cells, epochs, meta: control_stability(cells, epochs),
-    lambda cells, epochs, meta: speedup_vs_flops(cells),
-    lambda cells, epochs, meta: decomposition_time(cells),
-    lambda cells, epochs, meta: recovery(cells),
-    lambda cells, epochs, meta: measurement_problems(cells),
+FINDERS: list[Callable[[RunResults], list[Finding]]] = [
+    lambda r: best_backends(r.comparable, _libraries(r.meta), _libraries(r.meta, "modules")),
+    lambda r: target_payoff(r.comparable),
+    lambda r: mixed_vs_single(r.comparable),
+    lambda r: rank_selection_at_equal_params(r.comparable),
+    lambda r: regime(r.comparable),
+    lambda r: control_stability(r.comparable, r.epochs),
+    lambda r: speedup_vs_flops(r.comparable),
+    lambda r: decomposition_time(r.comparable),
+    lambda r: recovery(r.comparable),
+    lambda r: slower_layers(r.comparable, r.layers),
+    lambda r: measurement_problems(r.comparable),
 ]
 
 
@@ -79,7 +81,7 @@ def all_findings(results: RunResults) -> list[Finding]:
     found: list[Finding] = []
     for index, finder in enumerate(FINDERS):
         try:
-            found += finder(results.comparable, results.epochs, results.meta)
+            found += finder(results)
         except Exception as exc:  # noqa: BLE001 - a report must survive one odd table
             found.append(Finding(f"failed_{index}", "A finding could not be computed",
                                  f"{type(exc).__name__}: {exc}"))

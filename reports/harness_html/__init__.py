@@ -110,6 +110,10 @@ def with_export_commands(answer: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     return answer.drop(columns=["cell_id", "kept", "export_format"]).assign(**{"take it home": commands})
 
 
+def _has_accuracy(cells: pd.DataFrame) -> bool:
+    return "acc_final" in cells.columns and pd.to_numeric(cells["acc_final"], errors="coerce").notna().any()
+
+
 def _section(section_id: str, title: str, body: str) -> str:
     return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
 
@@ -196,13 +200,13 @@ def _not_ok_html(cells: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _first_plot(figures: str) -> str:
-    """The accuracy-against-compression image again, beside the answer (the plots section keeps its own copy)."""
-    start = figures.find('<figure id="plot-accuracy_vs_compression"><img')
+def _first_plot(figures: str, name: str = "accuracy_vs_compression") -> str:
+    """The plot ``name`` again, beside the answer (the plots section keeps its own copy)."""
+    start = figures.find(f'<figure id="plot-{name}"><img')
     if start < 0:
         return ""
     end = figures.find("</figure>", start) + len("</figure>")
-    return figures[start:end].replace('id="plot-accuracy_vs_compression"', 'id="answer-plot"', 1)
+    return figures[start:end].replace(f'id="plot-{name}"', 'id="answer-plot"', 1)
 
 
 def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
@@ -253,7 +257,9 @@ def render(results: RunResults, plots_dir: Path) -> tuple[str, list[str]]:
         # The answer first: what to use at each compression, then the evidence; the metadata last, folded.
         _section("answer", "Best compressed networks", answer_html
                  + f'<p class="muted">{html.escape(definitions)} Means over seeds; speedups above their FLOP bound '
-                   "are not trusted (see Measurement problems).</p>" + _first_plot(figures)),
+                   "are not trusted (see Measurement problems).</p>"
+                 + _first_plot(figures, "accuracy_vs_compression" if _has_accuracy(results.comparable)
+                               else "accuracy_vs_latency")),
         _section("findings", "Findings", findings or '<p class="muted">No findings.</p>'),
         _section("plots", "Plots", figures),
         _section("tables", "Tables", table_html),

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.contract.selection import DEFAULT_SELECTION
 from harness.plan.cells import NO_RATIO
 from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta
 from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups
@@ -76,6 +77,7 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
                   else (seeds.iloc[0] if not seeds.empty else None))
         out = {"constraint": constraint, "backend": pick["backend"], "method": pick["method"],
                "target": pick["target"], "ratio": _ratio_or_total(pick["ratio"]), "init": pick["init"],
+               "rank selection": pick["rank_selection"],
                "compression × (decomposed layers)": _times(pick["compression_mean"]),
                "compression × (whole model)": _times(pick["model_compression_mean"]),
                "params (whole model)": _params_text(pick["model_params_mean"]),
@@ -113,7 +115,22 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
     if not not_slower.empty:
         rows.append(row(f"smallest whole network{within} and not slower than dense",
                         first(not_slower, ["model_params_mean", "speedup_mean"], [True, False]), "model_params"))
-    return pd.DataFrame(rows)
+    answer = pd.DataFrame(_merged(rows))
+    if not answer.empty and (answer["rank selection"] == DEFAULT_SELECTION).all():
+        answer = answer.drop(columns="rank selection")  # the default for every row says nothing
+    return answer
+
+
+def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration: a configuration that answers several constraints names them all in one row."""
+    kept: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(str(v) for k, v in row.items() if k not in ("constraint", "cell_id", "kept", "export_format"))
+        if key in kept:
+            kept[key]["constraint"] += f"; {row['constraint']}"
+        else:
+            kept[key] = dict(row)
+    return list(kept.values())
 
 
 def faster_than_dense_sentence(cells: pd.DataFrame) -> str:
@@ -134,8 +151,12 @@ def verdict_lines(cells: pd.DataFrame) -> list[str]:
     lines = []
     for _, pick in answer.iterrows():
         accuracy = pick["final accuracy %"]
-        accuracy = "" if accuracy == "–" else f", accuracy {accuracy} %"
-        lines.append(f"{pick['constraint']}: {pick['backend']} {pick['method']} on {pick['target']}{accuracy}, "
+        shown = accuracy.replace(" (n=", " % (n=", 1) if " (n=" in accuracy else f"{accuracy} %"
+        accuracy = "" if accuracy == "–" else f", final accuracy {shown}"
+        selection = pick.get("rank selection", DEFAULT_SELECTION)
+        selection = f" ({selection})" if selection != DEFAULT_SELECTION else ""
+        lines.append(f"{pick['constraint']}: {pick['backend']} {pick['method']}{selection} on {pick['target']}"
+                     f"{accuracy}, "
                      f"whole model {pick['compression × (whole model)']} smaller, speedup {pick['speedup ×']} "
                      f"({pick['cell_id']})")
     sentence = faster_than_dense_sentence(cells)

@@ -21,6 +21,7 @@ import json
 import math
 import platform
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +44,9 @@ GRID_RATIOS = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 MAX_CANDIDATES = 16
 # Alternating dense/candidate rounds per candidate: the median of their ratios is the candidate's speedup.
 ROUNDS = 5
+# Seconds one layer and method may spend taking new candidates (the one under way finishes): a 224x224 layer at
+# batch 32 takes seconds per forward, and its full grid would take many minutes.
+LAYER_SECONDS = 30.0
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
     context TEXT NOT NULL, budget INTEGER NOT NULL, method TEXT NOT NULL, value TEXT NOT NULL, described TEXT,
@@ -212,19 +216,40 @@ def layer_methods(plan: LayerPlan) -> tuple[str, ...]:
     return tuple(plan.candidates) if plan.candidates else (plan.method,)
 
 
+def coarse_to_fine(items: Sequence[Any]) -> list[Any]:
+    """``items`` reordered so that every prefix spreads over the whole range: both ends, the middle, the quarters..."""
+    if len(items) <= 2:
+        return list(items)
+    order, seen, parts = [0, len(items) - 1], {0, len(items) - 1}, 2
+    while len(order) < len(items):
+        for k in range(1, parts, 2):
+            index = round(k * (len(items) - 1) / parts)
+            if index not in seen:
+                seen.add(index)
+                order.append(index)
+        parts *= 2
+    return [items[i] for i in order]
+
+
 def profile_layer(cache: TableCache, context: tuple[str, str], layer: nn.Module, batch: torch.Tensor,
-                  methods: Sequence[str], build: Callable[[str, int], nn.Module], rounds: int = ROUNDS) -> int:
+                  methods: Sequence[str], build: Callable[[str, int], nn.Module], rounds: int = ROUNDS,
+                  seconds: float = LAYER_SECONDS) -> int:
     """Measure ``layer``'s missing candidates (``build(method, budget)`` gives one) on ``batch``; returns how many
     were measured. A budget the backend refuses is skipped; a built structure already timed (the same parameter
-    count for the same method) is recorded under the new budget without timing it again."""
+    count for the same method) is recorded under the new budget without timing it again. Candidates are taken
+    coarse to fine (:func:`coarse_to_fine`) and a method stops taking new ones after ``seconds``, so an expensive
+    layer gets a thinner grid over the same range; a later run measures what is missing."""
     key, described = context
     known = {(o.method, o.budget) for o in cache.options(key)}
     measured = 0
     for method in methods:
         timed: dict[int, LatencyOption] = {o.params: o for o in cache.options(key) if o.method == method}
-        for budget in candidate_budgets(layer, method):
+        start, timed_before = time.perf_counter(), len(timed)
+        for budget in coarse_to_fine(candidate_budgets(layer, method)):
             if (method, budget) in known:
                 continue
+            if len(timed) > timed_before and time.perf_counter() - start > seconds:
+                break
             try:
                 candidate = build(method, budget)
             except Unsupported:

@@ -175,3 +175,23 @@ def test_the_slower_layers_finding_names_the_slowest_and_is_silent_without_table
     found, = slower_layers(cells, layers)
     assert found.numbers == {"slower": 1, "timed": 2} and "fc1 of a at 0.50×" in found.text
     assert slower_layers(cells, layers.iloc[2:]) == []
+
+
+def test_an_expensive_layer_gets_a_thinner_grid_over_the_whole_range(tmp_path):
+    from harness.run.latency_tables import coarse_to_fine, profile_layer
+    from harness.tensor import structures
+
+    order = coarse_to_fine(list(range(16)))
+    assert sorted(order) == list(range(16)) and order[:3] == [0, 15, 8]
+    layer = nn.Linear(64, 48)
+
+    def build(method: str, budget: int) -> nn.Module:
+        rank = max(1, budget // (64 + 48 + 1))
+        return structures.svd_linear_module(layer, torch.randn(rank, 64), torch.randn(48, rank))
+
+    cache = TableCache(tmp_path)
+    # No time at all: one candidate (the smallest budget) per method, then the bound stops it.
+    assert profile_layer(cache, ("ctx", "a layer"), layer, torch.randn(4, 64), ["svd"], build, rounds=1,
+                         seconds=0.0) == 1
+    assert profile_layer(cache, ("ctx", "a layer"), layer, torch.randn(4, 64), ["svd"], build, rounds=1) > 1
+    cache.close()

@@ -51,15 +51,17 @@ def cmd_list(host: Host) -> int:
     _echo("  every backend also takes --methods auto (per layer, its lowest-error decompose-init method) "
           "and --mix 'conv=M,linear=M,PATTERN=M' (a method per layer, in one cell)")
     _echo("rank selectors (harness run --rank-selection NAME[:ARG]):")
+    shown = {name: f"{name}:ARG" if selector.takes_argument else name
+             for name, selector in host.rank_selectors.items()}
+    width = max([14, *map(len, shown.values())])
     for name, selector in sorted(host.rank_selectors.items()):
         usage = "uses --ratios" if selector.uses_ratio else "ignores --ratios"
-        argument = f"{name}:ARG" if selector.takes_argument else name
-        _echo(f"  {argument:<14} {selector.description} ({usage})")
+        _echo(f"  {shown[name]:<{width}} {selector.description} ({usage})")
     references = [n for n, s in sorted(host.rank_selectors.items()) if not s.uses_ratio]
     matchable = [n for n, s in sorted(host.rank_selectors.items()) if s.matchable]
     if references and matchable:
-        _echo(f"  SEL@REF        SEL ({', '.join(matchable)}) spends the total REF ({', '.join(references)}) chooses: "
-              "equal total parameters")
+        _echo(f"  {'SEL@REF':<{width}} SEL ({', '.join(matchable)}) spends the total REF ({', '.join(references)}) "
+              "chooses: equal total parameters")
     _echo("models:")
     for name, spec in sorted(host.models.items()):
         _echo(f"  {name:<14} {spec.description}")

@@ -146,6 +146,12 @@ def uses_ratio(spec: str, selectors: dict[str, RankSelector]) -> bool:
     return reference is None and selectors[parse_spec(own)[0]].uses_ratio
 
 
+def needs_latency(spec: str, selectors: dict[str, RankSelector]) -> bool:
+    """Whether a selection (``NAME[:ARG]`` or ``SEL@REF``) asks for latency tables, its own or its reference's."""
+    return any(getattr(selectors.get(parse_spec(part)[0]), "needs_latency", False)
+               for part in split_match(spec) if part is not None)
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``"energy:0.9"`` as ``("energy", "0.9")``, ``"vbmf"`` as ``("vbmf", None)``."""
     name, sep, argument = spec.strip().partition(":")

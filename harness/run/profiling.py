@@ -38,13 +38,10 @@ from harness.run.runner import call_backend, decompose_padded, layer_request
 
 def needs_tables(cells: list[Cell], host: Host, every_cell: bool = False) -> list[Cell]:
     """The cells whose rank selector asks for latency tables, or every decomposed cell (``--layer-latency``)."""
-    from harness.contract.selection import parse_spec, split_match
+    from harness.contract.selection import needs_latency
 
-    def needs(cell: Cell) -> bool:
-        selector = host.rank_selectors.get(parse_spec(split_match(cell.rank_selection)[0])[0])
-        return every_cell or bool(selector and selector.needs_latency)
-
-    return [cell for cell in cells if not cell.is_control and needs(cell)]
+    return [cell for cell in cells
+            if not cell.is_control and (every_cell or needs_latency(cell.rank_selection, host.rank_selectors))]
 
 
 def profile_cells(config: RunConfig, host: Host, data: dict[str, Data], networks: dict[str, Any], cells: list[Cell],

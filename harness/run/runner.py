@@ -44,6 +44,7 @@ from harness.contract.selection import (
     SelectionLayer,
     layer_budgets,
     matched_budgets,
+    needs_latency,
     parse_spec,
     split_match,
 )
@@ -157,7 +158,8 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
     own, reference = split_match(cell.rank_selection)
     name, argument = parse_spec(own)
     selector = _rank_selector(ctx, name)
-    timed = selector.needs_latency or ctx.config.layer_latency
+    wanted = needs_latency(cell.rank_selection, ctx.host.rank_selectors)
+    timed = wanted or ctx.config.layer_latency
     tables, network_ms = (cell_tables(cell, ctx.config, ctx.host.backends[cell.backend].library_version, ctx.device,
                                       ctx.data(cell.dataset), model, layers) if timed else (None, None))
     selection = SelectionInput(
@@ -166,7 +168,7 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
         layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
                                getattr(layer, "bias", None) is not None) for path, layer in layers],
         loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)),
-        latency=tables if selector.needs_latency else None, network_ms=network_ms if selector.needs_latency else None)
+        latency=tables if wanted else None, network_ms=network_ms if wanted else None)
     start = time.perf_counter()
     if reference is None:
         budgets = layer_budgets(selector, selection)
@@ -178,10 +180,10 @@ def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[s
     metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
     if tables is not None:
         budgets = [with_table(budget, table) for budget, table in zip(budgets, tables)]
-        predicted = network_ms - sum(t.dense_ms for t in tables) + sum(
-            b.predicted_ms if b.predicted_ms is not None else t.dense_ms for b, t in zip(budgets, tables))
-        metrics.update(latency_network_table_ms=network_ms, latency_predicted_ms=predicted,
-                       predicted_speedup=network_ms / predicted if predicted > 0 else None)
+        if all(b.predicted_ms is not None for b in budgets):  # a budget off the tables' grid has no prediction
+            predicted = network_ms - sum(t.dense_ms for t in tables) + sum(b.predicted_ms for b in budgets)
+            metrics.update(latency_network_table_ms=network_ms, latency_predicted_ms=predicted,
+                           predicted_speedup=network_ms / predicted if predicted > 0 else None)
         return budgets, [table.dense_ms for table in tables]
     return budgets, [None] * len(budgets)
 

@@ -383,8 +383,8 @@ SELECTORS = (
     RankSelector("sensitivity", "the ratio's total budget spread over the layers to keep the training loss lowest, "
                  "measured per layer and rank on a batch of training images", uses_ratio=True, takes_argument=False,
                  budgets=_sensitivity_budgets),
-    RankSelector("latency", "per layer a measured candidate or dense, to reach the speedup ARG (e.g. 2) or latency "
-                 "ARGms over dense on this machine with the least reconstruction error", uses_ratio=False,
+    RankSelector("latency", "per layer a candidate measured on this machine, or dense, for a network ARG times "
+                 "faster than dense (2, or 4.5ms for a latency) with the least reconstruction error", uses_ratio=False,
                  takes_argument=True, budgets=_latency_budgets, default_argument="2", check_argument=check_target,
                  needs_latency=True),
     RankSelector("latency-ratio", "as latency, and within the ratio's parameter total (dense / ratio over the "

@@ -195,3 +195,15 @@ def test_an_expensive_layer_gets_a_thinner_grid_over_the_whole_range(tmp_path):
                          seconds=0.0) == 1
     assert profile_layer(cache, ("ctx", "a layer"), layer, torch.randn(4, 64), ["svd"], build, rounds=1) > 1
     cache.close()
+
+
+def test_a_uniform_plan_matched_to_the_latency_plans_parameters(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--models", "lenet5", "--no-train", "--datasets", "random:1x28x28", "--backends", "native",
+                 "--methods", "svd", "--targets", "linear", "--rank-selection", "latency:1.01,ratio@latency:1.01",
+                 "--latency-passes", "1", "--latency-batch", "8", "--executor", "inprocess",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    cells = pd.read_csv(out / "cells.csv").set_index("rank_selection")
+    assert set(cells["status"]) == {"ok"}
+    # ratio@latency spreads exactly the parameters the latency plan kept (dense layers included) uniformly.
+    assert cells.loc["ratio@latency:1.01", "matched_total"] == cells.loc["latency:1.01", "budget"]

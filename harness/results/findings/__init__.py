@@ -5,8 +5,9 @@ won where (accuracy, measured speed, stability), whether decomposing conv or lin
 layers paid off, whether decomposing trained weights beat training the format from
 scratch, whether the decomposed networks train more or less steadily than the dense
 control, how close measured speedups come to the FLOP bound, and which backend
-decomposes fastest and recovers most often, and which replaced layers run slower than the dense layer they replace
-(where the run measured latency tables). Where the run holds the studies, also: which
+decomposes fastest and recovers most often; where the run measured latency tables, which
+replaced layers run slower than the dense layer they replace and how well the tables
+predicted the measured speedup. Where the run holds the studies, also: which
 rank selection was most accurate at equal total parameters (a selector and those matched
 to its total with ``SEL@REF``, or ratio-based selectors at the same ratio), and how
 mixed networks (a method per layer: a mix or ``auto``, the category "mixed" beside the
@@ -23,9 +24,9 @@ number (accuracies and pp 2 decimals, speedups 2 decimals with ×, seconds 3 sig
 digits, shares as %) and the unit in the header; the raw values are in ``numbers``.
 
 The package holds one module per finder (``backends``, ``targets``, ``rank_selection``, ``mixed``, ``regime``,
-``stability``, ``speed``, ``layer_speed``, ``measurement``, ``decomposition_time``, ``recovery``), the answer
-table's rows
-(``networks``) and what they share (``common``); :func:`all_findings` runs every finder of :data:`FINDERS`.
+``stability``, ``speed``, ``layer_speed``, ``latency_prediction``, ``measurement``, ``decomposition_time``,
+``recovery``), the answer table's rows (``networks``) and what they share (``common``); :func:`all_findings`
+runs every finder of :data:`FINDERS`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from harness.results.aggregate import MIXED, categories
 from harness.results.findings.backends import best_backends
 from harness.results.findings.common import SINGLE_SEED_TIE_PP, Finding, above_bound, at_chance, trusted_speedups
 from harness.results.findings.decomposition_time import decomposition_time
+from harness.results.findings.latency_prediction import latency_prediction
 from harness.results.findings.layer_speed import slower_layers
 from harness.results.findings.measurement import measurement_problems
 from harness.results.findings.mixed import mixed_vs_single
@@ -51,8 +53,9 @@ from harness.results.store import RunResults
 
 __all__ = ["FINDERS", "MIXED", "SINGLE_SEED_TIE_PP", "WITHIN_DENSE_PP", "Finding", "above_bound", "all_findings",
            "at_chance", "best_backends", "best_networks", "categories", "control_stability", "decomposition_time",
-           "measurement_problems", "mixed_vs_single", "slower_layers", "rank_selection_at_equal_params", "recovery", "regime",
-           "speedup_vs_flops", "target_payoff", "trusted_speedups", "faster_than_dense_sentence", "verdict_lines"]
+           "faster_than_dense_sentence", "latency_prediction", "measurement_problems", "mixed_vs_single",
+           "rank_selection_at_equal_params", "recovery", "regime", "slower_layers", "speedup_vs_flops",
+           "target_payoff", "trusted_speedups", "verdict_lines"]
 
 
 FINDERS: list[Callable[[RunResults], list[Finding]]] = [
@@ -66,6 +69,7 @@ FINDERS: list[Callable[[RunResults], list[Finding]]] = [
     lambda r: decomposition_time(r.comparable),
     lambda r: recovery(r.comparable),
     lambda r: slower_layers(r.comparable, r.layers),
+    lambda r: latency_prediction(r.comparable),
     lambda r: measurement_problems(r.comparable),
 ]
 

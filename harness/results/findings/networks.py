@@ -100,8 +100,8 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
         constraint = f"≥ ×{float(ratio):g} compression of the decomposed layers"
         if has_accuracy and reach["acc_final_mean"].notna().any():
             # Equal accuracy: the faster network is the better answer, then the smaller one.
-            best = first(reach.dropna(subset=["acc_final_mean"]), ["acc_rounded", "speedup_mean", "model_compression_mean"],
-                         [False, False, False])
+            best = first(reach.dropna(subset=["acc_final_mean"]),
+                         ["acc_rounded", "speedup_mean", "model_compression_mean"], [False, False, False])
             rows.append(row(f"most accurate at {constraint}", best, "acc_final"))
         elif not has_accuracy and reach["speedup_mean"].notna().any():
             rows.append(row(f"fastest at {constraint}", first(reach, ["speedup_mean", "model_compression_mean"],

@@ -87,3 +87,14 @@ def test_a_data_free_run_answers_by_speed_and_size():
     assert _row(answer, "smallest whole network and not slower")["backend"] == "a"
     assert all(", accuracy" not in line for line in verdict_lines(pd.DataFrame(
         [_cell("a", "svd", acc=None, speedup=1.2)])))
+
+
+def test_the_prediction_finding_says_how_far_the_tables_were_off():
+    from harness.results.findings import latency_prediction
+
+    cells = pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=1.9, predicted_speedup=2.0),
+                          _cell("b", "svd", acc=96.8, speedup=1.2, predicted_speedup=2.0)])
+    found, = latency_prediction(cells)
+    assert found.numbers["networks"] == 2 and found.numbers["off"] == 1
+    assert "1 were more than 15% off" in found.text and "-40%" in found.text
+    assert latency_prediction(pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=1.9)])) == []

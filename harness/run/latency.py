@@ -132,6 +132,23 @@ def _keep(run_dir: Path, cell_id: str, store: ResultStore) -> None:
                                    "model_bytes": kept.stat().st_size})
 
 
+def _fallback_format(network: nn.Module, batch: torch.Tensor, onnx_file: Path) -> str | None:
+    """The first of ``pt`` and ``torchscript`` that ``network`` exports to (written beside ``onnx_file`` and removed
+    again), or None when neither does."""
+    from harness.run.export import ExportFailed, export_network
+
+    for fmt in ("pt", "torchscript"):
+        trial = onnx_file.with_name(f".{onnx_file.stem}.{fmt}-trial")
+        try:
+            export_network(network, batch, fmt, trial)
+        except ExportFailed:
+            continue
+        finally:
+            trial.unlink(missing_ok=True)
+        return fmt
+    return None
+
+
 def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None], progress: Callable[[int], None] | None = None,
@@ -142,7 +159,8 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     each dense baseline once into ``models/dense-*.onnx``; then, as in the eager phase, ``passes`` passes over all
     networks time the dense and the decomposed graph in alternating rounds on the CPU execution provider with
     torch's thread count. The medians, IQRs and the speedup go to the cell with an ``ort_`` prefix; a network that
-    ONNX cannot express gets ``ort_error`` (the one line naming its layer) and the phase goes on.
+    ONNX cannot express gets ``ort_error`` (the one line naming its layer) and ``export_format``, the first of pt and
+    torchscript that it does export to (None: neither), and the phase goes on.
     """
     from harness.measure.metrics import latency_summary, paired_rounds
     from harness.run.export import ExportFailed, export_network, load_exported, model_path
@@ -152,6 +170,7 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     graphs: dict[str, tuple[Path, Path]] = {}
     failed: dict[str, str] = {}
     dense_graphs: dict[str, Path] = {}
+    fallbacks: dict[str, str | None] = {}
     for cell in kept:
         cell_id = cell.cell_id
         try:
@@ -163,7 +182,12 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 dense_graphs[key] = dense_file
             dense_file = dense_graphs[key]
             network_file = model_path(run_dir, cell_id).with_suffix(".onnx")
-            export_network(load(cell, model_path(run_dir, cell_id)), batch, "onnx", network_file)
+            network = load(cell, model_path(run_dir, cell_id))
+            try:
+                export_network(network, batch, "onnx", network_file)
+            except ExportFailed:
+                fallbacks[cell_id] = _fallback_format(network, batch, network_file)
+                raise
             graphs[cell_id] = (dense_file, network_file)
         except (ExportFailed, NetworkInvalid, OSError, RuntimeError) as exc:
             failed[cell_id] = str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -181,7 +205,8 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     for cell in kept:
         cell_id = cell.cell_id
         if cell_id in failed:
-            store.update_metrics(cell_id, {"ort_error": failed[cell_id]})
+            # Where ONNX cannot express the network, the format that can (if any), so the report offers that one.
+            store.update_metrics(cell_id, {"ort_error": failed[cell_id], "export_format": fallbacks.get(cell_id)})
         else:
             store.update_metrics(cell_id, {f"ort_{key}": value for key, value in latency_summary(samples[cell_id]).items()}
                                  | {"onnx_file": graphs[cell_id][1].relative_to(run_dir).as_posix()})

@@ -104,10 +104,18 @@ def with_export_commands(answer: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     format the cell is known to export to, in place of its cell id."""
     if answer.empty:
         return answer
-    commands = [f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format {fmt}" if kept
-                else "not kept: run with --save-models to export it"
-                for cell, kept, fmt in zip(answer["cell_id"], answer["kept"], answer["export_format"])]
-    return answer.drop(columns=["cell_id", "kept", "export_format"]).assign(**{"take it home": commands})
+    def command(cell: str, kept: bool, fmt: str | None, tried: bool) -> str:
+        if not kept:
+            return "not kept: run with --save-models to export it"
+        if not isinstance(fmt, str) and tried:
+            return "no export format is known to work for this network (see its ort_error in cells.csv)"
+        line = f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format {fmt or 'pt'}"
+        return line if isinstance(fmt, str) else f"{line} (not checked: this run tried no export)"
+
+    commands = [command(*row) for row in zip(answer["cell_id"], answer["kept"], answer["export_format"],
+                                             answer["export_tried"])]
+    return answer.drop(columns=["cell_id", "kept", "export_format", "export_tried"]).assign(
+        **{"take it home": commands})
 
 
 def _has_accuracy(cells: pd.DataFrame) -> bool:

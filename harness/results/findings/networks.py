@@ -8,8 +8,8 @@ and the smallest not slower). Accuracy ties (equal to two decimals) go to the fa
 whole network. Every row shows the whole model's compression and parameters beside the decomposed layers', and its
 speedup says "slower than dense" where it is below 1, so a row never recommends a slower network unannounced.
 Speedups above their FLOP bound are not trusted (see ``measurement_problems``). ``export_format`` is a format the
-row's cell is known to export to: ONNX when the run's ONNX Runtime phase exported it, otherwise ``pt``, the state
-dict that the quiet latency phase already rebuilt and ran.
+row's cell is known to export to: ONNX when the run's ONNX Runtime phase exported it, else the pt or torchscript
+export that phase found to work, else None (nothing known to work, or nothing tried).
 """
 
 from __future__ import annotations
@@ -41,6 +41,17 @@ def _params_text(value: Any) -> str:
     return f"{value / 1e6:.2f} M" if value >= 1e6 else f"{value / 1e3:.1f} k" if value >= 1e3 else f"{value:.0f}"
 
 
+def _export_format(cell: pd.Series | None) -> str | None:
+    """A format ``cell``'s kept network is known to export to: onnx where the ONNX Runtime phase exported it, else
+    the one that phase found instead (pt or torchscript); None when none does or nothing was tried."""
+    if cell is None:
+        return None
+    if isinstance(cell.get("onnx_file"), str):
+        return "onnx"
+    found = cell.get("export_format")
+    return found if isinstance(found, str) else None
+
+
 def _with_model_compression(cells: pd.DataFrame) -> pd.DataFrame:
     out = cells.copy()
     dense = pd.to_numeric(out.get("model_params_dense"), errors="coerce")
@@ -53,7 +64,8 @@ def _with_model_compression(cells: pd.DataFrame) -> pd.DataFrame:
 def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
     """The answer a user came for, one row per constraint (see the module docstring), with ``cell_id`` (the
     configuration's best seed by the row's criterion), ``kept`` (whether the run kept its network for ``harness
-    export``) and ``export_format`` for the command that takes it home."""
+    export``), ``export_format`` and ``export_tried`` (whether the run tried any export of it) for the command that
+    takes it home."""
     ok = decomposed_ok(cells)
     if ok.empty:
         return pd.DataFrame()
@@ -87,8 +99,9 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
             out["ORT speedup ×"] = _speed_text(pick["ort_speedup_mean"])
         out["cell_id"] = chosen["cell_id"] if chosen is not None else None
         out["kept"] = bool(chosen is not None and isinstance(chosen.get("model_file"), str))
-        out["export_format"] = ("onnx" if chosen is not None and isinstance(chosen.get("onnx_file"), str)
-                                else "pt")
+        out["export_format"] = _export_format(chosen)
+        out["export_tried"] = chosen is not None and (isinstance(chosen.get("onnx_file"), str)
+                                                      or isinstance(chosen.get("ort_error"), str))
         return out
 
     def first(frame: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
@@ -125,7 +138,8 @@ def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration: a configuration that answers several constraints names them all in one row."""
     kept: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        key = tuple(str(v) for k, v in row.items() if k not in ("constraint", "cell_id", "kept", "export_format"))
+        key = tuple(str(v) for k, v in row.items()
+                    if k not in ("constraint", "cell_id", "kept", "export_format", "export_tried"))
         if key in kept:
             kept[key]["constraint"] += f"; {row['constraint']}"
         else:

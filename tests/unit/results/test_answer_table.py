@@ -61,15 +61,22 @@ def test_fastest_and_smallest_not_slower_rows_within_a_point_of_dense():
     assert _row(answer, "smallest whole network within 1 point of dense accuracy and not slower")["backend"] == "b"
 
 
-def test_a_cell_whose_onnx_export_failed_is_offered_as_pt_and_one_that_exported_as_onnx():
+def test_exports_are_offered_only_in_a_format_the_run_found_to_work():
     from harness_html import with_export_commands
 
-    answer = _answer(_cell("tltorch", "btt", acc=96.9, speedup=1.2, ort_error="ONNX cannot express einsum"),
+    onnx_failed = "onnx cannot express layer 2"
+    answer = _answer(_cell("tltorch", "btt", acc=96.9, speedup=1.2, ort_error=onnx_failed,
+                           export_format="torchscript"),
                      _cell("native", "svd", acc=96.0, speedup=1.5, onnx_file="models/native-svd.onnx",
-                           ort_speedup=1.4))
+                           ort_speedup=1.4),
+                     _cell("tednet", "cp", acc=95.0, speedup=0.5, ratio=8.0, compression=8.2, ort_error=onnx_failed))
     commands = with_export_commands(answer, "RUN").assign(constraint=answer["constraint"])
-    assert _row(commands, "most accurate at ≥ ×4")["take it home"].endswith("--format pt")
+    assert _row(commands, "most accurate at ≥ ×4")["take it home"].endswith("--format torchscript")
     assert _row(commands, "fastest within 1 point")["take it home"].endswith("--format onnx")
+    assert _row(commands, "most accurate at ≥ ×8")["take it home"].startswith("no export format is known to work")
+    # A run that tried no export (no onnxruntime) offers pt and says it was not checked.
+    untried = with_export_commands(_answer(_cell("native", "svd", acc=96.0, speedup=1.5)), "RUN")
+    assert untried["take it home"].iloc[0].endswith("--format pt (not checked: this run tried no export)")
 
 
 def test_when_nothing_beats_dense_one_sentence_says_so():

@@ -13,6 +13,7 @@ so that no report counts them as one more target.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -35,6 +36,7 @@ __all__ = [
     "decomposed_ok",
     "format_summary",
     "is_control",
+    "layer_info",
     "mean_std",
     "seed_summary",
     "with_delta",
@@ -51,6 +53,17 @@ def categories(cells: pd.DataFrame) -> pd.Series:
     """
     method = cells["method"].astype(str)
     return cells["target"].where(~(method.str.startswith(MIX_PREFIX) | (method == AUTO)), MIXED)
+
+
+def layer_info(text: object) -> dict:
+    """A layer row's ``info`` JSON as a dict; anything unreadable is an empty dict (the row is then skipped)."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def is_control(cells: pd.DataFrame) -> pd.Series:

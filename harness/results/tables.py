@@ -20,6 +20,7 @@ from harness.results.aggregate import (
     control_ok,
     decomposed_ok,
     format_summary,
+    layer_info,
     seed_summary,
     with_delta,
 )
@@ -114,8 +115,7 @@ LAYER_KEYS = ["model", "dataset", "target", "init", "backend", "method", "ratio"
 
 def _info_text(info: object, key: str) -> str:
     """One entry of a layer's decomposition info (stored as JSON) as compact text, "–" when absent."""
-    data = json.loads(info) if isinstance(info, str) and info else (info if isinstance(info, dict) else {})
-    value = data.get(key)
+    value = layer_info(info).get(key)
     if value is None:
         return "–"
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
@@ -124,7 +124,7 @@ def _info_text(info: object, key: str) -> str:
 def _layer_latency_text(info: object) -> str:
     """A replacement's latency against its dense layer's, from the layer's latency table: "0.031 of 0.045", with
     "slower than dense" where it is; "–" where no table was measured."""
-    data = json.loads(info) if isinstance(info, str) and info else (info if isinstance(info, dict) else {})
+    data = layer_info(info)
     ms, dense_ms = data.get("latency_predicted_ms"), data.get("latency_dense_layer_ms")
     if ms is None or dense_ms is None:
         return "–"

@@ -22,6 +22,7 @@ import math
 import platform
 import sqlite3
 import time
+from statistics import median
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.contract.backend import Unsupported, layer_kind
 from harness.config.settings import RunConfig
+from harness.contract.backend import Unsupported, layer_kind
 from harness.contract.selection import LatencyOption, LayerBudget, LayerLatency, SelectionError
 from harness.measure.metrics import count_params, latency_pairs, measure_latency
 from harness.plan.cells import Cell, LayerPlan
@@ -240,10 +241,11 @@ def profile_layer(cache: TableCache, context: tuple[str, str], layer: nn.Module,
     coarse to fine (:func:`coarse_to_fine`) and a method stops taking new ones after ``seconds``, so an expensive
     layer gets a thinner grid over the same range; a later run measures what is missing."""
     key, described = context
-    known = {(o.method, o.budget) for o in cache.options(key)}
+    cached = cache.options(key)
+    known = {(o.method, o.budget) for o in cached}
     measured = 0
     for method in methods:
-        timed: dict[int, LatencyOption] = {o.params: o for o in cache.options(key) if o.method == method}
+        timed: dict[int, LatencyOption] = {o.params: o for o in cached if o.method == method}
         start, timed_before = time.perf_counter(), len(timed)
         for budget in coarse_to_fine(candidate_budgets(layer, method)):
             if (method, budget) in known:
@@ -262,8 +264,8 @@ def profile_layer(cache: TableCache, context: tuple[str, str], layer: nn.Module,
                 option = LatencyOption(method, budget, params, same.ms, same.dense_ms, same.ranks)
             else:
                 pairs = latency_pairs(layer, candidate.to(batch.device), batch, rounds=rounds)
-                dense_ms = _median([d for d, _ in pairs])
-                speedup = _median([d / o for d, o in pairs])
+                dense_ms = median([d for d, _ in pairs])
+                speedup = median([d / o for d, o in pairs])
                 option = LatencyOption(method, budget, params, dense_ms / speedup, dense_ms, _plain(ranks))
                 timed[params] = option
                 measured += 1
@@ -277,12 +279,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value if isinstance(value, (int, float, str)) or value is None else str(value)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def network_latency(cache: TableCache, key: tuple[str, str], model: nn.Module, batch: torch.Tensor) -> float:
@@ -304,7 +300,7 @@ def read_tables(cache: TableCache, contexts: Sequence[str], methods: Sequence[Se
         if not options:
             raise LookupError(f"no latency table for targeted layer {index} ({', '.join(allowed)}): the profiling "
                               "phase did not measure it")
-        dense_ms = _median([o.dense_ms for o in options])
+        dense_ms = median([o.dense_ms for o in options])
         tables.append(LayerLatency(dense_ms, tuple(options)))
     return tables
 

@@ -10,7 +10,6 @@ a structure's speed does not depend on its values. What the cache already holds 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +32,7 @@ from harness.run.latency_tables import (
     profile_layer,
     table_context,
 )
-from harness.run.runner import call_backend, decompose_padded, layer_request
+from harness.run.runner import rebuild_layer
 
 
 def needs_tables(cells: list[Cell], host: Host, every_cell: bool = False) -> list[Cell]:
@@ -52,6 +51,7 @@ def profile_cells(config: RunConfig, host: Host, data: dict[str, Data], networks
     torch.set_num_threads(config.latency_threads)
     cache = TableCache(config.cache_dir, write)
     start, measured, layers = time.perf_counter(), 0, 0
+    label = device_name(device)
     try:
         jobs = _jobs(cells)
         write(f"measuring latency tables of {sum(len(plans) for *_, plans in jobs)} layers, nothing else running "
@@ -64,23 +64,18 @@ def profile_cells(config: RunConfig, host: Host, data: dict[str, Data], networks
                 batch = data[cell.dataset].to(device).head("test", config.latency_batch)[0]
                 shapes = layer_inputs(network, batch, [plan.path for plan in plans])
                 dense, whole = in_memory_format(network, batch, config.memory_format)
-                network_latency(cache, network_key(cell.model, tuple(batch.shape), config.latency_threads,
-                                                   device_name(device), config.memory_format), dense, whole)
+                network_latency(cache, network_key(cell.model, tuple(batch.shape), config.latency_threads, label,
+                                                   config.memory_format), dense, whole)
                 info = host.backends[cell.backend]
                 for plan in plans:
                     layer = network.get_submodule(plan.path)
                     x = torch.randn(shapes[plan.path], device=device)
                     layer, x = in_memory_format(layer, x, config.memory_format)
                     context = table_context(layer, shapes[plan.path], cell.backend, info.library_version,
-                                            config.latency_threads, device_name(device), config.memory_format)
+                                            config.latency_threads, label, config.memory_format)
 
                     def build(method: str, budget: int, plan=plan, layer=layer, x=x) -> torch.nn.Module:
-                        request = dataclasses.replace(layer_request(cell, plan, layer, budget, str(device),
-                                                                    rebuild=True), method=method)
-                        if plan.padding is not None:
-                            candidate = decompose_padded(host, layer, request, plan.padding)[0]
-                        else:
-                            candidate = call_backend(host, layer, request)[0]
+                        candidate = rebuild_layer(cell, plan, host, layer, budget, method, str(device))
                         return in_memory_format(candidate.to(device), x, config.memory_format)[0]
 
                     layer_start = time.perf_counter()

@@ -329,14 +329,18 @@ def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[LayerResult
         if plan.dense is not None or row is None or row.left_dense is not None:
             continue
         layer = model.get_submodule(plan.path)
-        method = row.info.get("method") or plan.method
-        request = layer_request(cell, plan, layer, row.max_params, "cpu", rebuild=True)
-        request = dataclasses.replace(request, method=method)
-        if plan.padding is not None and plan.method != AUTO:
-            replacement = decompose_padded(host, layer, request, plan.padding)[0]
-        else:
-            replacement = call_backend(host, layer, request)[0]
+        replacement = rebuild_layer(cell, plan, host, layer, row.max_params, row.info.get("method") or plan.method)
         _replace(model, plan.path, replacement)
+
+
+def rebuild_layer(cell: Cell, plan: LayerPlan, host: Host, layer: nn.Module, budget: int | None, method: str,
+                  device: str = "cpu") -> nn.Module:
+    """The backend's structure for one planned layer at ``budget`` with ``method``, ``rebuild`` set (its values do
+    not matter: a saved state dict replaces them, or only its speed is measured), padded as the plan says."""
+    request = dataclasses.replace(layer_request(cell, plan, layer, budget, device, rebuild=True), method=method)
+    if plan.padding is not None and plan.method != AUTO:
+        return decompose_padded(host, layer, request, plan.padding)[0]
+    return call_backend(host, layer, request)[0]
 
 
 def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResult) -> None:

@@ -317,15 +317,21 @@ def _latency_plan(selection: SelectionInput, max_params: int | None) -> list[Lay
     if max_params is None or spent <= max_params:
         return _answer(choices, picked, None)
     high = 1.0
-    while allocate(high)[1] > max_params and high < 1e9:
+    fitting, spent = allocate(high)
+    while spent > max_params and high < 1e9:
         high *= 4
-    if allocate(high)[1] > max_params:
-        return _answer(choices, allocate(high)[0], "the parameter budget is out of reach at this latency target")
+        fitting, spent = allocate(high)
+    if spent > max_params:
+        return _answer(choices, fitting, "the parameter budget is out of reach at this latency target")
     low = high / 4 if high > 1.0 else 0.0
     for _ in range(30):  # the smallest multiplier that fits: the least error the parameter budget allows
         middle = (low + high) / 2
-        low, high = (middle, high) if allocate(middle)[1] > max_params else (low, middle)
-    return _answer(choices, allocate(high)[0], None)
+        picked, spent = allocate(middle)
+        if spent > max_params:
+            low = middle
+        else:
+            high, fitting = middle, picked
+    return _answer(choices, fitting, None)
 
 
 def _layer_options(layer: SelectionLayer, table: LayerLatency, with_slower: bool

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
+from harness.results.aggregate import layer_info
 from harness.results.findings.common import Finding
 
 SHOWN = 8
-
-
-def _info(text: object) -> dict:
-    try:
-        data = json.loads(text) if isinstance(text, str) else text
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def slower_layers(cells: pd.DataFrame, layers: pd.DataFrame) -> list[Finding]:
@@ -26,7 +17,7 @@ def slower_layers(cells: pd.DataFrame, layers: pd.DataFrame) -> list[Finding]:
     if layers.empty or cells.empty or "info" not in layers.columns:
         return []
     rows = layers[layers["cell_id"].isin(set(cells["cell_id"]))]
-    infos = [_info(text) for text in rows["info"]]
+    infos = [layer_info(text) for text in rows["info"]]
     timed = [(row, info) for (_, row), info in zip(rows.iterrows(), infos)
              if info.get("latency_dense_layer_ms") is not None and not info.get("left_dense")]
     if not timed:

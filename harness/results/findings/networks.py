@@ -80,13 +80,14 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
     summary["acc_rounded"] = summary["acc_final_mean"].round(2)
     rows = []
 
-    def row(constraint: str, pick: pd.Series, by: str) -> dict[str, Any]:
+    def row(constraint: str, pick: pd.Series, by: str, higher: bool = True) -> dict[str, Any]:
+        """The row of ``pick``, naming its seed with the highest (or lowest) ``by``."""
         seeds = ok[(ok[group].astype(str) == pick[group].astype(str).values).all(axis=1)]
-        seeds = seeds[pd.to_numeric(seeds[by], errors="coerce").notna()] if by in seeds.columns else seeds
-        higher = by != "model_params"
-        values = pd.to_numeric(seeds[by], errors="coerce") if by in seeds.columns else pd.Series(dtype=float)
-        chosen = (seeds.loc[values.idxmax() if higher else values.idxmin()] if not seeds.empty and values.notna().any()
-                  else (seeds.iloc[0] if not seeds.empty else None))
+        if by in seeds.columns:
+            values = pd.to_numeric(seeds[by], errors="coerce").dropna()
+            chosen = seeds.loc[values.idxmax() if higher else values.idxmin()] if not values.empty else None
+        else:
+            chosen = seeds.iloc[0] if not seeds.empty else None
         out = {"constraint": constraint, "backend": pick["backend"], "method": pick["method"],
                "target": pick["target"], "ratio": _ratio_or_total(pick["ratio"]), "init": pick["init"],
                "rank selection": pick["rank_selection"],
@@ -127,7 +128,8 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
     not_slower = near[near["speedup_mean"] >= 1.0]
     if not not_slower.empty:
         rows.append(row(f"smallest whole network{within} and not slower than dense",
-                        first(not_slower, ["model_params_mean", "speedup_mean"], [True, False]), "model_params"))
+                        first(not_slower, ["model_params_mean", "speedup_mean"], [True, False]), "model_params",
+                        higher=False))
     answer = pd.DataFrame(_merged(rows))
     if not answer.empty and (answer["rank selection"] == DEFAULT_SELECTION).all():
         answer = answer.drop(columns="rank selection")  # the default for every row says nothing

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import textwrap
 from collections.abc import Iterable
@@ -229,17 +228,6 @@ def _share_y(axes: list, min_span: float) -> None:
         low, high = middle - min_span / 2, middle + min_span / 2
     for axis in axes:
         axis.set_ylim(low, high)
-
-
-def _info(text: object) -> dict:
-    """A layer row's ``info`` JSON as a dict; anything unreadable is an empty dict (the row is then skipped)."""
-    if isinstance(text, dict):
-        return text
-    try:
-        value = json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _rank_scalar(rank: object) -> float:

@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter
 
 from harness.config.tensorize import EXPLICIT
 from harness.plan.cells import NO_RATIO
-from harness.results.aggregate import categories, decomposed_ok, seed_summary
+from harness.results.aggregate import categories, decomposed_ok, layer_info, seed_summary
 from harness.results.plots.common import (
     DODGE,
     MAX_PANELS,
@@ -21,7 +21,6 @@ from harness.results.plots.common import (
     _dense_lines,
     _empty,
     _figure,
-    _info,
     _log_y,
     _markers,
     _modes,
@@ -123,7 +122,7 @@ def accuracy_vs_rank(cells: pd.DataFrame, layers: pd.DataFrame) -> Figure:
     keys = [c for c in KEY_COLUMNS if c in ok.columns]
     # The cell's keys come from the cells frame, so a layers frame without them still joins.
     rows = layers[["cell_id", "layer", "info"]].merge(ok[["cell_id", *keys, "acc_final"]], on="cell_id")
-    infos = [_info(text) for text in rows["info"]]
+    infos = [layer_info(text) for text in rows["info"]]
     rows = rows.assign(rank_x=[_rank_scalar(info.get("rank")) for info in infos],
                        layer_method=[str(info.get("method") or method) for info, method in zip(infos, rows["method"])])
     rows = rows.dropna(subset=["rank_x"])

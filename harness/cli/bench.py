@@ -16,8 +16,8 @@ Four studies, each measured for real (none is part of the test suite; ``harness 
 - ``main``: the wall time of the default ``harness run --backends all`` (slow: minutes to tens of minutes), and
   where it went: the cells phase against the rest, and the cell-seconds of each backend and method.
 - ``latency-aware``: data-free torchvision networks at 224x224 (``--models``, VGG-16 and ResNet-50 by default),
-  per batch and thread count (``--batches``, ``--thread-counts``), native Tucker-2 and SVD on the conv layers under
-  ``--rank-selection latency:2`` beside the uniform x4 plan, in one run per configuration (slow: the latency tables
+  per batch and thread count (``--batches``, ``--thread-counts``), native Tucker-2 and SVD (``--methods``) on the
+  conv layers under ``--rank-selection latency:2`` beside the uniform x4 plan, in one run per configuration (slow: the latency tables
   of a 224x224 network take minutes to profile at batch 1, and are cached for the next run): the predicted and the
   measured whole-network speedup, the whole-model compression and the profiling seconds.
 """
@@ -248,8 +248,8 @@ def main_study() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def latency_aware_study(models: list[str], batches: list[int], threads: list[int], target: str = "2",
-                        cache: Path | None = None) -> list[dict[str, Any]]:
-    """``latency:TARGET`` against uniform x4 (native Tucker-2 and SVD, conv layers) per model, batch and thread count:
+                        cache: Path | None = None, methods: str = "tucker2,svd") -> list[dict[str, Any]]:
+    """``latency:TARGET`` against uniform x4 (native ``methods``, conv layers) per model, batch and thread count:
     one data-free run each, its figures read from the run's store."""
     from harness.results.store import load_results
 
@@ -263,7 +263,7 @@ def latency_aware_study(models: list[str], batches: list[int], threads: list[int
                     result = subprocess.run(
                         [sys.executable, "-m", "harness.cli.main", "run", "--models", f"torchvision:{model}",
                          "--no-train", "--datasets", "random:3x224x224", "--backends", "native", "--methods",
-                         "tucker2,svd", "--targets", "conv", "--rank-selection", f"ratio,latency:{target}", "--ratios",
+                         methods, "--targets", "conv", "--rank-selection", f"ratio,latency:{target}", "--ratios",
                          "4", "--latency-batch", str(batch), "--latency-threads", str(count), "--jobs", "1",
                          "--out", str(out), "--cache-dir", str(cache)], capture_output=True, text=True)
                     profiled = [line for line in result.stdout.splitlines() if line.startswith("latency tables of")]
@@ -339,6 +339,7 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
     parser.add_argument("--thread-counts", default="1,2", help="latency-aware: latency threads [1,2]")
     parser.add_argument("--cache-dir", default=None, help="latency-aware: a cache to keep the latency tables in "
                         "between runs [a temporary one]")
+    parser.add_argument("--methods", default="tucker2,svd", help="latency-aware: native conv methods [tucker2,svd]")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in STUDIES]
@@ -362,7 +363,7 @@ def run(argv: list[str] | None = None, write: Callable[[str], None] = print) -> 
                "and measured whole-network speedup", latency_aware_study(
                    _names(args.models), [int(b) for b in _names(args.batches)],
                    [int(t) for t in _names(args.thread_counts)],
-                   cache=Path(args.cache_dir) if args.cache_dir else None), write)
+                   cache=Path(args.cache_dir) if args.cache_dir else None, methods=args.methods), write)
     if "main" in chosen:
         summary, breakdown = main_study()
         _print("The default main job", summary, write)

@@ -44,12 +44,12 @@ def _export_choice(args: argparse.Namespace, cells: Any, run_dir: Path) -> Any:
             raise UsageError(f"harness export: cell {args.cell_id!r} is {cell['status']}, not ok: nothing to export")
         return cell
     kept = with_delta(decomposed_ok(cells))
+    if args.best not in kept.columns or not _numeric(kept[args.best]):
+        raise UsageError(f"harness export: --best {args.best!r} is not a numeric metric of this run (e.g. "
+                         f"acc_final, speedup, compression{', ort_speedup' if 'ort_speedup' in kept.columns else ''})")
     kept = kept[kept["model_file"].notna()] if "model_file" in kept.columns else kept.iloc[0:0]
     if kept.empty:
         raise UsageError(f"harness export: {run_dir} kept no decomposed network (run it with --save-models)")
-    if args.best not in kept.columns or not _numeric(kept[args.best]):
-        raise UsageError(f"harness export: --best {args.best!r} is not a metric of this run (e.g. acc_final, speedup, "
-                         f"compression{', ort_speedup' if 'ort_speedup' in kept.columns else ''})")
     cell = pick_cell(kept, args.best, **constraints)
     if cell is None:
         given = ", ".join(f"{name} {value:g}" for name, value in constraints.items() if value is not None)
@@ -58,9 +58,13 @@ def _export_choice(args: argparse.Namespace, cells: Any, run_dir: Path) -> Any:
 
 
 def _numeric(column: Any) -> bool:
+    """A column of numbers (a text column such as ``status`` would rank cells arbitrarily)."""
     import pandas as pd
 
-    return pd.api.types.is_numeric_dtype(pd.to_numeric(column, errors="coerce").dropna())
+    values = column.dropna()
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    return len(values) > 0 and bool(pd.to_numeric(values, errors="coerce").notna().all())
 
 
 def cmd_export(host: Host, args: argparse.Namespace) -> int:

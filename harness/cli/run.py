@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli.common import EXIT_INTERRUPTED, UsageError, _echo, report, validate_names
-from harness.config.settings import ConfigError, RunConfig, build_config, load_preset, load_toml
+from harness.config.settings import ConfigError, RunConfig, build_config, check_values, load_preset, load_toml
 from harness.plan.status import RETRYABLE as RETRYABLE_STATUSES
 from harness.results.store import STORE_NAME, RunLock, StoreError
 
@@ -22,7 +22,9 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
     if args.preset:
         values.update(load_preset(args.preset))
     if args.config:
-        values.update(load_toml(args.config))
+        from_file = load_toml(args.config)
+        check_values(from_file, f"config file {args.config!r}", args._plugin_keys)
+        values.update(from_file)
     skip = {"command", "plugins", "config", "preset", "resume", "retry", "_plugin_keys", "run_dir"}
     values.update({k: v for k, v in vars(args).items() if k not in skip and v is not None})
     return values
@@ -122,11 +124,32 @@ def cmd_run(host: Host, args: argparse.Namespace, argv: list[str], plugin_args: 
                   file=sys.stderr)
             return EXIT_INTERRUPTED
     except (ConfigError, StoreError):
-        if made_here and {p.name for p in run_dir.iterdir()} <= {RunLock.NAME}:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a refused command leaves nothing behind
+        if not args.resume:
+            _leave_nothing(run_dir, made_here)
         raise
     finally:
         lock.release()
+
+
+def _leave_nothing(run_dir: Path, made_here: bool) -> None:
+    """A fresh run refused before any cell finished (a bad checkpoint found by the baseline phase, an unreachable
+    Ray cluster) leaves nothing behind: its store and lock go, and the directory too where the run made it."""
+    from harness.results.store import Store
+
+    store_path = run_dir / STORE_NAME
+    if store_path.is_file():
+        try:
+            store = Store(run_dir)
+            finished = bool(store.finished_ids())
+            store.close()
+        except StoreError:
+            return
+        if finished:
+            return
+        for name in (STORE_NAME, f"{STORE_NAME}-journal", f"{STORE_NAME}-wal", f"{STORE_NAME}-shm"):
+            (run_dir / name).unlink(missing_ok=True)
+    if made_here and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {RunLock.NAME}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _resume_config(run_dir: Path, values: dict[str, Any], host: Host, args: argparse.Namespace) -> RunConfig:
@@ -137,7 +160,10 @@ def _resume_config(run_dir: Path, values: dict[str, Any], host: Host, args: argp
     if not stored:
         raise ConfigError(f"cannot resume {str(run_dir)!r}: its store was never set up (killed before its "
                           f"configuration was written); start it again with --out {run_dir}")
-    config = RunConfig.from_dict(stored)
+    try:
+        config = RunConfig.from_dict(stored)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot resume {str(run_dir)!r}: its stored configuration is damaged ({exc})") from None
     config.out = str(run_dir)  # the run directory as found now, should it have moved since
     # Only settings that do not change results may differ on resume.
     for key in RESUME_MAY_CHANGE:

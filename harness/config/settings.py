@@ -24,6 +24,7 @@ from harness.config.values import (
     ConfigError,
     boolean,
     count,
+    directory,
     ints_from,
     names,
     number,
@@ -254,7 +255,7 @@ class RunConfig:
                                                      "threads)")
     gpus_per_cell: int = setting(0, count(0), help="with --executor ray and --device cuda: GPUs each cell's task "
                                                      "asks for")
-    cache_dir: str = setting(default_cache_dir, text, metavar="DIR", shown="~/.cache/tensor-harness",
+    cache_dir: str = setting(default_cache_dir, directory, metavar="DIR", shown="~/.cache/tensor-harness",
                              help="where dense baselines are cached")
     data_dir: str | None = setting(None, text, metavar="DIR", shown="", help="folder holding torchvision datasets")
     download: bool = setting(False, boolean, switch=True, shown="",
@@ -323,7 +324,25 @@ def load_toml(path: str) -> dict[str, Any]:
     run_table = data.get("run", data)
     if not isinstance(run_table, dict):
         raise ConfigError(f"config file {path!r}: [run] must be a table")
+    beside = sorted(key for key in data if key != "run") if "run" in data else []
+    if beside:  # read as settings they would be ignored: TOML puts keys written above [run] outside it
+        raise ConfigError(f"config file {path!r}: {', '.join(map(repr, beside))} outside the [run] table (move "
+                          "it under [run], or drop the [run] line and give every setting at the top level)")
     return {key.replace("-", "_"): value for key, value in run_table.items()}
+
+
+def check_values(values: dict[str, Any], source: str, plugin_keys: set[str] = frozenset()) -> None:
+    """Parse every setting of one source (a preset or ``--config`` file) on its own, so a bad value is refused
+    even where a flag overrides it; raises :class:`ConfigError` naming the source."""
+    for key, value in values.items():
+        if value is None or key in plugin_keys:
+            continue
+        if key not in CONFIG_KEYS:
+            raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
+        try:
+            SETTINGS[key].parse(value, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"

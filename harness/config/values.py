@@ -9,6 +9,7 @@ mixes, tensorized shapes and checkpoints have parsers of their own.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def as_list(value: Any, key: str) -> list[str]:
 
 def parse_ratios(value: Any) -> list[float]:
     ratios = []
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (list, tuple, Mapping, bool)) for v in value):
+        raise ConfigError(f"ratios must be a list of numbers above 1, not {value!r}")
     for item in as_list(value, "ratios"):
         try:
             ratio = float(item)
@@ -77,6 +80,8 @@ def one(value: Any, key: str, numeric: bool = True) -> Any:
 
 def parse_ints(value: Any, key: str, minimum: int | None = None, maximum: int | None = None) -> list[int]:
     out = []
+    if any(isinstance(v, bool) for v in (value if isinstance(value, (list, tuple)) else [value])):
+        raise ConfigError(f"{key}: {value!r} is not an integer")
     for item in as_list(value, key):
         try:
             number = int(item)
@@ -154,6 +159,8 @@ def count(minimum: int) -> Callable[[Any, str], int]:
 
 def number(positive: bool = False, maximum: float | None = None) -> Callable[[Any, str], float]:
     def parse(value: Any, key: str) -> float:
+        if isinstance(one(value, key), bool):  # TOML true would otherwise be read as 1.0
+            raise ConfigError(f"{key}: {str(value).lower()} is not a number")
         try:
             number = float(one(value, key))
         except (TypeError, ValueError):
@@ -178,6 +185,18 @@ def text(value: Any, key: str) -> str:
     return str(one(value, key, numeric=False))
 
 
+def directory(value: Any, key: str) -> str:
+    """A folder harness writes into (made when missing): refused when it, or the first part of it that exists,
+    is a file, or that part cannot be written to."""
+    path = Path(text(value, key)).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key} {str(path)!r} is not a folder: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {str(path)!r} cannot be written: no write permission on {str(existing)!r}")
+    return str(path)
+
+
 def ints_from(minimum: int) -> Callable[[Any, str], list[int]]:
     def parse(value: Any, key: str) -> list[int]:
         return distinct(parse_ints(value, key, minimum=minimum), key)
@@ -200,6 +219,10 @@ def parse_weights(value: Any) -> dict[str, str]:
         resolved = Path(path).expanduser()
         if not resolved.is_file():
             raise ConfigError(f"weights file {path!r} does not exist")
+        try:
+            open(resolved, "rb").close()
+        except OSError as exc:
+            raise ConfigError(f"weights file {path!r} cannot be read: {exc.strerror}") from None
         weights[str(model)] = str(resolved.resolve())
     return weights
 

@@ -12,6 +12,26 @@ class HarnessError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (the type alone for an empty message)."""
+    """``Type: first line of the message`` (the type alone for an empty message); a ``sys.exit`` says so."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    full = disk_full(exc)
+    if full:
+        return f"{full} ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def disk_full(exc: BaseException | None) -> str:
+    """What to tell the user where ``exc`` (or what it was raised from) is a write that found no space, else "": an
+    ``OSError`` with ENOSPC says so; torch.save's zip writer only says ``file write failed``, almost always a full
+    disk."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "disk full: no space left on device"
+        if isinstance(exc, RuntimeError) and "file write failed" in str(exc):
+            return "a file write failed, most likely because the disk is full"
+        exc = exc.__cause__ or exc.__context__
+    return ""

@@ -149,10 +149,12 @@ def not_planned_summary(records: list[dict[str, str]] | list[NotPlanned]) -> str
 
 @dataclass
 class Plan:
-    """The planner's answer: the cells to run, notes for the user, and the combinations left out and why."""
+    """The planner's answer: the cells to run, notes for the user, and the combinations left out and why;
+    ``warnings`` name the patterns the user gave that matched nothing (a typo, or a defensive pattern)."""
 
     cells: list[Cell]
     notes: list[str] = field(default_factory=list)
     not_planned: list[NotPlanned] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 

@@ -236,6 +236,8 @@ def plan_cells(
     ratio_budgets = sorted({ratio for _, ratios in selections for ratio in ratios if ratio != NO_RATIO})
     cells: list[Cell] = []
     notes: list[str] = []
+    matched: set[tuple[str, str]] = set()  # the --layers and --mix globs that match a layer somewhere
+    partly: list[tuple[tuple[str, str], str]] = []  # (glob, note) where a glob misses one model's layers
     not_planned: list[NotPlanned] = []
 
     def add(backend: str, model_name: str, dataset: str, method: str, target: str,
@@ -265,8 +267,11 @@ def plan_cells(
             if config.layers:
                 paths = [name for name, module in model.named_modules() if layer_kind(module)]
                 for pattern in config.layers:
-                    if not any(fnmatchcase(path, pattern) for path in paths):
-                        notes.append(f"--layers {pattern!r} matches no conv or Linear layer of {model_name}")
+                    if any(fnmatchcase(path, pattern) for path in paths):
+                        matched.add(("layers", pattern))
+                    else:
+                        partly.append((("layers", pattern),
+                                       f"--layers {pattern!r} matches no conv or Linear layer of {model_name}"))
             for target in config.targets:
                 layers = target_layers(model, target, config.keep_edges_dense, config.layers)
                 if not layers:
@@ -290,18 +295,39 @@ def plan_cells(
                         continue
                     check_ratios(ratio_budgets, model_name, [(path, layer) for path, layer, _ in assigned])
                     for pattern, _ in mix.patterns:
-                        if not any(fnmatchcase(path, pattern) for path, _ in layers):
-                            notes.append(f"mix {spec}: {pattern!r} matches no {target} layer of {model_name} "
-                                         f"(targeted: {', '.join(path for path, _ in layers)})")
+                        if any(fnmatchcase(path, pattern) for path, _ in layers):
+                            matched.add(("mix", pattern))
+                        else:
+                            partly.append((("mix", pattern), f"mix {spec}: {pattern!r} matches no {target} layer "
+                                           f"of {model_name} (targeted: {', '.join(path for path, _ in layers)})"))
                     for backend in run_backends:
                         add(backend, model_name, dataset, mix.label, target, assigned, mix=spec)
             if config.dense_control and config.epochs > 0:
                 cells += [control_cell(model_name, dataset, seed) for seed in config.seeds]
+    notes += [note for key, note in partly if key in matched]  # the rest are warnings below
     notes = list(dict.fromkeys(notes))  # a model planned on several datasets repeats its notes
+    warnings = _unmatched(config, matched, cells)
     kept = [c for c in cells if not any(fnmatchcase(c.cell_id, pattern) for pattern in config.skip)]
     if len(kept) < len(cells):
         notes.append(f"{len(cells) - len(kept)} cells left out by skip patterns {', '.join(config.skip)}")
-    return Plan(kept, notes, not_planned)
+    return Plan(kept, notes, not_planned, warnings)
+
+
+def _unmatched(config: RunConfig, matched: set[tuple[str, str]], cells: list[Cell]) -> list[str]:
+    """One warning per ``--layers`` or ``--mix`` glob that matches no layer of any model and per ``--skip`` glob
+    that matches no planned cell: the run goes on (a grid's patterns may be defensive, naming a backend not
+    installed here), but a typo is named, never silently run around. (A glob matching some models only is a note.)"""
+    warnings = [f"--layers {pattern!r} matches no conv or Linear layer of {', '.join(config.models)} (paths as in "
+                "model.named_modules(), e.g. 'features.*')" for pattern in config.layers
+                if ("layers", pattern) not in matched]
+    warnings += [f"mix {spec}: {pattern!r} matches no targeted layer of {', '.join(config.models)} (paths as in "
+                 "model.named_modules())" for spec in config.mix for pattern, _ in Mix.parse(spec).patterns
+                 if ("mix", pattern) not in matched]
+    ids = [c.cell_id for c in cells]
+    example = f" (cell ids look like {ids[0]!r})" if ids else ""
+    warnings += [f"--skip {pattern!r} matches no planned cell{example}" for pattern in config.skip
+                 if not any(fnmatchcase(cell_id, pattern) for cell_id in ids)]
+    return warnings
 
 
 def control_cell(model: str, dataset: str, seed: int) -> Cell:

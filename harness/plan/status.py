@@ -23,7 +23,7 @@ class Status(str, Enum):
         return self.value
 
 
-# A cell that failed, broke the budget its backend promised, or cannot be read back: exit code 1.
-FAILED = (Status.ERROR, Status.TIMEOUT, Status.OVER_BUDGET, Status.DAMAGED)
+# A cell that failed, diverged, broke the budget its backend promised, or cannot be read back: exit code 1.
+FAILED = (Status.ERROR, Status.TIMEOUT, Status.DIVERGED, Status.OVER_BUDGET, Status.DAMAGED)
 # What `harness run --resume --retry` may run again.
 RETRYABLE = (Status.TIMEOUT, Status.ERROR)

@@ -2,7 +2,7 @@
 
 The store is the only input (``harness report RUN_DIR`` and the end of ``harness run`` are the same call): each report
 plugin's ``harness_report`` runs on :class:`harness.results.store.RunResults`, a failing plugin is one line and the
-others still run, and the exit code is 1 when any cell failed (:data:`FAILED_STATUSES`), else 0.
+others still run, and the exit code is 1 when any cell failed (:data:`FAILED_STATUSES`) or a report plugin did, else 0.
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ def report(run_dir: Path, host: Any, write: Callable[[str], None]) -> int:
     results = load_results(run_dir)
     for line in results.warnings:
         write(line)
+    broken = 0
     for impl in host.pm.hook.harness_report.get_hookimpls():
         try:
             impl.function(results=results, run_dir=str(run_dir))
         except Exception as exc:  # one broken report plugin must not hide the others
             write(f"report plugin {impl.plugin_name!r} failed: {one_line(exc)}")
+            broken += 1
     for impl in host.pm.hook.harness_terminal_summary.get_hookimpls():
         try:
             impl.function(results=results, write=write)
         except Exception as exc:
             write(f"summary of plugin {impl.plugin_name!r} failed: {one_line(exc)}")
+            broken += 1
     failed = results.cells["status"].isin(FAILED_STATUSES).sum() if len(results.cells) else 0
-    return 1 if failed else 0
+    return 1 if failed or broken else 0

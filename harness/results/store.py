@@ -218,7 +218,10 @@ class Store:
                                   [(k, json.dumps(v, default=str)) for k, v in values.items()])
 
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        try:
+            return _checked_meta(self.conn, self.path)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{str(self.path)!r} cannot be read: {exc}") from None
 
     def cell_record(self, cell_id: str) -> StoredCell | None:
         """See :func:`read_cell`."""
@@ -326,6 +329,14 @@ class RunResults:
         return comparable_cells(self.cells)
 
 
+def _checked_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """The meta table as a dict, with the run's configuration a table (a damaged one is a :class:`StoreError`)."""
+    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    if not isinstance(meta.get("config", {}), dict):
+        raise StoreError(f"{str(path)!r} cannot be read: its stored configuration is not a table")
+    return meta
+
+
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     """A run's metadata, read without writing anything (raises :class:`StoreError` for a missing or damaged
     store)."""
@@ -336,7 +347,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         conn = connect_for_reading(path)
         try:
             check_integrity(conn, path)
-            return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            return _checked_meta(conn, path)
         finally:
             conn.close()
     except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
@@ -354,7 +365,7 @@ def load_results(run_dir: str | Path) -> RunResults:
     try:
         conn = connect_for_reading(path)
         check_integrity(conn, path)
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        meta = _checked_meta(conn, path)
         raw = pd.read_sql_query("SELECT * FROM cells ORDER BY finished_at", conn)
         epochs = pd.read_sql_query("SELECT * FROM epochs ORDER BY cell_id, epoch", conn)
         layers = pd.read_sql_query("SELECT * FROM layers ORDER BY cell_id, layer", conn)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.core.errors import one_line
 from harness.core.files import write_atomically
 from harness.run.data import Data
 from harness.run.training import TrainSettings, evaluate_test, train
@@ -143,6 +144,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
              if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise WeightsError(f"weights file {str(path)!r} does not fit the model: shapes differ for {_first(wrong)}")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a diverged training's checkpoint: every cell would start from, and report on, NaNs
+        raise WeightsError(f"weights file {str(path)!r} holds non-finite values (NaN or inf) in {len(broken)} "
+                           f"tensors ({_first(broken)})")
     model.load_state_dict(state)
 
 
@@ -175,9 +180,12 @@ def ensure_baseline(
     if path.exists():
         try:
             state, meta = read_baseline(path)
-            if data is not None and meta.get("acc") is not None:
-                model = build()
+            model = build()
+            try:  # an entry whose weights are another architecture's would fail every cell that loads it
                 model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise CacheInvalid(f"its weights do not fit the model ({one_line(exc)[:200]})") from None
+            if data is not None and meta.get("acc") is not None:
                 accuracy = evaluate_test(model.to(device).eval(), data)[1]
                 if abs(accuracy - meta["acc"]) > ACCURACY_TOLERANCE:
                     raise CacheInvalid(f"its test accuracy is {accuracy:.2f}% where {meta['acc']:.2f}% was recorded")

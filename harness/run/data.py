@@ -27,11 +27,49 @@ import torch
 
 import harness
 from harness.config.settings import DataOptions  # noqa: F401 - part of this module's API
+from harness.core.errors import one_line
 from harness.core.files import write_atomically
 
 
 class DataUnavailable(Exception):
     """The dataset cannot be loaded; the message is one line that says how to get it."""
+
+
+class BadImage(DataUnavailable):
+    """An image file of a folder that cannot be decoded; the message names it. Raised in a loader process, the
+    exception reaches the driver rebuilt from the worker's traceback text, so only its last line is kept."""
+
+    def __init__(self, message: str) -> None:
+        lines = [line for line in str(message).strip().splitlines() if line.strip()]
+        super().__init__(lines[-1].split(f"{type(self).__name__}: ", 1)[-1] if lines else "")
+
+
+def read_image(path: str):
+    """An image as RGB, or :class:`BadImage` naming the file (not PIL's error, which names none)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"image {path} cannot be read ({one_line(exc)}): remove or replace it") from None
+
+
+# Folders up to this many images have every file's header checked before the run starts; beyond it a damaged
+# file is found when it is first read (opening a million files would cost minutes on a network disk).
+HEADER_CHECK_LIMIT = 100_000
+
+
+def check_headers(paths: list[str]) -> None:
+    """:class:`BadImage` for the first file PIL cannot identify as an image (a truncated one passes: found later)."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadImage(f"image {path} cannot be read ({one_line(exc)}): remove or replace it") from None
 
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -124,8 +162,9 @@ class FolderData:
         transform = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(self.image_size),
                                         transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         try:
-            self.train = datasets.ImageFolder(str(splits["train"]), transform=transform)
-            self.test = datasets.ImageFolder(str(splits.get("test", splits.get("val"))), transform=transform)
+            self.train = datasets.ImageFolder(str(splits["train"]), transform=transform, loader=read_image)
+            self.test = datasets.ImageFolder(str(splits.get("test", splits.get("val"))), transform=transform,
+                                             loader=read_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataUnavailable(f"image folder {str(self.root)!r} cannot be read: {exc}") from None
         if self.train.classes != self.test.classes:
@@ -140,6 +179,9 @@ class FolderData:
                         kept.append((path, label))
                 dataset.samples = dataset.imgs = kept
                 dataset.targets = [label for _, label in kept]
+        paths = [path for dataset in (self.train, self.test) for path, _ in dataset.samples]
+        if len(paths) <= HEADER_CHECK_LIMIT:
+            check_headers(paths)
 
     @property
     def num_classes(self) -> int:

@@ -38,6 +38,7 @@ BUILTIN_MODULES = {"builtin-models": "harness.run.models", "builtin-datasets": "
 
 # Where a plugin came from, as `harness plugins` shows it.
 BUILTIN, ENTRY_POINT, COMMAND_LINE = "built into harness", "entry point", "-p"
+DISTRIBUTION = "tensor-harness"  # the package whose own entry points (the shipped backends) count as harness's
 
 
 @dataclass
@@ -160,7 +161,7 @@ def load_host(blocked: Iterable[str] = (), extra_modules: Iterable[str] = ()) ->
             plugin = load()
             pm.register(plugin, name=name)
             record.hooks = _hooks_of(pm, plugin)
-        except Exception as exc:  # a broken plugin must never take the host down
+        except (Exception, SystemExit) as exc:  # a broken plugin must never take the host down, nor end it
             record.error = one_line(exc)
 
     for name, module_path in BUILTIN_MODULES.items():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 import harness
+from harness.core.errors import one_line
 
 InputShape = tuple[int, int, int]
 
@@ -212,8 +213,8 @@ def user_builder(location: str, attribute: str) -> Callable[[InputShape, int], n
             module = importlib.import_module(location)
     except ModelUnavailable:
         raise
-    except Exception as exc:
-        raise ModelUnavailable(f"cannot import {location!r}: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # a sys.exit at import would otherwise end harness with its code
+        raise ModelUnavailable(f"cannot import {location!r}: {one_line(exc)}") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ModelUnavailable(f"{location!r} has no callable {attribute!r}")

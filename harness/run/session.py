@@ -38,7 +38,7 @@ from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, l
 from harness.run.data import Data, DataUnavailable, resolve_dataset
 from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
-from harness.run.host import Host
+from harness.run.host import BUILTIN, DISTRIBUTION, Host
 from harness.run.latency import NetworkLoader, measure_ort, measure_pending
 from harness.run.latency_tables import device_name
 from harness.run.models import resolve_model
@@ -106,13 +106,39 @@ def build_planning_models(config: RunConfig, host: Host, data: dict[str, Data]) 
             try:
                 network = spec.build(shape, classes)
                 with torch.inference_mode():
-                    network.eval()(torch.zeros(1, *shape))
-            except Exception as exc:  # a user's builder, or an architecture too deep for a small input
+                    output = network.eval()(torch.zeros(1, *shape))
+            except (Exception, SystemExit) as exc:  # a user's builder, or an architecture too deep for a small input
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"model {model!r} cannot run on {dataset} inputs of shape "
                                   f"{'x'.join(map(str, shape))}: {type(exc).__name__}: {text[:300]}") from None
+            _check_scores(model, dataset, output, classes)
             built[f"{model}@{dataset}"] = network
     return built
+
+
+def _check_scores(model: str, dataset: str, output: Any, classes: int) -> None:
+    """A model must return one tensor of class scores per image, as many as the dataset has classes: training
+    would otherwise fail in every cell (a tuple has no loss; a target beyond the scores is out of bounds)."""
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError(f"model {model!r} returns a {type(output).__name__}, not a tensor of class scores "
+                          "(wrap it to return the logits alone)")
+    if output.dim() != 2:
+        raise ConfigError(f"model {model!r} returns scores of shape {tuple(output.shape)} for one image, not "
+                          f"(1, {classes}): one score per class of {dataset}")
+    if output.shape[1] != classes:
+        raise ConfigError(f"model {model!r} gives {output.shape[1]} outputs per image, but {dataset} has {classes} "
+                          "classes (build its classifier with num_classes outputs)")
+
+
+def _outside_plugins(host: Host, backends: set[str]) -> list[str]:
+    """The plugins of ``backends`` that do not ship with harness (installed by others, or given with ``-p``)."""
+    names = []
+    for backend in sorted(backends):
+        owner = host.backend_plugin.get(backend)
+        record = next((r for r in host.plugins if r.name == owner), None)
+        if record is not None and record.origin != BUILTIN and record.distribution != DISTRIBUTION:
+            names.append(f"plugin {record.name!r}")
+    return list(dict.fromkeys(names))
 
 
 def default_run_dir() -> str:
@@ -136,10 +162,17 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
     cells = plan.cells
     for note in plan.notes:
         write(f"note: {note}")
+    for warning in plan.warnings:
+        write(f"warning: {warning}")
     if plan.not_planned:
         write(f"note: {not_planned_summary(plan.not_planned)}")
     if not cells:
         raise ConfigError("nothing to run: no method applies to the chosen targets and models")
+    outside = _outside_plugins(host, {c.backend for c in cells})
+    if config.executor == "inprocess" and outside:
+        write(f"note: the in-process executor cannot contain {', '.join(outside)}: a plugin that calls os._exit or "
+              "catches the cell timeout as BaseException ends or stalls the run; --executor process (the default) "
+              "isolates each cell")
 
     store = open_store({**run_metadata(config, host, argv, device),
                         "not_planned": [record.to_dict() for record in plan.not_planned]})
@@ -272,7 +305,7 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
                                               None if config.no_train else splits.to(device), seed, training,
                                               progress=bar.update, weights=weights, device=device,
                                               on_invalid=lambda line: bar.write(f"warning: {line}"))
-            except WeightsError as exc:
+            except (WeightsError, DataUnavailable) as exc:  # the user's checkpoint or image folder
                 raise ConfigError(str(exc)) from None
         if not fresh:
             continue

@@ -47,8 +47,8 @@ def test_no_dense_control_and_skip_patterns(tmp_path, fast_args, capsys):
 
 
 def test_divergence_marks_the_cell_and_the_run_goes_on(tmp_path, fast_args):
-    out = tmp_path / "run"
-    assert _run(out, fast_args, "--methods", "explode,lowrank", "--no-dense-control", "--epochs", "3") == 0
+    out = tmp_path / "run"  # a diverged cell is a failed one: exit 1, as the README defines it
+    assert _run(out, fast_args, "--methods", "explode,lowrank", "--no-dense-control", "--epochs", "3") == 1
     results = load_results(out)
     cells = results.cells.set_index("method")
     assert cells.loc["explode", "status"] == "diverged"

@@ -31,7 +31,8 @@ def _plan(**values):
     config = build_config({"ratios": "4", "dense_control": False, **values})
     validate_names(config, BACKENDS, {"lenet5": None}, {"mnist-embedded": None})
     plan = plan_cells(config, BACKENDS, {"lenet5@mnist-embedded": lenet5((1, 28, 28), 10)})
-    return config, {c.cell_id: c for c in plan.cells}, plan.notes + [r.reason for r in plan.not_planned]
+    return config, {c.cell_id: c for c in plan.cells}, [*plan.notes, *plan.warnings,
+                                                         *(r.reason for r in plan.not_planned)]
 
 
 def test_mix_parsing_labels_and_precedence():
@@ -72,10 +73,13 @@ def test_planning_a_mix_gives_one_cell_per_backend_that_declares_its_methods():
 
 
 def test_planning_mixes_on_given_targets_auto_and_all():
-    _, cells, notes = _plan(backends="wide", targets="linear", mix="linear=svd,fc9=tt;conv=tucker2")
-    assert list(cells) == ["wide/lenet5/mnist-embedded/mix-dense+svd+fc9=tt/linear/x4/s0"]
+    _, cells, notes = _plan(backends="wide", targets="linear", mix=f"linear=svd,{FC2}=tt;conv=tucker2")
+    assert list(cells) == [f"wide/lenet5/mnist-embedded/mix-dense+svd+{FC2}=tt/linear/x4/s0"]
     assert "mix conv=tucker2 maps no linear layer of lenet5; skipped" in notes
-    assert any("'fc9' matches no linear layer" in note for note in notes)
+    _, cells, notes = _plan(backends="wide", targets="linear", mix="linear=svd,fc9=tt")
+    assert list(cells) == ["wide/lenet5/mnist-embedded/mix-dense+svd+fc9=tt/linear/x4/s0"]  # by its kind rules
+    assert "mix linear=svd,fc9=tt: 'fc9' matches no targeted layer of lenet5 (paths as in model.named_modules())" \
+        in notes  # a typo is named, as a warning
     config, cells, notes = _plan(backends="wide,scratchy", methods="all,auto", targets="linear")
     assert config.methods == ["cp", "svd", "tt", "tucker2", "auto"]  # all: the declared methods, auto only by name
     assert cells["wide/lenet5/mnist-embedded/auto/linear/x4/s0"].init == "decompose"

@@ -125,3 +125,4 @@ def test_a_cluster_that_cannot_be_joined_is_one_line(tmp_path, cache_dir, capsys
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cannot join the Ray cluster" in err
+    assert not (tmp_path / "run").exists()  # refused: no store left behind to refuse the same --out next time

@@ -34,15 +34,24 @@ def pristine(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     return root / "cache", cells
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "another architecture"])
 def test_a_corrupted_baseline_cache_is_reported_and_retrained(tmp_path, capsys, pristine, damage):
     import shutil
+
+    import torch
+
+    from harness.run.baseline import state_digest
+    from harness.run.models import mlp
 
     cache, first = tmp_path / "cache", pristine[1]
     shutil.copytree(pristine[0], cache)
     (entry,) = (cache / "baselines").glob("*.pt")
     data = bytearray(entry.read_bytes())
-    if damage == "flip":  # same size, bytes in the middle (the weights) inverted
+    if damage == "another architecture":  # a whole, self-consistent entry, but of an MLP's weights
+        state = mlp((1, 28, 28), 10).state_dict()
+        meta = {**torch.load(entry, weights_only=True)["meta"], "content_sha256": state_digest(state)}
+        torch.save({"state_dict": state, "meta": meta}, entry)
+    elif damage == "flip":  # same size, bytes in the middle (the weights) inverted
         middle = len(data) // 2
         data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
         entry.write_bytes(bytes(data))

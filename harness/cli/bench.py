@@ -17,9 +17,10 @@ Four studies, each measured for real (none is part of the test suite; ``harness 
   where it went: the cells phase against the rest, and the cell-seconds of each backend and method.
 - ``latency-aware``: data-free torchvision networks at 224x224 (``--models``, VGG-16 and ResNet-50 by default),
   per batch and thread count (``--batches``, ``--thread-counts``), native Tucker-2 and SVD (``--methods``) on the
-  conv layers under ``--rank-selection latency:2`` beside the uniform x4 plan, in one run per configuration (slow: the latency tables
-  of a 224x224 network take minutes to profile at batch 1, and are cached for the next run): the predicted and the
-  measured whole-network speedup, the whole-model compression and the profiling seconds.
+  conv layers under ``--rank-selection latency:2`` beside the uniform x4 plan, in one run per configuration (slow:
+  the latency tables of a 224x224 network take minutes to profile, and are cached for the next run): the speedup
+  the tables predicted, the one the plan's whole-network check predicted, the measured one, the whole-model
+  compression and the profiling seconds (tables and checks).
 """
 
 from __future__ import annotations
@@ -267,20 +268,24 @@ def latency_aware_study(models: list[str], batches: list[int], threads: list[int
                          "4", "--latency-batch", str(batch), "--latency-threads", str(count), "--jobs", "1",
                          "--out", str(out), "--cache-dir", str(cache)], capture_output=True, text=True)
                     profiled = [line for line in result.stdout.splitlines() if line.startswith("latency tables of")]
+                    checked = [line for line in result.stdout.splitlines() if line.startswith("plan checks of")]
                     if result.returncode != 0 or not (out / "results.sqlite").is_file():
                         rows.append({"model": model, "batch": batch, "threads": count,
                                      "selection": f"failed: {(result.stderr or result.stdout).strip()[-200:]}"})
                         continue
                     cells = load_results(out).comparable
                     for _, cell in cells.sort_values(["rank_selection", "method"]).iterrows():
-                        predicted = cell.get("predicted_speedup")
+                        predicted, tables = cell.get("predicted_speedup"), cell.get("predicted_speedup_tables")
                         rows.append({"model": model, "batch": batch, "threads": count,
                                      "selection": cell["rank_selection"], "method": cell["method"],
-                                     "predicted x": predicted, "measured x": cell["speedup"],
-                                     "measured / predicted": cell["speedup"] / predicted if predicted == predicted
+                                     "tables x": tables, "checked plan x": predicted, "measured x": cell["speedup"],
+                                     "measured / tables": cell["speedup"] / tables if tables == tables and tables
+                                     else None,
+                                     "measured / checked": cell["speedup"] / predicted if predicted == predicted
                                      and predicted else None,
                                      "whole-model compression x": cell["model_params_dense"] / cell["model_params"],
-                                     "profiling": profiled[0].split("(")[-1].rstrip(")") if profiled else ""})
+                                     "profiling": profiled[0].split("(")[-1].rstrip(")") if profiled else "",
+                                     "checks": checked[0].split("(")[-1].rstrip(")") if checked else ""})
     return rows
 
 

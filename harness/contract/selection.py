@@ -77,6 +77,9 @@ class SelectionInput:
     data-driven selector measures sensitivity with (never test data, which only the reports may see). For a selector
     that ``needs_latency``, ``latency`` holds one :class:`LayerLatency` per layer and ``network_ms`` the whole dense
     network's latency at the same batch, both measured quietly on the target before the cells ran.
+    ``latency_correction`` is how much slower a whole planned network measured than its tables predicted (measured
+    over predicted latency, from the profiling phase's check of this cell's plan; 1.0 when unchecked): a selector
+    aiming at a measured latency L plans for L / latency_correction on the tables.
     """
 
     argument: str | None
@@ -86,6 +89,7 @@ class SelectionInput:
     loss_with: Callable[[int, Tensor], float] | None = None
     latency: Sequence[LayerLatency] | None = None
     network_ms: float | None = None
+    latency_correction: float = 1.0
 
 
 @dataclass(frozen=True)

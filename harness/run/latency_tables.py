@@ -52,7 +52,8 @@ LAYER_SECONDS = 30.0
 _SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
     context TEXT NOT NULL, budget INTEGER NOT NULL, method TEXT NOT NULL, value TEXT NOT NULL, described TEXT,
     PRIMARY KEY (context, method, budget));
-CREATE TABLE IF NOT EXISTS networks (key TEXT PRIMARY KEY, ms REAL NOT NULL, described TEXT);"""
+CREATE TABLE IF NOT EXISTS networks (key TEXT PRIMARY KEY, ms REAL NOT NULL, described TEXT);
+CREATE TABLE IF NOT EXISTS corrections (key TEXT PRIMARY KEY, factor REAL NOT NULL, described TEXT);"""
 
 
 def layer_signature(layer: nn.Module) -> str:
@@ -127,6 +128,15 @@ class TableCache:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO networks VALUES (?, ?, ?)", (key, ms, described))
 
+    def correction(self, key: str) -> float | None:
+        """The measured-over-predicted factor the profiling phase's check of a plan found (see :func:`check_key`)."""
+        row = self.conn.execute("SELECT factor FROM corrections WHERE key = ?", (key,)).fetchone()
+        return float(row[0]) if row and _positive(row[0]) else None
+
+    def add_correction(self, key: str, factor: float, described: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO corrections VALUES (?, ?, ?)", (key, factor, described))
+
 
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
@@ -147,6 +157,19 @@ def _option(method: str, budget: int, text: str) -> LatencyOption | None:
 def _key(parts: dict[str, Any]) -> tuple[str, str]:
     described = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(described.encode()).hexdigest(), described
+
+
+def check_key(network: str, cell: Cell, library_version: str | None, weights: str) -> tuple[str, str]:
+    """The key of a latency plan's check (:func:`harness.run.profiling.check_plans`): the dense network's key, the
+    backend and library version, the latency selection (a matched cell shares its reference's), the ratio where the
+    selection spends one, the layers' methods and the weights it planned from (``weights``: the baseline file)."""
+    from harness.contract.selection import split_match
+
+    own, reference = split_match(cell.rank_selection)
+    latency = reference or own
+    return _key({"network": network, "backend": cell.backend, "library": library_version, "selection": latency,
+                 "ratio": cell.ratio, "weights": weights,
+                 "methods": [[plan.path, *layer_methods(plan)] for plan in cell.planned()]})
 
 
 def table_context(layer: nn.Module, input_shape: Sequence[int], backend: str, library_version: str | None,
@@ -306,16 +329,19 @@ def read_tables(cache: TableCache, contexts: Sequence[str], methods: Sequence[Se
 
 
 def cell_tables(cell: Cell, config: RunConfig, library_version: str | None, device: torch.device, data: Any,
-                model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> tuple[list[LayerLatency], float]:
-    """A cell's latency tables, one per layer of ``layers`` (paths and modules of ``model`` on ``device``), and the
-    dense network's latency, as the profiling phase cached them; :class:`SelectionError` when one is missing."""
+                model: nn.Module, layers: Sequence[tuple[str, nn.Module]], weights: str = ""
+                ) -> tuple[list[LayerLatency], float, float]:
+    """A cell's latency tables, one per layer of ``layers`` (paths and modules of ``model`` on ``device``), the
+    dense network's latency and the correction the profiling phase's check of the cell's plan found (1.0 where none
+    was checked), as the profiling phase cached them; :class:`SelectionError` when a table is missing."""
     batch = data.head("test", config.latency_batch)[0]
     shapes = layer_inputs(model, batch, [path for path, _ in layers])
     label = device_name(device)
     cache = TableCache(config.cache_dir)
     try:
-        network_ms = cache.network_ms(network_key(cell.model, tuple(batch.shape), config.latency_threads, label,
-                                                  config.memory_format)[0])
+        network = network_key(cell.model, tuple(batch.shape), config.latency_threads, label, config.memory_format)[0]
+        network_ms = cache.network_ms(network)
+        correction = cache.correction(check_key(network, cell, library_version, weights)[0]) or 1.0
         contexts = [table_context(layer, shapes[path], cell.backend, library_version, config.latency_threads, label,
                                   config.memory_format)[0] for path, layer in layers]
         plans = {plan.path: plan for plan in cell.layers}
@@ -327,7 +353,7 @@ def cell_tables(cell: Cell, config: RunConfig, library_version: str | None, devi
         cache.close()
     if network_ms is None:
         raise SelectionError("no latency of the dense network: the profiling phase did not measure it")
-    return tables, network_ms
+    return tables, network_ms, correction
 
 
 def with_table(budget: LayerBudget, table: LayerLatency) -> LayerBudget:

@@ -35,19 +35,8 @@ from torch import nn
 
 from harness.config.mixing import AUTO
 from harness.config.settings import RunConfig
-from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget, layer_kind
-from harness.contract.selection import (
-    LayerBudget,
-    RankSelector,
-    SelectionError,
-    SelectionInput,
-    SelectionLayer,
-    layer_budgets,
-    matched_budgets,
-    needs_latency,
-    parse_spec,
-    split_match,
-)
+from harness.contract.backend import DecomposeRequest, OverBudget, Unsupported, check_budget
+from harness.contract.selection import LayerBudget, SelectionError
 from harness.core.allocator import keep_freed_memory
 from harness.measure.metrics import count_flops, count_params, replacement_error
 from harness.measure.stability import stability_metrics
@@ -56,17 +45,12 @@ from harness.plan.result import CellResult, LayerResult
 from harness.plan.status import Status
 from harness.run.baseline import baseline_path, load_baseline
 from harness.run.data import Data, resolve_dataset
-from harness.run.latency_tables import cell_tables, with_table
 from harness.run.host import Host, format_exception
 from harness.run.models import resolve_model
+from harness.run.selection import select_budgets
 from harness.run.networks import network_path, save_network
-from harness.run.training import evaluate, evaluate_test, synchronize, train
+from harness.run.training import evaluate_test, synchronize, train
 from harness.tensor.structures import PaddedLinear, zero_padded
-
-# Training images a data-driven rank selector probes the loss on: the first ones of the training split, the same for
-# every cell, so budgets do not depend on the backend; enough to rank layers, few enough to probe many ranks.
-SELECTION_BATCH = 512
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -99,7 +83,7 @@ class CellContext:
         return lambda: spec.build(data.input_shape, data.num_classes)
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+def replace_layer(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent_path) if parent_path else model, name, new)
 
@@ -118,7 +102,7 @@ def _json_safe(info: Any) -> Any:
     return str(info)
 
 
-def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | None = None) -> CellResult:
+def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[Any], None] | None = None) -> CellResult:
     """Run one cell and return its result (never raises for a backend's fault)."""
     started = time.perf_counter()
     result = CellResult(cell)
@@ -132,67 +116,6 @@ def run_cell(cell: Cell, ctx: CellContext, progress: Callable[[int], None] | Non
         result.fail(Status.ERROR, *format_exception(exc))
     result.metrics["cell_s"] = time.perf_counter() - started
     return result
-
-
-def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Data
-                ) -> Callable[[int, torch.Tensor], float]:
-    """``loss_with(i, weight)``: the model's loss on the selection batch with layer ``i``'s weight swapped in."""
-    x, y = data.head("train", SELECTION_BATCH)
-
-    def loss_with(index: int, weight: torch.Tensor) -> float:
-        layer = layers[index][1]
-        original = layer.weight.data
-        try:
-            layer.weight.data = weight.to(original.device, original.dtype).reshape(original.shape)
-            return evaluate(model, x, y)[0]
-        finally:  # the dense weight goes back whatever happened: the backends decompose it next
-            layer.weight.data = original
-
-    return loss_with
-
-
-def _select(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]],
-            metrics: dict[str, Any]) -> tuple[list[LayerBudget], list[float | None]]:
-    """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced, and each dense
-    layer's latency where the layers' latency tables were measured (None otherwise)."""
-    own, reference = split_match(cell.rank_selection)
-    name, argument = parse_spec(own)
-    selector = _rank_selector(ctx, name)
-    wanted = needs_latency(cell.rank_selection, ctx.host.rank_selectors)
-    timed = wanted or ctx.config.layer_latency
-    tables, network_ms = (cell_tables(cell, ctx.config, ctx.host.backends[cell.backend].library_version, ctx.device,
-                                      ctx.data(cell.dataset), model, layers) if timed else (None, None))
-    selection = SelectionInput(
-        argument=argument, ratio=cell.ratio if selector.uses_ratio and reference is None else None,
-        method=cell.method,
-        layers=[SelectionLayer(path, layer_kind(layer), layer.weight.detach(), count_params(layer),
-                               getattr(layer, "bias", None) is not None) for path, layer in layers],
-        loss_with=_loss_probe(model, layers, ctx.data(cell.dataset)),
-        latency=tables if wanted else None, network_ms=network_ms if wanted else None)
-    start = time.perf_counter()
-    if reference is None:
-        budgets = layer_budgets(selector, selection)
-    else:
-        reference_name, reference_argument = parse_spec(reference)
-        budgets, total = matched_budgets(selector, _rank_selector(ctx, reference_name), selection,
-                                         reference_argument)
-        metrics.update(matched_to=reference, matched_total=total)
-    metrics.update(rank_selector=name, selection_s=time.perf_counter() - start)
-    if tables is not None:
-        budgets = [with_table(budget, table) for budget, table in zip(budgets, tables)]
-        if all(b.predicted_ms is not None for b in budgets):  # a budget off the tables' grid has no prediction
-            predicted = network_ms - sum(t.dense_ms for t in tables) + sum(b.predicted_ms for b in budgets)
-            metrics.update(latency_network_table_ms=network_ms, latency_predicted_ms=predicted,
-                           predicted_speedup=network_ms / predicted if predicted > 0 else None)
-        return budgets, [table.dense_ms for table in tables]
-    return budgets, [None] * len(budgets)
-
-
-def _rank_selector(ctx: CellContext, name: str) -> RankSelector:
-    selector = ctx.host.rank_selectors.get(name)
-    if selector is None:
-        raise SelectionError(f"no plugin registers the rank selector {name!r}")
-    return selector
 
 
 def call_backend(ctx: CellContext | Host, layer: nn.Module, request: DecomposeRequest) -> tuple[nn.Module, float, str]:
@@ -330,7 +253,7 @@ def replay_plan(cell: Cell, host: Host, model: nn.Module, rows: list[LayerResult
             continue
         layer = model.get_submodule(plan.path)
         replacement = rebuild_layer(cell, plan, host, layer, row.max_params, row.info.get("method") or plan.method)
-        _replace(model, plan.path, replacement)
+        replace_layer(model, plan.path, replacement)
 
 
 def rebuild_layer(cell: Cell, plan: LayerPlan, host: Host, layer: nn.Module, budget: int | None, method: str,
@@ -343,12 +266,15 @@ def rebuild_layer(cell: Cell, plan: LayerPlan, host: Host, layer: nn.Module, bud
     return call_backend(host, layer, request)[0]
 
 
-def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResult) -> None:
-    """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer."""
+def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResult,
+               stage: Callable[[str], None] = lambda text: None) -> None:
+    """Execute the cell's per-layer plan on ``model``, recording one row per targeted layer; ``stage`` hears which
+    layer it is at."""
     device, metrics, rows = ctx.device, result.metrics, result.layers
     planned = cell.planned()
     layers = {plan.path: model.get_submodule(plan.path) for plan in cell.layers}
-    chosen, dense_ms = _select(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)
+    stage(f"choosing ranks ({cell.rank_selection})")
+    chosen, dense_ms = select_budgets(cell, ctx, model, [(plan.path, layers[plan.path]) for plan in planned], metrics)
     budgets = dict(zip([plan.path for plan in planned], chosen))
     dense_ms = dict(zip([plan.path for plan in planned], dense_ms))
     error_sq, weight_sq, decompose_s, refused = 0.0, 0.0, 0.0, []
@@ -367,6 +293,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             raise SelectionError(f"the rank selector asked layer {plan.path} for {budget.method!r}, which its plan "
                                  f"does not allow")
         plan = dataclasses.replace(plan, method=budget.method or plan.method)
+        stage(f"decomposing layer {len(rows) + 1}/{len(cell.layers)} {plan.path} ({plan.method})")
         request = layer_request(cell, plan, layer, budget.params, str(device))
         method, init, auto = plan.method, plan.init, None
         try:
@@ -409,7 +336,7 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
             stdout=printed[-2000:] or None))
         # The host's check, whatever the backend promised: the row above keeps the offending layer on record.
         check_budget(replacement, request)
-        _replace(model, plan.path, replacement)
+        replace_layer(model, plan.path, replacement)
 
     decomposed = [row for row in rows if row.left_dense is None]
     if not decomposed:
@@ -427,8 +354,10 @@ def _decompose(cell: Cell, ctx: CellContext, model: nn.Module, result: CellResul
     )
 
 
-def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[int], None] | None) -> None:
+def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[Any], None] | None) -> None:
     config, device = ctx.config, ctx.device
+    stage = (lambda text: progress((cell.cell_id, text))) if progress else (lambda text: None)  # noqa: E731
+    stage("loading the dense baseline")
     data = ctx.data(cell.dataset)
     build = ctx.builder(cell.model, cell.dataset)
     path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
@@ -453,9 +382,12 @@ def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[i
         metrics.update(params_dense=params, params=params, compression=1.0, budget=params, budget_ok=True,
                        decompose_s=0.0, recon_error=0.0, acc_decomposed=metrics["acc_baseline"])
     else:
-        _decompose(cell, ctx, model, result)
+        _decompose(cell, ctx, model, result, stage)
+        stage("evaluating the decomposed network")
         metrics["acc_decomposed"] = accuracy(model)
 
+    if config.epochs:
+        stage(f"fine-tuning for {config.epochs} epochs")
     records = result.epochs = train(model, data, config.fine_tune_settings(), seed=cell.seed, progress=progress)
     final_acc = records[-1].test_acc if records else metrics["acc_decomposed"]
     seen = [r.test_acc for r in records] + ([metrics["acc_decomposed"]] if metrics["acc_decomposed"] is not None
@@ -467,6 +399,7 @@ def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[i
         model_params=count_params(model), flops=count_flops(model, sample),
     )
     # Timed later, in the quiet latency phase (harness.run.latency): never beside other workers' training.
+    stage("saving the network")
     metrics["network_sha256"] = save_network(model, network_path(config.out, cell.cell_id), data.input_shape)
     metrics["latency_pending"] = True
     if metrics["acc_baseline"] is not None:

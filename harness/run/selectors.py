@@ -298,7 +298,8 @@ def _latency_plan(selection: SelectionInput, max_params: int | None) -> list[Lay
     kind, value = parse_target(selection.argument or "")
     layers_ms = sum(table.dense_ms for table in tables)
     rest = max(0.0, network_ms - layers_ms)  # what the targeted layers do not cost: the rest of the network
-    target = network_ms / value if kind == "speedup" else value
+    # The measured target, on the tables' scale: a plan the check found slower than its tables aims lower.
+    target = (network_ms / value if kind == "speedup" else value) / selection.latency_correction
     choices, options = zip(*(_layer_options(layer, table, max_params is not None)
                              for layer, table in zip(selection.layers, tables)))
     total = math.floor((target - rest) / LATENCY_UNIT_MS)

@@ -52,6 +52,10 @@ def test_the_selector_meets_a_planted_tables_target_exactly_with_the_least_error
     loose = _select("1.5", tables, 10.0, layers)
     assert [b.params for b in loose] == [large, large]
     assert _predicted(_select("4ms", tables, 10.0, layers), tables, 10.0) <= 4.0
+    # A plan measured 1.25x slower than its tables: the selector aims at 5 / 1.25 = 4 ms on the tables.
+    corrected = layer_budgets(LATENCY, SelectionInput("2", None, "svd", layers, latency=tables, network_ms=10.0,
+                                                      latency_correction=1.25))
+    assert _predicted(corrected, tables, 10.0) == pytest.approx(4.0)
 
 
 def test_a_layer_whose_every_candidate_is_slower_stays_dense_with_its_reason():
@@ -113,13 +117,21 @@ def test_a_run_measures_the_tables_once_and_records_choices_and_predictions(tmp_
     cells = pd.read_csv(tmp_path / "one" / "cells.csv")
     assert cells["status"].tolist() == ["ok"]
     assert cells["predicted_speedup"].iloc[0] > 0 and cells["speedup"].notna().all()
+    # The plan was checked on the whole network before the cell ran; the cell planned with the factor it found.
+    checks = [line for line in first.splitlines() if line.startswith("plan check ")]
+    assert checks and "x on the tables" in checks[0] and "x measured, target 1.01x" in checks[0]
+    with sqlite3.connect(cache / TABLES_FILE) as conn:
+        (factor,) = conn.execute("SELECT factor FROM corrections").fetchone()
+    assert cells["latency_correction"].iloc[0] == pytest.approx(factor)
+    assert cells["predicted_speedup"].iloc[0] == pytest.approx(cells["predicted_speedup_tables"].iloc[0] / factor)
     layers = pd.read_csv(tmp_path / "one" / "layers.csv")
     infos = [json.loads(info) for info in layers["info"]]
     assert all("latency_predicted_ms" in info and (info.get("why") or info.get("left_dense")) for info in infos)
 
-    # A second run measures nothing: every entry is in the cache.
+    # A second run measures nothing: every entry is in the cache, and so is the plan's check.
     assert main([*args, "--out", str(tmp_path / "two")]) == 0
-    assert ": 0 candidates measured" in capsys.readouterr().out
+    second = capsys.readouterr().out
+    assert ": 0 candidates measured" in second and "plan check" not in second
 
     # A damaged entry is measured again, never used; a file SQLite cannot read is replaced with a warning.
     with sqlite3.connect(cache / TABLES_FILE) as conn:

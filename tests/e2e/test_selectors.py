@@ -364,7 +364,7 @@ def test_probe_ranks_are_capped_and_keep_both_ends():
 
 def test_loss_probe_swaps_one_weight_and_puts_it_back():
     from harness.run.data import DataSplits
-    from harness.run.runner import _loss_probe
+    from harness.run.selection import _loss_probe
     from harness.run.training import evaluate
 
     torch.manual_seed(0)

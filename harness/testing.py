@@ -211,7 +211,7 @@ class BackendConformance:
         x = sample_input(layer)
         replacement = self.decompose(host, layer, method, rank="full")
         with torch.no_grad():
-            assert relative_error(layer(x), replacement(x)) < self.full_rank_tolerance
+            _assert_close_outputs(layer, layer(x), replacement(x), self.full_rank_tolerance, f"{method} at full rank")
 
     def test_planted_cp_rank_is_recovered(self, host, info, case):
         kind, method = case
@@ -232,7 +232,8 @@ class BackendConformance:
         x = sample_input(layer)
         replacement = self.decompose(host, layer, method, rank=rank)
         with torch.no_grad():
-            assert relative_error(layer(x), replacement(x)) < self.planted_tolerance
+            _assert_close_outputs(layer, layer(x), replacement(x), self.planted_tolerance,
+                                  f"{method} at the planted rank {rank}")
 
     def _at_ratio(self, host, kind: str, method: str, ratio: float) -> tuple[nn.Module, nn.Module, int]:
         """The layer, its replacement at ``ratio`` and the budget; skips when the backend reports it unreachable."""
@@ -281,12 +282,15 @@ class BackendConformance:
         x = sample_input(layer)
         replacement = self.decompose(host, layer, method, ratio=2.0)
         with torch.no_grad():
-            assert replacement(x).shape == layer(x).shape
+            got, expected = replacement(x).shape, layer(x).shape
+        assert got == expected, (f"{method} on {_describe(layer)} ({geometry}) gives output {tuple(got)} for input "
+                                 f"{tuple(x.shape)}, where the layer gives {tuple(expected)}")
         if info.init_for(method, kind) == "decompose" and method not in self.cp_methods:
             # Geometry carried right means full rank is exact here too (catches stride on every sub-layer).
             full = self.decompose(host, layer, method, rank="full")
             with torch.no_grad():
-                assert relative_error(layer(x), full(x)) < self.full_rank_tolerance
+                _assert_close_outputs(layer, layer(x), full(x), self.full_rank_tolerance,
+                                      f"{method} at full rank ({geometry})")
 
     @pytest.mark.parametrize("bias", [True, False])
     def test_bias_is_kept(self, host, info, case, bias):
@@ -298,7 +302,10 @@ class BackendConformance:
         with torch.no_grad():
             response = replacement(zero)
             expected = layer(zero)
-        assert torch.allclose(response, expected, atol=1e-5), "the response to a zero input is the bias"
+        gap = (response - expected).abs().max().item()
+        assert torch.allclose(response, expected, atol=1e-5), (
+            f"{method} on {_describe(layer)} (bias={bias}): the response to a zero input differs from the layer's by "
+            f"up to {gap:.3g} (atol 1e-5); the bias must be kept")
 
     def test_state_dict_round_trip(self, host, info, case):
         kind, method = case
@@ -311,7 +318,10 @@ class BackendConformance:
         other.load_state_dict(torch.load(buffer, weights_only=True))
         x = sample_input(layer)
         with torch.no_grad():
-            assert torch.allclose(first(x), other(x), atol=1e-6)
+            a, b = first(x), other(x)
+        assert torch.allclose(a, b, atol=1e-6), (
+            f"{method} on {_describe(layer)}: after load_state_dict the outputs differ by up to "
+            f"{(a - b).abs().max().item():.3g} (atol 1e-6): some state lives outside the state dict")
 
     def test_deterministic_under_a_seed(self, host, info, case):
         kind, method = case
@@ -320,15 +330,20 @@ class BackendConformance:
         with torch.no_grad():
             first = self.decompose(host, layer, method, ratio=4.0, seed=3)(x)
             second = self.decompose(host, layer, method, ratio=4.0, seed=3)(x)
-        assert torch.equal(first, second)
+        assert torch.equal(first, second), (
+            f"{method} on {_describe(layer)}: two decompositions under seed 3 differ by up to "
+            f"{(first - second).abs().max().item():.3g}")
 
     def test_trains(self, host, info, case):
         kind, method = case
         layer = make_layer(kind)
         replacement = self.decompose(host, layer, method, ratio=4.0)
         replacement(sample_input(layer)).square().mean().backward()
-        grads = [p.grad for p in replacement.parameters()]
-        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+        named = list(replacement.named_parameters())
+        bad = [name for name, p in named if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert named and not bad, (f"{method} on {_describe(layer)}: " + (
+            "the replacement has no parameters" if not named else
+            f"no finite gradient for {', '.join(bad)} (of {len(named)} parameters)"))
 
     @pytest.mark.parametrize("gap", sorted(GAP_EXAMPLES))
     def test_declared_gaps_raise_unsupported(self, host, info, case, gap):
@@ -338,3 +353,17 @@ class BackendConformance:
         layer = make_layer(kind, **GAP_EXAMPLES[gap])
         with pytest.raises(Unsupported):
             self.decompose(host, layer, method, ratio=2.0)
+
+
+def _describe(layer: nn.Module) -> str:
+    return f"{type(layer).__name__} {tuple(layer.weight.shape)}"
+
+
+def _assert_close_outputs(layer: nn.Module, expected: torch.Tensor, got: torch.Tensor, tolerance: float,
+                          what: str) -> None:
+    """The kit's assertion on a replacement's output, with the numbers a plugin author needs when it fails."""
+    assert got.shape == expected.shape, (f"{what} on {_describe(layer)}: output {tuple(got.shape)}, where the layer "
+                                         f"gives {tuple(expected.shape)}")
+    error = relative_error(expected, got)
+    assert error < tolerance, (f"{what} on {_describe(layer)}: relative output error {float(error):.3g}, above the "
+                               f"tolerance {tolerance:g}")

@@ -15,6 +15,8 @@ def cmd_plugins(host: Host) -> int:
     _echo("plugins:")
     from harness.run.host import BUILTIN, COMMAND_LINE
 
+    # A -p file is its own name and module: shown once. Names are aligned however long a path is.
+    width = max([18, *(len(record.name) for record in host.plugins)])
     for record in host.plugins:
         if record.origin == BUILTIN:
             origin = BUILTIN
@@ -26,7 +28,8 @@ def cmd_plugins(host: Host) -> int:
             status = "blocked (-p no:NAME)"
         else:
             status = f"FAILED: {record.error}" if record.error else ", ".join(record.hooks)
-        _echo(f"  {record.name:<18} {record.module} ({origin}): {status}")
+        module = "" if record.module == record.name else f"{record.module} "
+        _echo(f"  {record.name:<{width}} {module}({origin}): {status}")
     for problem in host.registration_errors:
         _echo(f"warning: {problem}")
     return EXIT_OK

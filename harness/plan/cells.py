@@ -8,6 +8,7 @@ reports, the store and the executors read cells without building a model.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +25,34 @@ CONTROL_BACKEND = "dense"
 NO_RATIO = 1.0
 CONTROL_INIT = "control"
 CONTROL_TARGET = "none"
+
+
+# A model or dataset name longer than this, or holding a '/', is shown short in cell ids and file names.
+SHORT_NAME_LIMIT = 40
+
+
+def short_name(spec: str) -> str:
+    """A model or dataset as cell ids and cache file names show it: the name itself where it is short and has no
+    '/' (``lenet5``, ``torchvision:resnet50``, ``random:3x224x224``), else a readable part and a hash of the whole
+    spec (``./nets/mynet.py:build_net`` is ``mynet.build_net-3f2a1c``, ``folder:/data/pets`` is
+    ``folder:pets-9b0e4d``), so an id stays short and has one '/' per field, as ``--skip`` globs expect. The full
+    spec is the cell's ``model`` or ``dataset``."""
+    if "/" not in spec and len(spec) <= SHORT_NAME_LIMIT:
+        return spec
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:6]
+    prefix, colon, rest = spec.partition(":")
+    if colon and prefix.isidentifier():  # folder:PATH, random:..., a plugin's scheme
+        return f"{prefix}:{_last_part(rest)}-{digest}"
+    location, colon, attribute = spec.rpartition(":")
+    if not colon:
+        return f"{_last_part(spec)}-{digest}"
+    module = _last_part(location).removesuffix(".py").rpartition(".")[2]  # a file's stem, a module's last part
+    return f"{module}.{attribute}-{digest}"
+
+
+def _last_part(path: str) -> str:
+    parts = [part for part in path.replace("\\", "/").split("/") if part not in ("", ".", "..")]
+    return (parts[-1] if parts else "root")[-SHORT_NAME_LIMIT:]
 
 
 @dataclass(frozen=True)
@@ -55,7 +84,7 @@ class Cell:
     def cell_id(self) -> str:
         # The selection tag is left out for the default, so run directories from before selectors still resume.
         tag = "" if self.rank_selection == DEFAULT_SELECTION else f"/{spec_label(self.rank_selection)}"
-        return (f"{self.backend}/{self.model}/{self.dataset}/{self.method}/{self.target}"
+        return (f"{self.backend}/{short_name(self.model)}/{short_name(self.dataset)}/{self.method}/{self.target}"
                 f"/x{self.ratio:g}/s{self.seed}{tag}{cell_tag(self.tensorize)}")
 
     def to_dict(self) -> dict[str, Any]:

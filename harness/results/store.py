@@ -328,6 +328,11 @@ class RunResults:
         """The cells a report may rank: see :func:`comparable_cells`."""
         return comparable_cells(self.cells)
 
+    @property
+    def data_free(self) -> bool:
+        """Whether the run measured no accuracy (``--no-train``: random inputs, untrained networks)."""
+        return bool((self.meta.get("config") or {}).get("no_train"))
+
 
 def _checked_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     """The meta table as a dict, with the run's configuration a table (a damaged one is a :class:`StoreError`)."""

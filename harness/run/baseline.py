@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from harness.core.errors import one_line
+from harness.plan.cells import short_name
 from harness.core.files import write_atomically
 from harness.run.data import Data
 from harness.run.training import TrainSettings, evaluate_test, train
@@ -98,7 +99,8 @@ def _file_safe(name: str) -> str:
 def baseline_path(cache_dir: str | os.PathLike, model: str, dataset: str, seed: int, training: dict[str, Any],
                   weights: str | None = None) -> Path:
     key = baseline_key(model, dataset, seed, training, weights)
-    return Path(cache_dir) / "baselines" / f"{_file_safe(model)}-{_file_safe(dataset)}-s{seed}-{key}.pt"
+    # Short names: a file model's path would otherwise make a long name, or a hidden one ("./net.py" -> "._net").
+    return Path(cache_dir) / "baselines" / f"{_file_safe(short_name(model))}-{_file_safe(short_name(dataset))}-s{seed}-{key}.pt"
 
 
 def _state_dict_of(loaded: Any) -> dict[str, torch.Tensor]:

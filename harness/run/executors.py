@@ -31,7 +31,8 @@ from harness.plan.result import CellResult
 from harness.plan.status import Status
 
 ResultCallback = Callable[[Cell, CellResult], None]
-ProgressCallback = Callable[[int], None]
+# What a running cell reports: an int is fine-tuning epochs finished, a (cell id, stage) pair where it is now.
+ProgressCallback = Callable[[int | tuple[str, str]], None]
 
 
 def timeout_result(cell: Cell, limit: float) -> CellResult:

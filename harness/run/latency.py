@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,6 +150,13 @@ def _fallback_format(network: nn.Module, batch: torch.Tensor, onnx_file: Path) -
     return None
 
 
+def _family(store: ResultStore, cell: PendingNetwork) -> tuple[str, ...]:
+    """(backend, method, target) of a stored cell: networks of one family export alike."""
+    record = store.cell_record(cell.cell_id)
+    spec = (record.spec if record is not None else None) or {}
+    return tuple(str(spec.get(key, cell.cell_id)) for key in ("backend", "method", "target"))
+
+
 def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None], progress: Callable[[int], None] | None = None,
@@ -163,7 +171,7 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     torchscript that it does export to (None: neither), and the phase goes on.
     """
     from harness.measure.metrics import latency_summary, paired_rounds
-    from harness.run.export import ExportFailed, export_network, load_exported, model_path
+    from harness.run.export import EXPORT_TIME_LIMIT, ExportFailed, export_network, load_exported, model_path
     from harness.run.networks import NetworkInvalid
 
     threads = torch.get_num_threads()
@@ -171,8 +179,15 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     failed: dict[str, str] = {}
     dense_graphs: dict[str, Path] = {}
     fallbacks: dict[str, str | None] = {}
-    for cell in kept:
-        cell_id = cell.cell_id
+    # (backend, method, target) whose export ran past its time limit: the reason, and the cell that did
+    too_slow: dict[tuple[str, ...], tuple[str, str]] = {}
+    for index, cell in enumerate(kept, 1):
+        cell_id, family, started = cell.cell_id, _family(store, cell), time.perf_counter()
+        if family in too_slow:  # the same structure again: it would burn the limit again
+            failed[cell_id], first = too_slow[family]
+            fallbacks[cell_id] = fallbacks.get(first)  # and exports to what the first one exports to
+            write(f"[{index}/{len(kept)}] ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]}")
+            continue
         try:
             dense, batch = dense_for(cell)
             key = "/".join(str(getattr(cell, k)) for k in ("model", "dataset", "seed"))
@@ -189,9 +204,14 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 fallbacks[cell_id] = _fallback_format(network, batch, network_file)
                 raise
             graphs[cell_id] = (dense_file, network_file)
+            write(f"[{index}/{len(kept)}] exported {cell_id} to ONNX ({time.perf_counter() - started:.1f} s)")
         except (ExportFailed, NetworkInvalid, OSError, RuntimeError) as exc:
             failed[cell_id] = str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {str(exc)[:300]}"
-            write(f"ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]}")
+            write(f"[{index}/{len(kept)}] ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]} "
+                  f"({time.perf_counter() - started:.1f} s)")
+            if "did not finish in" in failed[cell_id]:
+                too_slow[family] = (f"skipped: the onnx export of {cell_id}, of the same backend, method and "
+                                    f"target, did not finish in {EXPORT_TIME_LIMIT:g} s", cell_id)
     samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
     for _ in range(passes):
         for cell in kept:

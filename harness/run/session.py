@@ -44,6 +44,7 @@ from harness.run.latency_tables import device_name
 from harness.run.models import resolve_model
 from harness.run.networks import load_cell_network
 from harness.run.profiling import needs_tables, profile_cells
+from harness.run.progress import Heartbeat, ProgressLines, duration
 from harness.run.runner import resolve_device
 
 
@@ -259,7 +260,7 @@ def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: l
             timed += count
             if bar.disable and timed % len(pending) == 0:  # no terminal: one line per pass instead of a bar
                 print(f"latency pass {timed // len(pending)}/{config.latency_passes} done "
-                      f"({_duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
+                      f"({duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
 
         measure_pending(run_dir, pending, store, dense_for, load, write, progress, passes=config.latency_passes,
                         keep=config.save_models, memory_format=config.memory_format)
@@ -331,42 +332,29 @@ def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells:
                      dynamic_ncols=True, disable=None)
 
     lines = ProgressLines(len(cells)) if cell_bar.disable else None
+    heartbeat = Heartbeat()
 
     def on_result(cell: Cell, result: CellResult) -> None:
         store.add_result(result)
+        heartbeat.done(cell.cell_id)
         cell_bar.update(1)
         if result.status != Status.OK:
             cell_bar.write(f"{result.status}: {cell.cell_id}: {result.error}")
         if lines:
             lines.finished(cell.cell_id, result.status)
 
+    def on_progress(item: int | tuple[str, str]) -> None:
+        if isinstance(item, tuple):
+            heartbeat.stage(*item)
+        else:
+            epoch_bar.update(item)
+
     try:
-        executor.run(cells, on_result, epoch_bar.update)
+        with heartbeat:
+            executor.run(cells, on_result, on_progress)
     finally:
         epoch_bar.close()
         cell_bar.close()
-
-
-class ProgressLines:
-    """Progress for a log file: without a terminal the bars are off, so each finished cell gets one line on stderr
-    (how many are done, the cell, its status, the time so far and an estimate of the rest)."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.monotonic()
-
-    def finished(self, cell_id: str, status: str) -> None:
-        self.done += 1
-        elapsed = time.monotonic() - self.start
-        left = elapsed / self.done * (self.total - self.done)
-        rest = f", about {_duration(left)} left" if self.done < self.total else ""
-        print(f"[{self.done}/{self.total}] {status} {cell_id} ({_duration(elapsed)} so far{rest})", file=sys.stderr,
-              flush=True)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def dense_network(config: RunConfig, host: Host, cell: PendingNetwork, data: Data, device: torch.device

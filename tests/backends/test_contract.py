@@ -151,6 +151,15 @@ def test_the_kit_fails_a_backend_that_leaves_its_budget_unused(pytester):
     result.stdout.fnmatch_lines(["*rank 1 uses * budgeted parameters*", "*FAILED*test_budget_is_filled*"])
 
 
+def test_the_kit_says_which_shapes_and_numbers_failed(pytester):
+    _kit_file(pytester, "sloppy")
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-k", "bias_is_kept or conv_output_shape")
+    assert result.parseoutcomes().get("failed", 0) >= 2, result.stdout.str()[-2000:]
+    result.stdout.fnmatch_lines_random([
+        "*svd on Conv2d (*) (stride2_pad1) gives output (*) for input (*), where the layer gives (*)*",
+        "*svd on Linear (*) (bias=True): the response to a zero input differs from the layer's by up to *"])
+
+
 def test_the_default_plan_has_no_undeclared_method_cells():
     """On the default `harness run --backends all`, every cell is runnable: a backend is planned only with the
     methods it declares, and what is left out is said in one line."""

@@ -2,7 +2,8 @@
 
 ``greedy`` returns the full-rank truncated SVD of every Linear and Conv2d layer, whatever the
 budget: more parameters than the dense layer, so it would always look the most accurate.
-``stingy`` always returns rank 1, within every budget but far below it. ``hoarder`` returns a rank-1
+``stingy`` always returns rank 1, within every budget but far below it. ``sloppy`` drops the bias and a conv's
+stride, for the kit's messages to name the shapes and numbers. ``hoarder`` returns a rank-1
 pair for the budget to count and keeps the dense kernel in buffers, which is what its forward runs. Both are written the
 short way (one callable per method) and are otherwise correct, so only the budget can catch
 them. Loaded in tests with ``-p bad_backends`` (tests/plugins on sys.path).
@@ -57,6 +58,8 @@ def harness_register_backends(register):
                                  methods={"linear": {"svd": full_rank}, "conv2d": {"svd": full_rank}}))
     register(harness.BackendInfo(name="stingy", library="torch", library_version=torch.__version__,
                                  methods={"linear": {"svd": rank_one}, "conv2d": {"svd": rank_one}}))
+    register(harness.BackendInfo(name="sloppy", library="torch", library_version=torch.__version__,
+                                 methods={"linear": {"svd": sloppy}, "conv2d": {"svd": sloppy}}))
     register(harness.BackendInfo(name="hoarder", library="torch", library_version=torch.__version__,
                                  methods={"linear": {"svd": hidden_kernel}}))
 
@@ -76,3 +79,14 @@ class KernelInBuffer(nn.Module):
 
 def hidden_kernel(layer: nn.Module, request: harness.DecomposeRequest) -> nn.Module:
     return KernelInBuffer(layer)
+
+
+def sloppy(layer: nn.Module, request: harness.DecomposeRequest) -> nn.Module:
+    module = rank_one(layer, request) if request.rank is not None else svd_at(layer, 1)
+    first, second = module
+    if isinstance(first, nn.Conv2d):
+        first.stride = (1, 1)
+    if second.bias is not None:
+        with torch.no_grad():
+            second.bias.zero_()
+    return module

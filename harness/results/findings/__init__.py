@@ -80,6 +80,10 @@ def _libraries(meta: dict[str, Any], field: str = "library") -> dict[str, str]:
             if isinstance(entry, dict) and entry.get(field)}
 
 
+# Findings about accuracy alone: a data-free run (no accuracy measured) leaves them out rather than say "no winner".
+ACCURACY_ONLY = frozenset({"best_accuracy", "best_stability", "control_stability", "recovery"})
+
+
 def all_findings(results: RunResults) -> list[Finding]:
     """Every finding of a run; one that fails to compute says so instead of taking the others down."""
     found: list[Finding] = []
@@ -89,4 +93,6 @@ def all_findings(results: RunResults) -> list[Finding]:
         except Exception as exc:  # noqa: BLE001 - a report must survive one odd table
             found.append(Finding(f"failed_{index}", "A finding could not be computed",
                                  f"{type(exc).__name__}: {exc}"))
+    if results.data_free:
+        found = [finding for finding in found if finding.key not in ACCURACY_ONLY]
     return found

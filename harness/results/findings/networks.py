@@ -152,7 +152,7 @@ def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def faster_than_dense_sentence(cells: pd.DataFrame) -> str:
     """One sentence when no comparable decomposed network measured faster than dense on this machine, else ""."""
     ok = decomposed_ok(cells)
-    if ok.empty:
+    if ok.empty or "speedup" not in ok.columns:  # no latency measured (the phase was cut short): nothing to say
         return ""
     speed = pd.to_numeric(trusted_speedups(ok)["speedup"], errors="coerce").dropna()
     if speed.empty or (speed > 1.0).any():

@@ -36,6 +36,7 @@ from harness.results.plots.common import _rank_scalar  # noqa: F401 - the rank a
 from harness.results.plots.common import (
     EPOCH_MIN_SPAN,
     NOTHING_TO_SHOW,
+    _empty,
     backend_colours,
     nothing_to_show,
     summary_single_seed,
@@ -57,8 +58,18 @@ __all__ = ["EPOCH_MIN_SPAN", "NOTHING_TO_SHOW", "PLOTS", "accuracy_vs_compressio
            "speedup_vs_compression", "summary_single_seed", "target_comparison", "tensorize_sweep", "to_png"]
 
 
+def _with_accuracy(draw: Callable[[RunResults], Figure], title: str) -> Callable[[RunResults], Figure]:
+    """``draw`` for a run that measured accuracy; for a data-free one, a note that there is none to plot."""
+    def guarded(results: RunResults) -> Figure:
+        if results.data_free:
+            return _empty(title, "a data-free run (--no-train): no accuracy was measured")
+        return draw(results)
+    return guarded
+
+
 PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
-    "accuracy_vs_compression": (lambda r: accuracy_vs_compression(r.comparable),
+    "accuracy_vs_compression": (_with_accuracy(lambda r: accuracy_vs_compression(r.comparable),
+                                               "Accuracy against compression"),
                                 ("Final accuracy against the achieved compression of the decomposed layers, one "
                                 "panel per method; lines are each backend's Pareto front.")),
     "accuracy_vs_latency": (lambda r: accuracy_vs_latency(r.comparable),
@@ -68,7 +79,7 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
     "speedup_vs_compression": (lambda r: speedup_vs_compression(r.comparable),
                                ("Measured whole-network latency speedup against compression, one panel per target; "
                                "the grey dashed line is the speedup the FLOP reduction alone would give.")),
-    "epoch_curves": (lambda r: epoch_curves(r.comparable, r.epochs),
+    "epoch_curves": (_with_accuracy(lambda r: epoch_curves(r.comparable, r.epochs), "Accuracy per epoch"),
                      ("Test accuracy per fine-tuning epoch at the median ratio, decomposed backends against the "
                      "dense control (black dashed); bands are ± one std over seeds.")),
     "decomposition_time": (lambda r: decomposition_time(r.comparable),
@@ -82,7 +93,7 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
                               "compression of the decomposed layers, one row per method and target, one colour per "
                               "selection; a selection matched to another's total (SEL@REF) sits at the same "
                               "compression, so the two compare vertically.")),
-    "accuracy_vs_rank": (lambda r: accuracy_vs_rank(r.comparable, r.layers),
+    "accuracy_vs_rank": (_with_accuracy(lambda r: accuracy_vs_rank(r.comparable, r.layers), "Accuracy against rank"),
                          ("Final accuracy against the rank each decomposed layer got (the largest entry when the rank "
                           "is a list, as for Tucker-2 or a TT chain), one panel per layer and target, one line per "
                           "layer method, each point pooling the backends, rank selections, ratios and seeds that gave "

@@ -105,3 +105,9 @@ def test_the_prediction_finding_says_how_far_the_tables_were_off():
     assert found.numbers["networks"] == 2 and found.numbers["off"] == 1
     assert "1 were more than 15% off" in found.text and "-40%" in found.text
     assert latency_prediction(pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=1.9)])) == []
+
+
+def test_a_run_whose_latency_was_never_measured_has_no_speed_sentence():
+    cells = pd.DataFrame([_cell("a", "svd", acc=96.8, speedup=0.9)]).drop(columns=["speedup"])
+    assert faster_than_dense_sentence(cells) == ""
+    assert len(verdict_lines(cells)) == 1

@@ -331,18 +331,26 @@ def load_toml(path: str) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in run_table.items()}
 
 
-def check_values(values: dict[str, Any], source: str, plugin_keys: set[str] = frozenset()) -> None:
-    """Parse every setting of one source (a preset or ``--config`` file) on its own, so a bad value is refused
-    even where a flag overrides it; raises :class:`ConfigError` naming the source."""
+def parse_values(values: dict[str, Any], plugin_keys: set[str] = frozenset()) -> dict[str, Any]:
+    """Each raw value (TOML or a flag's text) parsed by its setting; None values and plugin options are left out,
+    an unknown key is a :class:`ConfigError`."""
+    parsed = {}
     for key, value in values.items():
         if value is None or key in plugin_keys:
             continue
         if key not in CONFIG_KEYS:
-            raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
-        try:
-            SETTINGS[key].parse(value, key)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
+        parsed[key] = SETTINGS[key].parse(value, key)
+    return parsed
+
+
+def check_values(values: dict[str, Any], source: str, plugin_keys: set[str] = frozenset()) -> None:
+    """Parse every setting of one source (a preset or ``--config`` file) on its own, so a bad value is refused
+    even where a flag overrides it; raises :class:`ConfigError` naming the source."""
+    try:
+        parse_values(values, plugin_keys)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -374,15 +382,10 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
     Names are checked against the plugins later, by :func:`validate_names`.
     """
     config = RunConfig()
-    for key, value in values.items():
-        if value is None:
-            continue
-        if key in plugin_keys:
-            config.plugin_options[key] = value
-            continue
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"unknown setting {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})")
-        setattr(config, key, SETTINGS[key].parse(value, key))
+    config.plugin_options.update({key: value for key, value in values.items()
+                                  if value is not None and key in plugin_keys})
+    for key, value in parse_values(values, plugin_keys).items():
+        setattr(config, key, value)
     if config.no_train:
         # Nothing is trained, so there is no accuracy to track and no control to fine-tune.
         config.epochs, config.baseline_epochs, config.dense_control = 0, 0, False

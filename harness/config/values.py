@@ -159,10 +159,11 @@ def count(minimum: int) -> Callable[[Any, str], int]:
 
 def number(positive: bool = False, maximum: float | None = None) -> Callable[[Any, str], float]:
     def parse(value: Any, key: str) -> float:
-        if isinstance(one(value, key), bool):  # TOML true would otherwise be read as 1.0
+        single = one(value, key)
+        if isinstance(single, bool):  # TOML true would otherwise be read as 1.0
             raise ConfigError(f"{key}: {str(value).lower()} is not a number")
         try:
-            number = float(one(value, key))
+            number = float(single)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: {value!r} is not a number") from None
         if not math.isfinite(number):

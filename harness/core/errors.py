@@ -15,11 +15,10 @@ def one_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (the type alone for an empty message); a ``sys.exit`` says so."""
     if isinstance(exc, SystemExit):
         return f"it called sys.exit({exc.code!r})"
-    full = disk_full(exc)
-    if full:
-        return f"{full} ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    plain = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    full = disk_full(exc)
+    return f"{full} ({plain[:250]})" if full else plain
 
 
 def disk_full(exc: BaseException | None) -> str:

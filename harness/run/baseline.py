@@ -25,9 +25,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from harness.config.settings import RunConfig
 from harness.core.errors import one_line
-from harness.plan.cells import short_name
 from harness.core.files import write_atomically
+from harness.plan.cells import short_name
 from harness.run.data import Data
 from harness.run.training import TrainSettings, evaluate_test, train
 
@@ -100,7 +101,14 @@ def baseline_path(cache_dir: str | os.PathLike, model: str, dataset: str, seed: 
                   weights: str | None = None) -> Path:
     key = baseline_key(model, dataset, seed, training, weights)
     # Short names: a file model's path would otherwise make a long name, or a hidden one ("./net.py" -> "._net").
-    return Path(cache_dir) / "baselines" / f"{_file_safe(short_name(model))}-{_file_safe(short_name(dataset))}-s{seed}-{key}.pt"
+    name = f"{_file_safe(short_name(model))}-{_file_safe(short_name(dataset))}-s{seed}-{key}.pt"
+    return Path(cache_dir) / "baselines" / name
+
+
+def run_baseline_path(config: RunConfig, model: str, dataset: str, seed: int) -> Path:
+    """The cache entry of the dense baseline a run's cells of (model, dataset, seed) start from."""
+    return baseline_path(config.cache_dir, model, dataset, int(seed), config.training_spec(),
+                         config.weights_for(model))
 
 
 def _state_dict_of(loaded: Any) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import multiprocessing
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,15 +45,21 @@ class BadImage(DataUnavailable):
         super().__init__(lines[-1].split(f"{type(self).__name__}: ", 1)[-1] if lines else "")
 
 
-def read_image(path: str):
-    """An image as RGB, or :class:`BadImage` naming the file (not PIL's error, which names none)."""
+def _opened(path: str, read: Callable[[Any], Any]) -> Any:
+    """``read(image)`` of the file at ``path`` opened by PIL, or :class:`BadImage` naming the file (PIL's errors
+    name none)."""
     from PIL import Image
 
     try:
-        with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB")
+        with Image.open(path) as image:
+            return read(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"image {path} cannot be read ({one_line(exc)}): remove or replace it") from None
+
+
+def read_image(path: str):
+    """An image as RGB, or :class:`BadImage` naming the file."""
+    return _opened(path, lambda image: image.convert("RGB"))
 
 
 # Folders up to this many images have every file's header checked before the run starts; beyond it a damaged
@@ -62,14 +69,8 @@ HEADER_CHECK_LIMIT = 100_000
 
 def check_headers(paths: list[str]) -> None:
     """:class:`BadImage` for the first file PIL cannot identify as an image (a truncated one passes: found later)."""
-    from PIL import Image
-
     for path in paths:
-        try:
-            with Image.open(path):
-                pass
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise BadImage(f"image {path} cannot be read ({one_line(exc)}): remove or replace it") from None
+        _opened(path, lambda image: None)
 
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]

@@ -42,6 +42,10 @@ class ExportFailed(Exception):
     """A network that a format cannot express; the message is one line naming the layer that fails."""
 
 
+class ExportTimedOut(ExportFailed):
+    """An export abandoned at its time limit: a network of the same structure would take as long again."""
+
+
 class _OutOfTime(BaseException):  # not an Exception: exporters that catch those must not swallow it
     pass
 
@@ -174,7 +178,7 @@ def export_network(model: nn.Module, example: torch.Tensor, fmt: str, path: Path
             _write(copy.deepcopy(model), example, fmt, path)
     except _OutOfTime:
         path.unlink(missing_ok=True)
-        raise ExportFailed(f"{fmt} export of the network did not finish in {time_limit:g} s") from None
+        raise ExportTimedOut(f"{fmt} export of the network did not finish in {time_limit:g} s") from None
     except Exception as exc:  # noqa: BLE001 - the exporters raise anything; the user gets one line
         path.unlink(missing_ok=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

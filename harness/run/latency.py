@@ -171,7 +171,14 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     torchscript that it does export to (None: neither), and the phase goes on.
     """
     from harness.measure.metrics import latency_summary, paired_rounds
-    from harness.run.export import EXPORT_TIME_LIMIT, ExportFailed, export_network, load_exported, model_path
+    from harness.run.export import (
+        EXPORT_TIME_LIMIT,
+        ExportFailed,
+        ExportTimedOut,
+        export_network,
+        load_exported,
+        model_path,
+    )
     from harness.run.networks import NetworkInvalid
 
     threads = torch.get_num_threads()
@@ -209,7 +216,7 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
             failed[cell_id] = str(exc) if isinstance(exc, ExportFailed) else f"{type(exc).__name__}: {str(exc)[:300]}"
             write(f"[{index}/{len(kept)}] ONNX Runtime latency of {cell_id} not measured: {failed[cell_id]} "
                   f"({time.perf_counter() - started:.1f} s)")
-            if "did not finish in" in failed[cell_id]:
+            if isinstance(exc, ExportTimedOut):
                 too_slow[family] = (f"skipped: the onnx export of {cell_id}, of the same backend, method and "
                                     f"target, did not finish in {EXPORT_TIME_LIMIT:g} s", cell_id)
     samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}

@@ -161,8 +161,8 @@ def _key(parts: dict[str, Any]) -> tuple[str, str]:
 
 def check_key(network: str, cell: Cell, library_version: str | None, weights: str) -> tuple[str, str]:
     """The key of a latency plan's check (:func:`harness.run.profiling.check_plans`): the dense network's key, the
-    backend and library version, the latency selection (a matched cell shares its reference's), the ratio where the
-    selection spends one, the layers' methods and the weights it planned from (``weights``: the baseline file)."""
+    backend and library version, the latency selection (a matched cell shares its reference's), the cell's ratio, the
+    layers' methods and the weights it planned from (``weights``: the baseline file)."""
     from harness.contract.selection import split_match
 
     own, reference = split_match(cell.rank_selection)

@@ -114,7 +114,7 @@ def check_plans(config: RunConfig, host: Host, data: dict[str, Data], cells: lis
     factor measured over predicted, up to three plans; the factor of the plan that meets the target most closely
     is cached for the cell (:func:`~harness.run.latency_tables.check_key`), and the cell plans with it."""
     from harness.contract.selection import parse_spec, split_match
-    from harness.run.baseline import baseline_path, load_baseline
+    from harness.run.baseline import load_baseline, run_baseline_path
     from harness.run.models import resolve_model
     from harness.run.selectors import parse_target
 
@@ -130,8 +130,7 @@ def check_plans(config: RunConfig, host: Host, data: dict[str, Data], cells: lis
         splits = ctx.data(cell.dataset)
         batch = splits.head("test", config.latency_batch)[0]
         network = network_key(cell.model, tuple(batch.shape), config.latency_threads, label, config.memory_format)[0]
-        path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
-                             config.weights_for(cell.model))
+        path = run_baseline_path(config, cell.model, cell.dataset, cell.seed)
         key, described = check_key(network, cell, host.backends[cell.backend].library_version, path.name)
         if key in done or cache.correction(key) is not None:
             continue

@@ -43,7 +43,7 @@ from harness.measure.stability import stability_metrics
 from harness.plan.cells import Cell, LayerPlan
 from harness.plan.result import CellResult, LayerResult
 from harness.plan.status import Status
-from harness.run.baseline import baseline_path, load_baseline
+from harness.run.baseline import load_baseline, run_baseline_path
 from harness.run.data import Data, resolve_dataset
 from harness.run.host import Host, format_exception
 from harness.run.models import resolve_model
@@ -360,9 +360,7 @@ def _run(cell: Cell, ctx: CellContext, result: CellResult, progress: Callable[[A
     stage("loading the dense baseline")
     data = ctx.data(cell.dataset)
     build = ctx.builder(cell.model, cell.dataset)
-    path = baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
-                         config.weights_for(cell.model))
-    model = load_baseline(path, build, device)
+    model = load_baseline(run_baseline_path(config, cell.model, cell.dataset, cell.seed), build, device)
     latency_input, _ = data.head("test", config.latency_batch)
     sample = latency_input[:1]
     # A data-free study measures no accuracy: its images are random and its network untrained.

@@ -32,7 +32,7 @@ from harness.contract.selection import (
 )
 from harness.measure.metrics import count_params
 from harness.plan.cells import Cell
-from harness.run.baseline import baseline_path
+from harness.run.baseline import run_baseline_path
 from harness.run.data import Data
 from harness.run.latency_tables import cell_tables, with_table
 from harness.run.training import evaluate
@@ -63,7 +63,8 @@ def _loss_probe(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Dat
 
 
 def select_budgets(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[tuple[str, nn.Module]],
-            metrics: dict[str, Any], correction: float | None = None) -> tuple[list[LayerBudget], list[float | None]]:
+                   metrics: dict[str, Any], correction: float | None = None
+                   ) -> tuple[list[LayerBudget], list[float | None]]:
     """The cell's rank selector's budget for each of ``layers``, chosen before any layer is replaced, and each dense
     layer's latency where the layers' latency tables were measured (None otherwise). ``correction`` overrides the
     cached check of the plan (the profiling phase's check passes the one it tries)."""
@@ -109,8 +110,7 @@ def select_budgets(cell: Cell, ctx: CellContext, model: nn.Module, layers: list[
 
 def _baseline_file(cell: Cell, config: RunConfig) -> str:
     """The name of the cell's dense baseline in the cache: which weights a plan was made from."""
-    return baseline_path(config.cache_dir, cell.model, cell.dataset, cell.seed, config.training_spec(),
-                         config.weights_for(cell.model)).name
+    return run_baseline_path(config, cell.model, cell.dataset, cell.seed).name
 
 
 def _rank_selector(ctx: CellContext, name: str) -> RankSelector:

@@ -28,13 +28,14 @@ from tqdm import tqdm
 import harness
 from harness.config.settings import ConfigError, RunConfig
 from harness.core.allocator import keep_freed_memory
+from harness.core.errors import one_line
 from harness.core.resources import threads_per_worker
 from harness.measure.metrics import FLOP_CONVENTION
 from harness.plan.cells import Cell, not_planned_summary
 from harness.plan.planner import plan_cells
 from harness.plan.result import CellResult, PendingNetwork, ResultStore, StoredCell
 from harness.plan.status import Status
-from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline
+from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline, run_baseline_path
 from harness.run.data import Data, DataUnavailable, resolve_dataset
 from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
@@ -109,9 +110,8 @@ def build_planning_models(config: RunConfig, host: Host, data: dict[str, Data]) 
                 with torch.inference_mode():
                     output = network.eval()(torch.zeros(1, *shape))
             except (Exception, SystemExit) as exc:  # a user's builder, or an architecture too deep for a small input
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ConfigError(f"model {model!r} cannot run on {dataset} inputs of shape "
-                                  f"{'x'.join(map(str, shape))}: {type(exc).__name__}: {text[:300]}") from None
+                                  f"{'x'.join(map(str, shape))}: {one_line(exc)[:350]}") from None
             _check_scores(model, dataset, output, classes)
             built[f"{model}@{dataset}"] = network
     return built
@@ -230,9 +230,8 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         if key not in dense_models:
             dense_models.clear()  # one dense network at a time: real ones are large
             spec = resolve_model(cell.model, host.models)
-            path = baseline_path(config.cache_dir, *key, config.training_spec(), config.weights_for(cell.model))
-            dense_models[key] = load_baseline(path, lambda: spec.build(splits.input_shape, splits.num_classes),
-                                              device)
+            dense_models[key] = load_baseline(run_baseline_path(config, *key),
+                                              lambda: spec.build(splits.input_shape, splits.num_classes), device)
         return dense_models[key], batches[cell.dataset]
 
     def load(cell: PendingNetwork, path: Path) -> torch.nn.Module:
@@ -296,7 +295,7 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
     training = config.training_spec()
     for model, dataset, seed in needed:
         weights = config.weights_for(model)
-        path = baseline_path(config.cache_dir, model, dataset, seed, training, weights)
+        path = run_baseline_path(config, model, dataset, seed)
         splits = data[dataset]
         spec = resolve_model(model, host.models)
         with tqdm(total=config.baseline_epochs, desc=f"baseline {model}/{dataset}/s{seed}", unit="epoch",

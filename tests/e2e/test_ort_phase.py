@@ -20,7 +20,7 @@ def test_an_export_past_its_limit_is_not_tried_again_for_its_family(tmp_path, ca
     def slow_for_decomposed(model, example, fmt, path, *args, **kwargs):
         if fmt == "onnx" and not path.name.startswith("dense-"):
             tried.append(path.name)
-            raise export.ExportFailed("onnx export of the network did not finish in 60 s")
+            raise export.ExportTimedOut("onnx export of the network did not finish in 60 s")
         return real(model, example, fmt, path, *args, **kwargs)
 
     monkeypatch.setattr(export, "export_network", slow_for_decomposed)

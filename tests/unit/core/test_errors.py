@@ -21,6 +21,13 @@ def test_a_full_disk_is_named_whatever_raised_it():
             raise RuntimeError("saving failed") from inner
     except RuntimeError as outer:
         assert disk_full(outer) == "disk full: no space left on device"
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError()  # an empty message, with the full disk only in its context
+    except RuntimeError as outer:
+        assert one_line(outer) == "disk full: no space left on device (RuntimeError)"
     assert disk_full(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"))
     assert disk_full(OSError(errno.EACCES, "Permission denied")) == ""
 

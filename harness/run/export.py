@@ -172,6 +172,8 @@ def export_network(model: nn.Module, example: torch.Tensor, fmt: str, path: Path
     is measured and compared afterwards; an export past ``time_limit`` seconds is abandoned (one line too)."""
     model = model.eval().cpu()
     example = example.cpu()
+    if len(example) < 2:  # torch.export specialises a batch dimension of 1, and the file would take no other batch
+        example = example.repeat(2, *([1] * (example.dim() - 1)))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with deadline(time_limit, _OutOfTime):

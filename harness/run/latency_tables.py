@@ -159,16 +159,20 @@ def _key(parts: dict[str, Any]) -> tuple[str, str]:
     return hashlib.sha256(described.encode()).hexdigest(), described
 
 
+# How a check measures a plan; a correction the check found by another measure is not reused.
+CHECK_MEASURE = "lower quartile of the paired speedups"
+
+
 def check_key(network: str, cell: Cell, library_version: str | None, weights: str) -> tuple[str, str]:
     """The key of a latency plan's check (:func:`harness.run.profiling.check_plans`): the dense network's key, the
     backend and library version, the latency selection (a matched cell shares its reference's), the cell's ratio, the
-    layers' methods and the weights it planned from (``weights``: the baseline file)."""
+    layers' methods, the weights it planned from (``weights``: the baseline file) and :data:`CHECK_MEASURE`."""
     from harness.contract.selection import split_match
 
     own, reference = split_match(cell.rank_selection)
     latency = reference or own
     return _key({"network": network, "backend": cell.backend, "library": library_version, "selection": latency,
-                 "ratio": cell.ratio, "weights": weights,
+                 "ratio": cell.ratio, "weights": weights, "measure": CHECK_MEASURE,
                  "methods": [[plan.path, *layer_methods(plan)] for plan in cell.planned()]})
 
 

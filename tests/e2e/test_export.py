@@ -201,3 +201,16 @@ def test_an_export_past_its_time_limit_is_abandoned_in_one_line(tmp_path):
         export_network(model, torch.randn(2, 8), "onnx", tmp_path / "slow.onnx", time_limit=0.01)
     assert not (tmp_path / "slow.onnx").exists()
     export_network(model[:2], torch.randn(2, 8), "pt", tmp_path / "quick.pt2")  # the limit is gone afterwards
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_network_timed_at_batch_1_exports_for_any_batch(tmp_path, fmt):
+    # --latency-batch 1 hands the exporters a batch of one, which torch.export would specialise to that size.
+    from harness.run.export import export_network, load_exported
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10)).eval()
+    path = tmp_path / f"net.{fmt}"
+    export_network(model, torch.randn(1, 1, 28, 28), fmt, path)
+    batch = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(load_exported(path, fmt)(batch), model(batch), atol=MATCH_TOLERANCE)

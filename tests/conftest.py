@@ -1,8 +1,9 @@
 """Shared fixtures: a private baseline cache, small configs and the test plugins on sys.path.
 
 The tests are laid out after the code: ``unit/<layer>/`` tests one layer of ``harness/`` (core, tensor, measure,
-config, results) without a run; ``backends/`` holds the conformance kit over every installed backend, the host's
-enforcement of the plugin contract and the missing-library cases, and one folder per built-in backend;
+config, results, and run's cost model) without a run; ``backends/`` holds the conformance kit over every installed
+backend, the host's enforcement of the plugin contract and the missing-library cases, and one folder per built-in
+backend;
 ``e2e/`` runs ``harness`` end to end (runs, resume and kills, export, Ray, real networks, the golden run);
 ``project/`` checks the repository itself (the import layers, the docs against ``--help``). ``plugins/`` holds the
 misbehaving plugins the tests load by name.

@@ -69,7 +69,7 @@ def measure_pending(run_dir: Path, pending: list[PendingNetwork], store: ResultS
                     dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                     write: Callable[[str], None], progress: Callable[[int], None] | None = None,
                     passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, keep: bool = False,
-                    memory_format: str = "contiguous") -> int:
+                    memory_format: str = "contiguous", spent: dict[str, float] | None = None) -> int:
     """Measure the ``pending`` cells (``store.pending_latency()``); returns how many were measured.
 
     ``dense_for(cell)`` gives the cell's dense baseline (on the device) and its latency input batch, and
@@ -80,6 +80,7 @@ def measure_pending(run_dir: Path, pending: list[PendingNetwork], store: ResultS
     on its cell, and the phase goes on. With ``keep`` (``--save-models``) each network moves to ``models/`` and
     its cell records the file (``model_file``, relative to the run directory) and its size (``model_bytes``).
     Both networks and the batch are timed in ``memory_format`` (:func:`in_memory_format`), recorded on the cell.
+    ``spent`` receives the seconds the phase spent on each network (loading and timing, all passes).
     """
     from harness.measure.metrics import latency_pairs, latency_summary
 
@@ -91,6 +92,7 @@ def measure_pending(run_dir: Path, pending: list[PendingNetwork], store: ResultS
             cell_id = cell.cell_id
             if cell_id in failed:
                 continue
+            began = time.perf_counter()
             try:
                 dense, batch = in_memory_format(*dense_for(cell), memory_format)
                 network = load(cell, network_path(run_dir, cell_id)).to(batch.device)
@@ -99,6 +101,8 @@ def measure_pending(run_dir: Path, pending: list[PendingNetwork], store: ResultS
             except Exception as exc:  # noqa: BLE001 - one broken network must not stop the others' timing
                 failed[cell_id] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 write(f"latency of {cell_id} could not be measured: {failed[cell_id]}")
+            if spent is not None:
+                spent[cell_id] = spent.get(cell_id, 0.0) + time.perf_counter() - began
             if progress:
                 progress(1)
     measured = 0

@@ -82,15 +82,17 @@ class Heartbeat:
 
 class ProgressLines:
     """Progress for a log file: without a terminal the bars are off, so each finished cell gets one line on stderr
-    (how many are done, the cell, its status, the time so far and an estimate of the rest)."""
+    (how many are done, the cell, its status, the time so far and, from ``left``, an estimate of the rest)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.start = total, 0, time.monotonic()
+    def __init__(self, total: int, left: Callable[[], float | None] | None = None) -> None:
+        self.total, self.done, self.start, self.left = total, 0, time.monotonic(), left
 
     def finished(self, cell_id: str, status: str) -> None:
         self.done += 1
         elapsed = time.monotonic() - self.start
-        left = elapsed / self.done * (self.total - self.done)
+        left = self.left() if self.left else None
+        if left is None:  # no cost model to go by: the cells left at the pace of those done
+            left = elapsed / self.done * (self.total - self.done)
         rest = f", about {duration(left)} left" if self.done < self.total else ""
         print(f"[{self.done}/{self.total}] {status} {cell_id} ({duration(elapsed)} so far{rest})", file=sys.stderr,
               flush=True)

@@ -37,6 +37,7 @@ from harness.plan.result import CellResult, PendingNetwork, ResultStore, StoredC
 from harness.plan.status import Status
 from harness.run.baseline import WeightsError, baseline_path, ensure_baseline, load_baseline, run_baseline_path
 from harness.run.data import Data, DataUnavailable, resolve_dataset
+from harness.run.estimate import RunCosts
 from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
 from harness.run.host import BUILTIN, DISTRIBUTION, Host
@@ -187,19 +188,22 @@ def execute(config: RunConfig, host: Host, run_dir: Path, argv: list[str], plugi
         for cell in [c for c in pending if c.unsupported]:
             store.add_result(CellResult.failed(cell, Status.UNSUPPORTED, cell.unsupported))
         runnable = [c for c in pending if not c.unsupported]
+        costs = None
         if runnable:
+            costs = RunCosts.plan(config, data, planning_models, runnable, str(run_dir.resolve()), device)
+            write(costs.estimate.line())
             _train_baselines(config, host, data, runnable, device, write)
             profiled = needs_tables(runnable, host, config.layer_latency)
             if profiled:  # before any worker starts: the tables are timed with nothing else running
                 profile_cells(config, host, data, planning_models, profiled, device, write)
-            _dispatch(config, host, plugin_args, runnable, store)
-        _latency_phase(config, host, data, run_dir, store, device, write)
+            _dispatch(config, host, plugin_args, runnable, store, costs)
+        _latency_phase(config, host, data, run_dir, store, device, write, costs)
     finally:
         store.close()
 
 
 def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: ResultStore,
-                   device: torch.device, write: Callable[[str], None]) -> None:
+                   device: torch.device, write: Callable[[str], None], costs: RunCosts | None = None) -> None:
     """Time every network the cells saved, serially, in this process alone (see :mod:`harness.run.latency`)."""
     pending = store.pending_latency()
     if not pending and not (config.save_models and store.awaiting_ort()):
@@ -207,7 +211,7 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
     threads = torch.get_num_threads()
     torch.set_num_threads(config.latency_threads)
     try:
-        _time_networks(config, host, data, run_dir, store, device, write, pending)
+        _time_networks(config, host, data, run_dir, store, device, write, pending, costs)
     finally:  # the in-process executor trains in this process: give it its threads back
         torch.set_num_threads(threads)
 
@@ -218,7 +222,8 @@ def _threads() -> str:
 
 
 def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir: Path, store: ResultStore,
-                   device: torch.device, write: Callable[[str], None], pending: list[PendingNetwork]) -> None:
+                   device: torch.device, write: Callable[[str], None], pending: list[PendingNetwork],
+                   costs: RunCosts | None) -> None:
     dense_models: dict[tuple[str, str, int], torch.nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
 
@@ -241,14 +246,18 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         write(f"measuring latency of {len(pending)} networks, one at a time, nothing else running "
               f"({config.latency_passes} passes, {_threads()}, batch {config.latency_batch}"
               f"{', channels_last' if config.memory_format == 'channels_last' else ''})")
-        _time_eager(config, run_dir, store, pending, dense_for, load, write)
+        spent = _time_eager(config, run_dir, store, pending, dense_for, load, write)
+        if costs:
+            costs.timed(spent)
     if config.save_models:
         _deployment_phase(config, run_dir, store, device, dense_for, load, write)
 
 
 def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: list[PendingNetwork],
                 dense_for: Callable[[PendingNetwork], tuple[torch.nn.Module, torch.Tensor]], load: NetworkLoader,
-                write: Callable[[str], None]) -> None:
+                write: Callable[[str], None]) -> dict[str, float]:
+    """Time the pending networks; returns the seconds the phase spent on each."""
+    spent: dict[str, float] = {}
     with tqdm(total=len(pending) * config.latency_passes, desc="latency", unit="network", dynamic_ncols=True,
               disable=None) as bar:
         start, timed = time.monotonic(), 0
@@ -262,7 +271,8 @@ def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: l
                       f"({duration(time.monotonic() - start)} so far)", file=sys.stderr, flush=True)
 
         measure_pending(run_dir, pending, store, dense_for, load, write, progress, passes=config.latency_passes,
-                        keep=config.save_models, memory_format=config.memory_format)
+                        keep=config.save_models, memory_format=config.memory_format, spent=spent)
+    return spent
 
 
 def _deployment_phase(config: RunConfig, run_dir: Path, store: ResultStore, device: torch.device,
@@ -316,7 +326,8 @@ def _train_baselines(config: RunConfig, host: Host, data: dict[str, Data], cells
               f"in {meta['train_s']:.1f} s (cached at {path})")
 
 
-def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: ResultStore) -> None:
+def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells: list[Cell], store: ResultStore,
+              costs: RunCosts) -> None:
     if config.executor == "inprocess":
         executor = InProcessExecutor(config, host)
     elif config.executor == "ray":
@@ -330,11 +341,12 @@ def _dispatch(config: RunConfig, host: Host, plugin_args: dict[str, Any], cells:
     epoch_bar = tqdm(total=len(cells) * config.epochs, desc="fine-tune epochs", unit="epoch", leave=False,
                      dynamic_ncols=True, disable=None)
 
-    lines = ProgressLines(len(cells)) if cell_bar.disable else None
+    lines = ProgressLines(len(cells), costs.rest.left) if cell_bar.disable else None
     heartbeat = Heartbeat()
 
     def on_result(cell: Cell, result: CellResult) -> None:
         store.add_result(result)
+        costs.finished(cell.cell_id, result.status, result.metrics)
         heartbeat.done(cell.cell_id)
         cell_bar.update(1)
         if result.status != Status.OK:

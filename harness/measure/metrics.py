@@ -127,7 +127,8 @@ def paired_rounds(dense: Callable[[], object], other: Callable[[], object], roun
 
 
 def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, rounds: int = 3,
-                  block_seconds: float = BLOCK_SECONDS) -> list[tuple[float, float]]:
+                  block_seconds: float = BLOCK_SECONDS, rounds_seconds: float = ROUNDS_SECONDS
+                  ) -> list[tuple[float, float]]:
     """``rounds`` alternating (dense ms, other ms) forward passes of two networks on ``batch`` (eval mode,
     ``inference_mode``): see :func:`paired_rounds`."""
 
@@ -139,7 +140,8 @@ def latency_pairs(dense: nn.Module, other: nn.Module, batch: torch.Tensor, round
                 model(batch)
         return run
 
-    return paired_rounds(forward(dense), forward(other), rounds=rounds, block_seconds=block_seconds)
+    return paired_rounds(forward(dense), forward(other), rounds=rounds, block_seconds=block_seconds,
+                         rounds_seconds=rounds_seconds)
 
 
 def latency_summary(pairs: list[tuple[float, float]]) -> dict[str, float]:

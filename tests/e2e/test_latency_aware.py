@@ -226,7 +226,7 @@ def test_a_plan_check_goes_by_the_lower_quartile_of_its_rounds(tmp_path, capsys,
     # Rounds whose median meets the target while a quarter of them miss it: the plan is not accepted as it is.
     from harness.run import profiling
 
-    def spread(dense, network, batch, rounds):
+    def spread(dense, network, batch, rounds, **timing):
         return [(1.0, 1 / ratio) for ratio in (1.0, 1.2, 1.25, 1.3, 1.3, 1.3, 1.3, 1.3)]
 
     monkeypatch.setattr(profiling, "latency_pairs", spread)

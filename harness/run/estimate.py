@@ -209,7 +209,10 @@ class CostModel:
         for records, source in ((self.local, "this machine"), (self.reference, "reference")):
             near = _nearest(records, cell)
             if near:
-                timed = [r for r in near if r.latency_key] or near
+                # The phase's share depends on its batch, threads and passes: records timed as this run times first.
+                timed = ([r for r in near if r.latency_key == cell.latency_key]
+                         or [r for r in records if r.latency_key == cell.latency_key and r.model == cell.model]
+                         or [r for r in near if r.latency_key] or near)
                 return (median(_scaled(r, cell) for r in near), median(_latency(r, cell) for r in timed), source)
         return 0.0, 0.0, "none"
 

@@ -67,6 +67,10 @@ def test_the_latency_phase_share_is_recorded_and_predicted(tmp_path):
     model.record_latency("r", {"a": 0.9}, "b32/t1/p3/contiguous")
     again = CostModel(tmp_path, priors=None)
     assert again.predict(cost(latency_key="b32/t1/p3/contiguous"))[1] == pytest.approx(0.9)
+    # A record timed at another batch is not the nearest for the phase's share where one at this batch exists.
+    again.record(cost(cell_id="b", train_s=5.0, latency_s=30.0, latency_key="b1/t1/p3/contiguous"))
+    assert again.predict(cost(latency_key="b1/t1/p3/contiguous"))[1] == pytest.approx(30.0)
+    assert again.predict(cost(latency_key="b32/t1/p3/contiguous"))[1] == pytest.approx(0.9)
 
 
 def test_a_damaged_cost_model_is_set_aside_and_written_afresh(tmp_path):

@@ -205,9 +205,18 @@ class CostModel:
 
     def predict(self, cell: CellCost) -> tuple[float, float, str]:
         """Seconds of the cell in its worker, its network's seconds in the latency phase, and where they come from
-        (``this machine``, ``reference`` or ``none``)."""
-        for records, source in ((self.local, "this machine"), (self.reference, "reference")):
-            near = _nearest(records, cell)
+        (``this machine``, ``reference`` or ``none``): records of the cell's model and dataset first, this machine's
+        before the reference's, then records of other models."""
+        def usable(records: list[CellCost], same_model: bool) -> list[CellCost]:
+            if same_model:
+                records = [r for r in records if (r.model, r.dataset) == (cell.model, cell.dataset)]
+            # A record that trained nothing cannot say how long training takes.
+            return [r for r in records if r.epochs or not cell.epochs]
+
+        for records, source, same_model in ((self.local, "this machine", True), (self.reference, "reference", True),
+                                            (self.local, "this machine", False),
+                                            (self.reference, "reference", False)):
+            near = _nearest(usable(records, same_model), cell)
             if near:
                 # The phase's share depends on its batch, threads and passes: records timed as this run times first.
                 timed = ([r for r in near if r.latency_key == cell.latency_key]

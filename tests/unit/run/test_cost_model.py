@@ -103,3 +103,13 @@ def test_the_shipped_reference_records_parse():
 
     records = read_records(PRIORS)
     assert records and all(r.probe_s > 0 and r.train_size > 0 for r in records)
+
+
+def test_records_of_the_same_model_come_first_and_untrained_records_never_predict_training(tmp_path):
+    reference = tmp_path / "priors.csv"
+    write_records([cost(train_s=100.0)], reference)
+    model = CostModel(tmp_path / "cache", priors=reference)
+    # This machine knows the method only on another model, and without training: the reference's model answers.
+    model.record(cost(model="resnet50", dataset="random", epochs=0, train_s=0.0, other_s=1.0, cell_id="r"))
+    assert model.predict(cost()) == (pytest.approx(100.0), 0.0, "reference")
+    assert model.predict(cost(model="resnet50", dataset="random", epochs=0))[2] == "this machine"

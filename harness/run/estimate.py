@@ -3,9 +3,10 @@
 Every finished cell is recorded in the cache (``cost-model.sqlite``) with what drives its time (backend, method,
 target, ratio, the targeted layers' parameters, epochs, images, and the *probe*: the seconds per image of a dense
 training step of its model at the workers' threads) and what it took (decomposition, fine-tuning, the rest, and its
-network's share of the latency phase). A pending cell is predicted from the records of the same backend, method
-and target, this machine's first, else the reference records shipped in ``cost_priors.csv`` (a default run on a
-2-core machine); nearest first (same model and dataset, then same ratio). Each record is scaled to the cell:
+network's share of the latency phase). A pending cell is predicted from the nearest records: those of its model and
+dataset first (this machine's, else the reference records shipped in ``cost_priors.csv``, a default run on a 2-core
+machine), then other models'; within them the same backend, method and target (relaxed to the method and target,
+then the target, where there are none), then the same ratio. Each record is scaled to the cell:
 fine-tuning by images x epochs x probe, evaluation by test images x evaluations x probe, decomposition by
 parameters (and by the probe's ratio where model and dataset are the same, which carries the machine's speed).
 The run's estimate is the baselines still to train, the cells laid out over the workers in plan order, and the

@@ -15,6 +15,7 @@ latency phase. While cells run, the estimate of the rest is scaled by how the fi
 
 from __future__ import annotations
 
+import copy
 import csv
 import sqlite3
 import time
@@ -32,6 +33,7 @@ from torch import nn
 
 from harness.config.settings import RunConfig
 from harness.plan.cells import Cell
+from harness.plan.status import Status
 from harness.run.data import Data
 from harness.run.progress import duration
 
@@ -79,8 +81,6 @@ def probe_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threads: i
     """Seconds per image of one SGD training step of ``model`` (a copy; the model is left as it was) on the batch
     ``x``, ``y`` at ``threads`` threads (on its first two images alone for a large model): the median of the steps
     timed over ``budget`` seconds, after an untimed one."""
-    import copy
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -365,7 +365,7 @@ class RunCosts:
         seconds = metrics.get("cell_s")
         self.rest.finished_cell(cell_id, seconds)
         cost = self.features.get(cell_id)
-        if cost is None or status != "ok" or not seconds:
+        if cost is None or status != Status.OK or not seconds:
             return
         decompose, epoch = float(metrics.get("decompose_s") or 0.0), float(metrics.get("epoch_s") or 0.0)
         train = epoch * cost.epochs

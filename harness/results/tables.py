@@ -93,7 +93,8 @@ def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.
     many layers each configuration decomposed, so its compression is read for what it is.
     """
     ok = with_delta(decomposed_ok(cells))
-    if not ok.empty and pd.to_numeric(ok.get("acc_final"), errors="coerce").isna().all():
+    data_free = not ok.empty and pd.to_numeric(ok.get("acc_final"), errors="coerce").isna().all()
+    if data_free:
         summary = SPEED_SUMMARY  # a data-free study: no accuracy, so its speed and size columns say everything
     if "layers_decomposed" in ok.columns and (pd.to_numeric(ok["layers_decomposed"], errors="coerce")
                                               < pd.to_numeric(ok["layers_targeted"], errors="coerce")).any():
@@ -101,6 +102,11 @@ def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.
     if "ort_speedup" in ok.columns and pd.to_numeric(ok["ort_speedup"], errors="coerce").notna().any():
         # --save-models with onnxruntime: does the factorisation still pay off once ONNX Runtime runs the graph?
         summary = {**summary, "ort_speedup": "ORT speedup ×"}
+    if "int8_speedup" in ok.columns and pd.to_numeric(ok["int8_speedup"], errors="coerce").notna().any():
+        # --quantize int8: the INT8 network against the INT8 dense baseline, and its accuracy where the run measured
+        # one (a data-free run's accuracies are on random inputs, so its summary has none).
+        accuracy = {} if data_free else {"int8_acc": "INT8 acc %"}
+        summary = {**summary, **accuracy, "int8_speedup": "INT8 speedup ×"}
     return format_summary(seed_summary(ok, list(summary), GROUP), GROUP, summary, DIGITS)
 
 

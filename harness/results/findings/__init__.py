@@ -11,8 +11,9 @@ predicted the measured speedup. Where the run holds the studies, also: which
 rank selection was most accurate at equal total parameters (a selector and those matched
 to its total with ``SEL@REF``, or ratio-based selectors at the same ratio), and how
 mixed networks (a method per layer: a mix or ``auto``, the category "mixed" beside the
-conv / linear / all targets) compare with single-method ones; a run without a study gets
-no finding about it. Numbers are means over seeds of ok cells,
+conv / linear / all targets) compare with single-method ones, and where the run quantized its networks
+(``--quantize int8``) whether decomposition still pays off in accuracy and latency once both the decomposed and the
+dense network are INT8; a run without a study gets no finding about it. Numbers are means over seeds of ok cells,
 stated with their spread and count; a finding whose data the run lacks says what is
 missing instead of guessing. Nothing here is written by hand.
 
@@ -24,9 +25,9 @@ number (accuracies and pp 2 decimals, speedups 2 decimals with ×, seconds 3 sig
 digits, shares as %) and the unit in the header; the raw values are in ``numbers``.
 
 The package holds one module per finder (``backends``, ``targets``, ``rank_selection``, ``mixed``, ``regime``,
-``stability``, ``speed``, ``layer_speed``, ``latency_prediction``, ``measurement``, ``decomposition_time``,
-``recovery``), the answer table's rows (``networks``) and what they share (``common``); :func:`all_findings`
-runs every finder of :data:`FINDERS`.
+``stability``, ``speed``, ``quantized``, ``layer_speed``, ``latency_prediction``, ``measurement``,
+``decomposition_time``, ``recovery``), the answer table's rows (``networks``) and what they share (``common``);
+:func:`all_findings` runs every finder of :data:`FINDERS`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from harness.results.findings.layer_speed import slower_layers
 from harness.results.findings.measurement import measurement_problems
 from harness.results.findings.mixed import mixed_vs_single
 from harness.results.findings.networks import WITHIN_DENSE_PP, best_networks, faster_than_dense_sentence, verdict_lines
+from harness.results.findings.quantized import int8_payoff
 from harness.results.findings.rank_selection import rank_selection_at_equal_params
 from harness.results.findings.recovery import recovery
 from harness.results.findings.regime import regime
@@ -53,9 +55,9 @@ from harness.results.store import RunResults
 
 __all__ = ["FINDERS", "MIXED", "SINGLE_SEED_TIE_PP", "WITHIN_DENSE_PP", "Finding", "above_bound", "all_findings",
            "at_chance", "best_backends", "best_networks", "categories", "control_stability", "decomposition_time",
-           "faster_than_dense_sentence", "latency_prediction", "measurement_problems", "mixed_vs_single",
-           "rank_selection_at_equal_params", "recovery", "regime", "slower_layers", "speedup_vs_flops",
-           "target_payoff", "trusted_speedups", "verdict_lines"]
+           "faster_than_dense_sentence", "int8_payoff", "latency_prediction", "measurement_problems",
+           "mixed_vs_single", "rank_selection_at_equal_params", "recovery", "regime", "slower_layers",
+           "speedup_vs_flops", "target_payoff", "trusted_speedups", "verdict_lines"]
 
 
 FINDERS: list[Callable[[RunResults], list[Finding]]] = [
@@ -66,6 +68,7 @@ FINDERS: list[Callable[[RunResults], list[Finding]]] = [
     lambda r: regime(r.comparable),
     lambda r: control_stability(r.comparable, r.epochs),
     lambda r: speedup_vs_flops(r.comparable),
+    lambda r: int8_payoff(r.comparable, r.data_free),
     lambda r: decomposition_time(r.comparable),
     lambda r: recovery(r.comparable),
     lambda r: slower_layers(r.comparable, r.layers),

@@ -16,14 +16,15 @@ Besides the plots every run gets, three belong to studies a run may or may not h
 rank-selection study (accuracy and speedup against compression per rank selection, so
 selectors matched to the same total line up vertically), the tensorized-shapes sweep
 (accuracy, parameters and speedup against the number of modes d) and accuracy against
-each layer's rank (from the layers frame). Conv-only, linear-only, both and mixed
+each layer's rank (from the layers frame); a run that quantized its networks (``--quantize int8``) also gets accuracy
+against ONNX Runtime latency with each network's FP32 and INT8 graphs joined. Conv-only, linear-only, both and mixed
 networks (a mix or ``auto``: a method chosen per layer) are compared at equal
 whole-model compression. A plot with nothing to draw for a run returns a small note
 figure that :func:`nothing_to_show` recognises, so a report can fold it away instead of
 showing empty panels. :data:`PLOTS` lists every plot with its caption.
 
-One module per family of figures (``overview``, ``studies``) and what they share (``common``); :data:`PLOTS`
-names every figure a report draws.
+One module per family of figures (``overview``, ``studies``, ``quantized``) and what they share (``common``);
+:data:`PLOTS` names every figure a report draws.
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ from harness.results.plots.overview import (
     speedup_vs_compression,
     target_comparison,
 )
+from harness.results.plots.quantized import int8_accuracy_vs_latency
 from harness.results.plots.studies import accuracy_vs_rank, rank_selection_study, tensorize_sweep
 from harness.results.store import RunResults
 
-__all__ = ["EPOCH_MIN_SPAN", "NOTHING_TO_SHOW", "PLOTS", "accuracy_vs_compression", "accuracy_vs_latency", "accuracy_vs_rank",
-           "backend_colours", "decomposition_time", "epoch_curves", "nothing_to_show", "rank_selection_study",
-           "speedup_vs_compression", "summary_single_seed", "target_comparison", "tensorize_sweep", "to_png"]
+__all__ = ["EPOCH_MIN_SPAN", "NOTHING_TO_SHOW", "PLOTS", "accuracy_vs_compression", "accuracy_vs_latency",
+           "accuracy_vs_rank", "backend_colours", "decomposition_time", "epoch_curves", "int8_accuracy_vs_latency",
+           "nothing_to_show", "rank_selection_study", "speedup_vs_compression", "summary_single_seed",
+           "target_comparison", "tensorize_sweep", "to_png"]
 
 
 def _with_accuracy(draw: Callable[[RunResults], Figure], title: str) -> Callable[[RunResults], Figure]:
@@ -76,6 +79,12 @@ PLOTS: dict[str, tuple[Callable[[RunResults], Figure], str]] = {
                             ("Final accuracy (whole-model compression in a data-free run) against the measured latency "
                              "of the whole network; the black vertical line is the dense network's latency: a point "
                              "left of it is faster than dense.")),
+    "int8_accuracy_vs_latency": (lambda r: int8_accuracy_vs_latency(r.comparable, r.data_free),
+                                 ("Accuracy against whole-network latency in ONNX Runtime (--quantize int8): each "
+                                  "decomposed network's FP32 graph (filled) and INT8 graph (hollow) joined by a line, "
+                                  "the dense baseline's as black stars; a hollow point left of the hollow star is "
+                                  "faster than the INT8 dense network. A data-free run shows whole-model compression "
+                                  "instead of accuracy.")),
     "speedup_vs_compression": (lambda r: speedup_vs_compression(r.comparable),
                                ("Measured whole-network latency speedup against compression, one panel per target; "
                                "the grey dashed line is the speedup the FLOP reduction alone would give.")),

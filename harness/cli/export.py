@@ -92,13 +92,18 @@ def cmd_export(host: Host, args: argparse.Namespace) -> int:
         raise UsageError(f"harness export: {exc}") from None
     except ModelUnavailable as exc:
         raise UsageError(f"harness export: the model of {cell_id!r} cannot be built here: {exc}") from None
-    out = Path(args.out) if args.out else export.default_out(cell, args.fmt)
+    int8 = args.quantize == "int8"
+    if int8:
+        _check_int8_request(args, cell)
+    out = Path(args.out) if args.out else export.default_out(cell, "int8" if int8 else args.fmt)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"harness export: cannot write into {str(out.parent)!r}: {exc.strerror or exc}") from None
     if out.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"harness export: cannot write {str(out)!r}")
+    if int8:
+        return _export_int8(run_dir, results.meta, cell, model, data, out)
     example = data.head("test", 2)[0]
     # The ONNX graph the run timed in ONNX Runtime is this very export: copied, then checked like a new one.
     timed = run_dir / cell["onnx_file"] if args.fmt == "onnx" and isinstance(cell.get("onnx_file"), str) else None
@@ -113,3 +118,57 @@ def cmd_export(host: Host, args: argparse.Namespace) -> int:
     _echo(f"read back from the file, its outputs {verdict} the kept network on {check['inputs']} test inputs: max abs "
           f"difference {check['max_abs_diff']:.2e} {bound} {export.MATCH_TOLERANCE:g}")
     return EXIT_OK if check["match"] else EXIT_FAILED
+
+
+def _check_int8_request(args: argparse.Namespace, cell: Any) -> None:
+    """A UsageError unless the cell has an INT8 accuracy to check the written graph against."""
+    import pandas as pd
+
+    if args.fmt != "onnx":
+        raise UsageError("harness export: --quantize int8 writes an ONNX graph: use --format onnx")
+    if pd.isna(pd.to_numeric(cell.get("int8_acc"), errors="coerce")):
+        error = cell.get("int8_error")
+        why = f": it could not be quantized ({error})" if isinstance(error, str) else \
+            " (run it with --save-models --quantize int8)"
+        raise UsageError(f"harness export: cell {cell['cell_id']!r} has no INT8 accuracy to check against{why}")
+
+
+def _export_int8(run_dir: Path, meta: dict[str, Any], cell: Any, model: Any, data: Any, out: Path) -> int:
+    """Write the cell's INT8 graph (the one the run measured, or quantized again the same way when that file is
+    gone) and check its test-set accuracy in ONNX Runtime against the run's ``int8_acc``: the same graph, runtime,
+    threads and images give the same number, so anything else is a mismatch."""
+    import shutil
+    import tempfile
+
+    from harness.run import export
+    from harness.core.errors import one_line
+    from harness.run.quantize import QuantizeFailed, calibration_sample, onnx_accuracy, quantize_int8
+
+    cell_id, stored = cell["cell_id"], float(cell["int8_acc"])
+    threads = (meta.get("config") or {}).get("latency_threads")
+    measured = run_dir / cell["int8_file"] if isinstance(cell.get("int8_file"), str) else None
+    try:
+        if measured is not None and measured.is_file():
+            shutil.copyfile(measured, out)
+            made = "the graph the run measured"
+        else:
+            with tempfile.TemporaryDirectory() as scratch:
+                fp32 = Path(scratch) / "fp32.onnx"
+                export.export_network(model, data.head("test", 2)[0], "onnx", fp32)
+                mode = quantize_int8(fp32, out, calibration_sample(data, data.input_shape)).mode
+            made = f"quantized again ({mode}): the run's INT8 graph is gone"
+    except (export.ExportFailed, QuantizeFailed) as exc:
+        print(f"harness export: {cell_id}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        accuracy = onnx_accuracy(out, data.test_batches(), threads)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's error on a damaged file, in one line
+        out.unlink(missing_ok=True)
+        print(f"harness export: {cell_id}: the INT8 graph {out} does not run in ONNX Runtime: {one_line(exc)}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    _echo(f"wrote {out} (INT8 onnx, {_size(out.stat().st_size)}) from cell {cell_id}, {made}")
+    verdict = "matches" if accuracy == stored else "does NOT match"
+    _echo(f"read back from the file, its test accuracy in ONNX Runtime {accuracy:.2f} % {verdict} the run's "
+          f"int8_acc {stored:.2f} %")
+    return EXIT_OK if accuracy == stored else EXIT_FAILED

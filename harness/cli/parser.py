@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import harness
 from harness.cli.common import Parser
-from harness.config.settings import DATA, EXECUTION, SETTINGS, SWEEP, TRAINING, shown_default
+from harness.config.settings import DATA, EXECUTION, QUANTIZATIONS, SETTINGS, SWEEP, TRAINING, shown_default
 
 if TYPE_CHECKING:  # the host loads plugins, which import torch: only commands that need them load it
     from harness.run.host import Host
@@ -90,6 +90,9 @@ def build_parser(host: Host | None) -> Parser:
                         help="pt: torch.export program (torch.export.load(FILE).module()); torchscript: "
                              "torch.jit.load(FILE); onnx: for ONNX Runtime [onnx]")
     export.add_argument("--out", metavar="FILE", help="[BACKEND-METHOD-TARGET-xRATIO-sSEED.pt2|.torchscript.pt|.onnx]")
+    export.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="int8 (with --format onnx, of a run with --quantize int8): write the INT8 graph the run "
+                             "measured and check its test-set accuracy against the run's int8_acc (exactly)")
     export.add_argument("--best", metavar="METRIC",
                         help="instead of CELL_ID: the kept decomposed network best by METRIC (acc_final, speedup, "
                              "ort_speedup, compression, ...; latency_ms and params: lowest) within the constraints")

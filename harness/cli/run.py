@@ -32,7 +32,7 @@ def _config_values(args: argparse.Namespace) -> dict[str, Any]:
 
 # Settings that change how a run executes, not what it measures: the only ones --resume takes from the command line.
 RESUME_MAY_CHANGE = ("jobs", "cell_timeout", "executor", "latency_passes", "ray_address", "cpus_per_cell",
-                     "gpus_per_cell", "save_models")
+                     "gpus_per_cell", "save_models", "quantize")
 
 
 def _refuse_other_settings(run_dir: Path, config: RunConfig, values: dict[str, Any], host: Host,
@@ -166,9 +166,11 @@ def _resume_config(run_dir: Path, values: dict[str, Any], host: Host, args: argp
         raise ConfigError(f"cannot resume {str(run_dir)!r}: its stored configuration is damaged ({exc})") from None
     config.out = str(run_dir)  # the run directory as found now, should it have moved since
     # Only settings that do not change results may differ on resume.
-    for key in RESUME_MAY_CHANGE:
-        if key in values:
-            setattr(config, key, build_config({key: values[key]}).__getattribute__(key))
+    changed = {key: values[key] for key in RESUME_MAY_CHANGE if key in values}
+    if changed:  # checked beside the stored settings they depend on (--quantize on --save-models and the device)
+        built = build_config({"save_models": config.save_models, "device": config.device, **changed})
+        for key in changed:
+            setattr(config, key, getattr(built, key))
     validate_names(config, host.backends, host.models, host.datasets, host.rank_selectors)
     _refuse_other_settings(run_dir, config, values, host, args._plugin_keys)
     return config

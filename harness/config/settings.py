@@ -72,6 +72,7 @@ TARGET_KINDS = {"conv": ("conv2d",), "linear": ("linear",), "all": ("conv2d", "l
 
 EXECUTORS = ("process", "inprocess", "ray")
 MEMORY_FORMATS = ("contiguous", "channels_last")
+QUANTIZATIONS = ("none", "int8")
 # Sensible upper bounds: a count beyond these is a typo, and would fail late (or never end) instead of now.
 
 
@@ -238,6 +239,12 @@ class RunConfig:
                                 help="keep every ok cell's fine-tuned network in RUN_DIR/models for 'harness export', "
                                      "and time each one and its dense baseline in ONNX Runtime too when onnxruntime "
                                      "is installed")
+    # After the ONNX Runtime phase's FP32 graphs: the same networks and their dense baselines in INT8.
+    quantize: str = setting("none", text, group=TRAINING, metavar="none|int8",
+                            help="with --save-models: quantize each kept network and its dense baseline to INT8 "
+                                 "with onnxruntime.quantization (static QDQ calibrated on a fixed sample of the "
+                                 "training split, dynamic where static fails), then evaluate them on the test set "
+                                 "and time them in ONNX Runtime beside the FP32 graphs")
     out: str | None = setting(None, text, metavar="DIR", shown="runs/TIMESTAMP", help="run directory")
     device: str = setting("auto", text, help="auto, cpu or cuda")
     cell_timeout: float = setting(900.0, number(positive=True, maximum=MAX_CELL_TIMEOUT), metavar="SECONDS",
@@ -401,6 +408,18 @@ def build_config(values: dict[str, Any], plugin_keys: set[str] = frozenset()) ->
         raise ConfigError(f"unknown device {config.device!r} (choose auto, cpu or cuda)")
     if config.memory_format not in MEMORY_FORMATS:
         raise ConfigError(f"unknown memory format {config.memory_format!r} (choose {', '.join(MEMORY_FORMATS)})")
+    if config.quantize not in QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {config.quantize!r} (choose {', '.join(QUANTIZATIONS)})")
+    if config.quantize != "none":
+        import importlib.util
+
+        if not config.save_models:
+            raise ConfigError(f"--quantize {config.quantize} quantizes the kept networks: add --save-models")
+        if config.device.startswith("cuda"):
+            raise ConfigError(f"--quantize {config.quantize} runs on ONNX Runtime's CPU execution provider: use "
+                              "--device cpu")
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            raise ConfigError(f"--quantize {config.quantize} needs onnxruntime: pip install 'tensor-harness[onnx]'")
     if config.lr_schedule not in ("cosine", "constant"):
         raise ConfigError(f"unknown lr schedule {config.lr_schedule!r} (choose cosine or constant)")
     if config.executor not in EXECUTORS:

@@ -243,11 +243,15 @@ class Store:
         """Every cell whose network waits for the latency phase, in the order they finished."""
         return self._networks(lambda metrics: bool(metrics.get("latency_pending")))
 
-    def awaiting_ort(self) -> list[PendingNetwork]:
-        """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet, in the order
-        they finished."""
-        return self._networks(lambda metrics: bool(metrics.get("model_file")) and "ort_speedup" not in metrics
-                              and "ort_error" not in metrics)
+    def awaiting_ort(self, int8: bool = False) -> list[PendingNetwork]:
+        """Every cell whose kept network (``--save-models``) has not been timed in ONNX Runtime yet (with ``int8``,
+        ``--quantize int8``: or not quantized yet), in the order they finished."""
+
+        def waiting(metrics: dict[str, Any]) -> bool:
+            if not metrics.get("model_file") or "ort_error" in metrics:
+                return False
+            return "ort_speedup" not in metrics or int8 and "int8_speedup" not in metrics and "int8_error" not in metrics
+        return self._networks(waiting)
 
     def update_metrics(self, cell_id: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into a finished cell's metrics, in one transaction."""

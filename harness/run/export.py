@@ -57,12 +57,15 @@ def model_path(run_dir: str | os.PathLike, cell_id: str) -> Path:
     return Path(run_dir) / MODELS / network_path(run_dir, cell_id).name
 
 
+# The exporters warn and log at length about things that do not concern the user (deprecations, graph breaks they
+# handled); their errors still raise.
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx.experimental.symbolic_shapes")
+
+
 @contextlib.contextmanager
-def _quiet_exporters():
-    """The exporters warn and log at length about things that do not concern the user (deprecations, graph
-    breaks they handled); their errors still raise."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript",
-                                                     "torch.fx.experimental.symbolic_shapes")]
+def quiet(logger_names: tuple[str, ...] = EXPORTER_LOGGERS):
+    """Only errors from the named loggers, no warnings and nothing printed, for the block."""
+    loggers = [logging.getLogger(name) for name in logger_names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -82,7 +85,7 @@ def _program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedPr
 
 
 def _write(model: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
-    with _quiet_exporters(), torch.no_grad():
+    with quiet(), torch.no_grad():
         if fmt == "pt":
             # Through a buffer: torch.export.save warns about any file name not ending in .pt2 (--out is the user's).
             buffer = io.BytesIO()
@@ -229,8 +232,8 @@ def export_and_check(model: nn.Module, example: torch.Tensor, fmt: str, path: Pa
 
 
 # What --best may rank by: higher is better except for these.
-MINIMISED = {"latency_ms", "ort_latency_ms", "params", "flops"}
-SUFFIXES = {"pt": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+MINIMISED = {"latency_ms", "ort_latency_ms", "int8_latency_ms", "params", "flops"}
+SUFFIXES = {"pt": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "int8": ".int8.onnx"}
 
 
 def pick_cell(cells: Any, metric: str, min_compression: float | None = None, max_latency_ms: float | None = None,
@@ -255,7 +258,8 @@ def pick_cell(cells: Any, metric: str, min_compression: float | None = None, max
 
 
 def default_out(cell: Any, fmt: str) -> Path:
-    """``backend-method-target-xRATIO-sSEED`` plus the format's usual suffix, in the current directory."""
+    """``backend-method-target-xRATIO-sSEED`` plus the format's usual suffix (``int8``: ``.int8.onnx``), in the
+    current directory."""
     ratio = f"x{float(cell['ratio']):g}" if float(cell["ratio"]) > 0 else "auto"
     name = "-".join([str(cell["backend"]), str(cell["method"]), str(cell["target"]), ratio, f"s{int(cell['seed'])}"])
     return Path(name.replace("/", "_") + SUFFIXES[fmt])

@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from torch import nn
 from harness.plan.result import PendingNetwork, ResultStore
 from harness.run.networks import NETWORKS, held_bytes, network_path
 
-__all__ = ["NETWORKS", "PASSES", "ROUNDS_PER_PASS", "measure_ort", "measure_pending", "network_path"]
+__all__ = ["NETWORKS", "PASSES", "ROUNDS_PER_PASS", "Int8Data", "measure_ort", "measure_pending", "network_path"]
 # Passes over all networks, and alternating rounds per network per pass: 21 paired rounds per network in all,
 # each round two ~20 ms blocks (harness.measure.metrics.BLOCK_SECONDS), so a ms-scale network costs ~0.3 s per pass.
 PASSES, ROUNDS_PER_PASS = 3, 7
@@ -161,10 +163,30 @@ def _family(store: ResultStore, cell: PendingNetwork) -> tuple[str, ...]:
     return tuple(str(spec.get(key, cell.cell_id)) for key in ("backend", "method", "target"))
 
 
+@dataclass(frozen=True)
+class Int8Data:
+    """What ``--quantize int8`` needs of a cell's dataset: its calibration images (the same for every cell of the
+    dataset, :func:`harness.run.quantize.calibration_sample`) and its test batches of (images, labels)."""
+
+    calibration: Callable[[PendingNetwork], torch.Tensor]
+    test_batches: Callable[[PendingNetwork], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def _renamed(summary: dict[str, float], names: dict[str, str]) -> dict[str, float]:
+    return {names[key]: value for key, value in summary.items() if key in names}
+
+
+# latency_summary's keys for the INT8 pairs (INT8 dense against INT8 network) and the FP32/INT8 pairs of a network.
+INT8_NAMES = {"latency_dense_ms": "int8_dense_latency_ms", "latency_ms": "int8_latency_ms",
+              "latency_dense_iqr_ms": "int8_dense_latency_iqr_ms", "latency_iqr_ms": "int8_latency_iqr_ms",
+              "speedup": "int8_speedup", "speedup_iqr": "int8_speedup_iqr", "latency_rounds": "int8_latency_rounds"}
+INT8_VS_FP32_NAMES = {"speedup": "int8_vs_fp32_speedup", "speedup_iqr": "int8_vs_fp32_speedup_iqr"}
+
+
 def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 dense_for: Callable[[PendingNetwork], tuple[nn.Module, torch.Tensor]], load: NetworkLoader,
                 write: Callable[[str], None], progress: Callable[[int], None] | None = None,
-                passes: int = PASSES, rounds: int = ROUNDS_PER_PASS) -> int:
+                passes: int = PASSES, rounds: int = ROUNDS_PER_PASS, int8: Int8Data | None = None) -> int:
     """Time the ``kept`` cells' networks and their dense baselines in ONNX Runtime; returns how many were timed.
 
     Each network is exported to ONNX once, into ``models/`` beside the kept network (the deployable file), and
@@ -173,6 +195,13 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     torch's thread count. The medians, IQRs and the speedup go to the cell with an ``ort_`` prefix; a network that
     ONNX cannot express gets ``ort_error`` (the one line naming its layer) and ``export_format``, the first of pt and
     torchscript that it does export to (None: neither), and the phase goes on.
+
+    With ``int8`` (``--quantize int8``) every graph is also quantized (:func:`harness.run.quantize.quantize_int8`,
+    ``*.int8.onnx`` beside it), both precisions of both networks are evaluated on the test set in ONNX Runtime
+    (``ort_acc``, ``ort_dense_acc``, ``int8_acc``, ``int8_dense_acc``), and each pass also times the INT8 dense
+    graph against the INT8 network (``int8_latency_ms``, ``int8_speedup``, ...) and the network's FP32 graph against
+    its INT8 graph (``int8_vs_fp32_speedup``), in alternating rounds as above. A graph that cannot be quantized gives
+    its cell ``int8_error`` (naming the node) and leaves its FP32 timing as it is.
     """
     from harness.measure.metrics import latency_summary, paired_rounds
     from harness.run.export import (
@@ -190,6 +219,7 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
     failed: dict[str, str] = {}
     dense_graphs: dict[str, Path] = {}
     fallbacks: dict[str, str | None] = {}
+    quantized = _Int8Graphs(int8, threads, write) if int8 is not None else None
     # (backend, method, target) whose export ran past its time limit: the reason, and the cell that did
     too_slow: dict[tuple[str, ...], tuple[str, str]] = {}
     for index, cell in enumerate(kept, 1):
@@ -223,7 +253,12 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
             if isinstance(exc, ExportTimedOut):
                 too_slow[family] = (f"skipped: the onnx export of {cell_id}, of the same backend, method and "
                                     f"target, did not finish in {EXPORT_TIME_LIMIT:g} s", cell_id)
+            continue
+        if quantized is not None:
+            quantized.add(cell, key, *graphs[cell_id], index, len(kept))
     samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
+    int8_samples: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
+    int8_vs_fp32: dict[str, list[tuple[float, float]]] = {cell_id: [] for cell_id in graphs}
     for _ in range(passes):
         for cell in kept:
             cell_id = cell.cell_id
@@ -231,6 +266,13 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
                 batch = dense_for(cell)[1].cpu()
                 dense_run, network_run = (load_exported(path, "onnx", threads) for path in graphs[cell_id])
                 samples[cell_id] += paired_rounds(lambda: dense_run(batch), lambda: network_run(batch), rounds)
+                if quantized is not None and cell_id in quantized.pairs:
+                    dense_int8, network_int8 = (load_exported(path, "onnx", threads)
+                                                for path in quantized.pairs[cell_id])
+                    int8_samples[cell_id] += paired_rounds(lambda: dense_int8(batch), lambda: network_int8(batch),
+                                                           rounds)
+                    int8_vs_fp32[cell_id] += paired_rounds(lambda: network_run(batch), lambda: network_int8(batch),
+                                                           rounds)
             if progress:
                 progress(1)
     for cell in kept:
@@ -238,7 +280,66 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
         if cell_id in failed:
             # Where ONNX cannot express the network, the format that can (if any), so the report offers that one.
             store.update_metrics(cell_id, {"ort_error": failed[cell_id], "export_format": fallbacks.get(cell_id)})
-        else:
-            store.update_metrics(cell_id, {f"ort_{key}": value for key, value in latency_summary(samples[cell_id]).items()}
-                                 | {"onnx_file": graphs[cell_id][1].relative_to(run_dir).as_posix()})
+            continue
+        values = ({f"ort_{key}": value for key, value in latency_summary(samples[cell_id]).items()}
+                  | {"onnx_file": graphs[cell_id][1].relative_to(run_dir).as_posix()})
+        if quantized is not None:
+            values |= quantized.metrics.get(cell_id, {})
+            if int8_samples[cell_id]:
+                values |= (_renamed(latency_summary(int8_samples[cell_id]), INT8_NAMES)
+                           | _renamed(latency_summary(int8_vs_fp32[cell_id]), INT8_VS_FP32_NAMES)
+                           | {"int8_file": quantized.pairs[cell_id][1].relative_to(run_dir).as_posix()})
+        store.update_metrics(cell_id, values)
     return len(samples)
+
+
+class _Int8Graphs:
+    """The INT8 graphs of a phase: each dense baseline's once, each network's, their test-set accuracies, and per
+    cell the (dense, network) INT8 pair to time or the reason there is none."""
+
+    def __init__(self, data: Int8Data, threads: int, write: Callable[[str], None]) -> None:
+        from harness.run.quantize import cpu_scheme
+
+        self.data, self.threads, self.write, self.scheme = data, threads, write, cpu_scheme()
+        self.dense: dict[str, dict[str, Any]] = {}
+        self.pairs: dict[str, tuple[Path, Path]] = {}
+        self.metrics: dict[str, dict[str, Any]] = {}
+
+    def _quantized(self, cell: PendingNetwork, fp32: Path) -> dict[str, Any]:
+        """The INT8 graph of ``fp32`` and both graphs' accuracies, or the error."""
+        from harness.run.quantize import QuantizeFailed, onnx_accuracy, quantize_int8
+
+        out = fp32.with_suffix(".int8.onnx")
+        try:
+            made = quantize_int8(fp32, out, self.data.calibration(cell), self.scheme)
+        except QuantizeFailed as exc:
+            return {"error": str(exc)}
+        return {"file": made.path, "mode": made.mode, "static_error": made.static_error,
+                "int8_acc": onnx_accuracy(made.path, self.data.test_batches(cell), self.threads),
+                "fp32_acc": onnx_accuracy(fp32, self.data.test_batches(cell), self.threads)}
+
+    def add(self, cell: PendingNetwork, key: str, dense_fp32: Path, network_fp32: Path, index: int,
+            total: int) -> None:
+        started = time.perf_counter()
+        if key not in self.dense:
+            self.dense[key] = self._quantized(cell, dense_fp32)
+        dense, network = self.dense[key], self._quantized(cell, network_fp32)
+        values: dict[str, Any] = {"int8_scheme": f"QDQ {self.scheme.name}",
+                                  "int8_calibration_images": len(self.data.calibration(cell))}
+        if "error" in dense:
+            values["int8_error"] = f"the dense baseline cannot be quantized: {dense['error']}"
+        if "error" in network:
+            values["int8_error"] = network["error"]
+        if "error" not in dense:
+            values |= {"int8_dense_acc": dense["int8_acc"], "ort_dense_acc": dense["fp32_acc"]}
+        if "error" not in network:
+            values |= {"int8_acc": network["int8_acc"], "ort_acc": network["fp32_acc"], "int8_mode": network["mode"],
+                       "int8_static_error": network["static_error"]}
+        if "int8_error" in values:
+            self.write(f"[{index}/{total}] INT8 of {cell.cell_id} not measured: {values['int8_error']}")
+        else:
+            self.pairs[cell.cell_id] = (dense["file"], network["file"])
+            self.write(f"[{index}/{total}] quantized {cell.cell_id} to INT8 ({network['mode']}; accuracy "
+                       f"{network['fp32_acc']:.2f} % FP32, {network['int8_acc']:.2f} % INT8; "
+                       f"{time.perf_counter() - started:.1f} s)")
+        self.metrics[cell.cell_id] = values

@@ -41,11 +41,12 @@ from harness.run.estimate import RunCosts
 from harness.run.executors import InProcessExecutor, ProcessExecutor
 from harness.run.export import MODELS
 from harness.run.host import BUILTIN, DISTRIBUTION, Host
-from harness.run.latency import NetworkLoader, measure_ort, measure_pending
+from harness.run.latency import Int8Data, NetworkLoader, measure_ort, measure_pending
 from harness.run.latency_tables import device_name
 from harness.run.models import resolve_model
 from harness.run.networks import load_cell_network
 from harness.run.profiling import needs_tables, profile_cells
+from harness.run.quantize import calibration_sample
 from harness.run.progress import Heartbeat, ProgressLines, duration
 from harness.run.runner import resolve_device
 
@@ -206,7 +207,7 @@ def _latency_phase(config: RunConfig, host: Host, data: dict[str, Data], run_dir
                    device: torch.device, write: Callable[[str], None], costs: RunCosts | None = None) -> None:
     """Time every network the cells saved, serially, in this process alone (see :mod:`harness.run.latency`)."""
     pending = store.pending_latency()
-    if not pending and not (config.save_models and store.awaiting_ort()):
+    if not pending and not (config.save_models and store.awaiting_ort(config.quantize == "int8")):
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(config.latency_threads)
@@ -250,7 +251,22 @@ def _time_networks(config: RunConfig, host: Host, data: dict[str, Data], run_dir
         if costs:
             costs.timed(spent)
     if config.save_models:
-        _deployment_phase(config, run_dir, store, device, dense_for, load, write)
+        _deployment_phase(config, run_dir, store, device, dense_for, load, write, _int8_data(config, data))
+
+
+def _int8_data(config: RunConfig, data: dict[str, Data]) -> Int8Data | None:
+    """``--quantize int8``: each dataset's calibration sample (drawn once) and test batches."""
+    if config.quantize != "int8":
+        return None
+    samples: dict[str, torch.Tensor] = {}
+
+    def calibration(cell: PendingNetwork) -> torch.Tensor:
+        if cell.dataset not in samples:
+            splits = data[cell.dataset]
+            samples[cell.dataset] = calibration_sample(splits, splits.input_shape)
+        return samples[cell.dataset]
+
+    return Int8Data(calibration, lambda cell: data[cell.dataset].test_batches())
 
 
 def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: list[PendingNetwork],
@@ -277,16 +293,18 @@ def _time_eager(config: RunConfig, run_dir: Path, store: ResultStore, pending: l
 
 def _deployment_phase(config: RunConfig, run_dir: Path, store: ResultStore, device: torch.device,
                       dense_for: Callable[[PendingNetwork], tuple[torch.nn.Module, torch.Tensor]],
-                      load: NetworkLoader, write: Callable[[str], None]) -> None:
+                      load: NetworkLoader, write: Callable[[str], None], int8: Int8Data | None = None) -> None:
     """``--save-models``: say what the kept networks cost in disk space, and time them in ONNX Runtime (CPU)
-    beside their dense baselines when onnxruntime is installed and the run is on the CPU."""
-    kept = store.awaiting_ort()
+    beside their dense baselines when onnxruntime is installed and the run is on the CPU (and in INT8 too with
+    ``--quantize int8``)."""
+    kept = store.awaiting_ort(int8 is not None)
     if device.type == "cpu" and kept and importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        write(f"timing {len(kept)} kept networks and their dense baselines in ONNX Runtime "
-              f"({config.latency_passes} passes, {_threads()})")
+        write(f"timing {len(kept)} kept networks and their dense baselines in ONNX Runtime"
+              f"{', FP32 and INT8' if int8 else ''} ({config.latency_passes} passes, {_threads()})")
         with tqdm(total=len(kept) * config.latency_passes, desc="onnxruntime", unit="network", dynamic_ncols=True,
                   disable=None) as bar:
-            measure_ort(run_dir, kept, store, dense_for, load, write, bar.update, passes=config.latency_passes)
+            measure_ort(run_dir, kept, store, dense_for, load, write, bar.update, passes=config.latency_passes,
+                        int8=int8)
     elif kept and device.type == "cpu":
         write("note: onnxruntime is not installed: kept networks are not timed in ONNX Runtime "
               "(pip install 'tensor-harness[onnx]')")

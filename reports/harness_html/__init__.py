@@ -101,21 +101,25 @@ def _table(frame: pd.DataFrame | None, table_id: str, drop_constant: bool = Fals
 
 def with_export_commands(answer: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """The answer rows with the ``harness export`` command that writes each network (when the run kept it), in a
-    format the cell is known to export to, in place of its cell id."""
+    format the cell is known to export to, and the one that writes its INT8 graph where the run quantized it, in
+    place of its cell id."""
     if answer.empty:
         return answer
-    def command(cell: str, kept: bool, fmt: str | None, tried: bool) -> str:
+    def command(cell: str, kept: bool, fmt: str | None, tried: bool, int8: bool) -> str:
         if not kept:
             return "not kept: run with --save-models to export it"
         if not isinstance(fmt, str) and tried:
             return "no export format is known to work for this network (see its ort_error in cells.csv)"
         line = f"harness export {shlex.quote(str(run_dir))} {shlex.quote(str(cell))} --format {fmt or 'pt'}"
-        return line if isinstance(fmt, str) else f"{line} (not checked: this run tried no export)"
+        if not isinstance(fmt, str):
+            return f"{line} (not checked: this run tried no export)"
+        return f"{line}; INT8: {line} --quantize int8" if int8 and fmt == "onnx" else line
 
+    int8_kept = answer["int8_kept"] if "int8_kept" in answer.columns else [False] * len(answer)
     commands = [command(*row) for row in zip(answer["cell_id"], answer["kept"], answer["export_format"],
-                                             answer["export_tried"])]
-    return answer.drop(columns=["cell_id", "kept", "export_format", "export_tried"]).assign(
-        **{"take it home": commands})
+                                             answer["export_tried"], int8_kept)]
+    return answer.drop(columns=["cell_id", "kept", "export_format", "export_tried", "int8_kept"],
+                       errors="ignore").assign(**{"take it home": commands})
 
 
 def _has_accuracy(cells: pd.DataFrame) -> bool:

@@ -49,6 +49,8 @@ def test_decomposed_networks_and_their_dense_baseline_are_quantized_evaluated_an
         ops = {node.op_type for node in __import__("onnx").load(str(graph)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert "INT8" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "after INT8" in page and "--format onnx --quantize int8" in page  # the answer row's INT8 take-home command
 
 
 def test_int8_accuracy_is_within_two_points_of_fp32_on_mnist(int8_run):

@@ -80,7 +80,8 @@ def _with_model_compression(cells: pd.DataFrame) -> pd.DataFrame:
 def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
     """The answer a user came for, one row per constraint (see the module docstring), with ``cell_id`` (the
     configuration's best seed by the row's criterion), ``kept`` (whether the run kept its network for ``harness
-    export``), ``export_format`` and ``export_tried`` (whether the run tried any export of it) for the command that
+    export``), ``export_format`` and ``export_tried`` (whether the run tried any export of it) and ``int8_kept`` (whether it kept its INT8 graph, with
+    ``--quantize int8``) for the command that
     takes it home."""
     ok = decomposed_ok(cells)
     if ok.empty:
@@ -123,6 +124,7 @@ def best_networks(cells: pd.DataFrame) -> pd.DataFrame:
         out["export_format"] = _export_format(chosen)
         out["export_tried"] = chosen is not None and (isinstance(chosen.get("onnx_file"), str)
                                                       or isinstance(chosen.get("ort_error"), str))
+        out["int8_kept"] = chosen is not None and isinstance(chosen.get("int8_file"), str)
         return out
 
     def first(frame: pd.DataFrame, keys: list[str], ascending: list[bool]) -> pd.Series:
@@ -160,7 +162,7 @@ def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     kept: dict[tuple, dict[str, Any]] = {}
     for row in rows:
         key = tuple(str(v) for k, v in row.items()
-                    if k not in ("constraint", "cell_id", "kept", "export_format", "export_tried"))
+                    if k not in ("constraint", "cell_id", "kept", "export_format", "export_tried", "int8_kept"))
         if key in kept:
             kept[key]["constraint"] += f"; {row['constraint']}"
         else:

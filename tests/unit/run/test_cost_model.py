@@ -113,3 +113,22 @@ def test_records_of_the_same_model_come_first_and_untrained_records_never_predic
     model.record(cost(model="resnet50", dataset="random", epochs=0, train_s=0.0, other_s=1.0, cell_id="r"))
     assert model.predict(cost()) == (pytest.approx(100.0), 0.0, "reference")
     assert model.predict(cost(model="resnet50", dataset="random", epochs=0))[2] == "this machine"
+
+
+def test_a_small_network_s_phase_share_is_set_by_the_phase_s_blocks_not_its_forward(tmp_path):
+    model = CostModel(tmp_path, priors=None)
+    model.record(cost(latency_s=0.9, latency_key="b32/t1/p3/contiguous", probe_s=1.5e-4))
+    # Twenty times LeNet-5's training step, but a forward (~30 ms at batch 32) is about one 20 ms block:
+    # its share grows a few times, not twentyfold (the probe's ratio had put a vgg-small run's phase at 14x).
+    larger = model.predict(cost(model="vgg-small", latency_key="b32/t1/p3/contiguous", probe_s=3e-3))[1]
+    assert 0.9 * 1.5 < larger < 0.9 * 3
+    # A network whose forward takes a second costs its forwards: warm-up, calibration and rounds within their limits.
+    huge = model.predict(cost(model="big", latency_key="b32/t1/p3/contiguous", probe_s=0.1))[1]
+    assert huge > 20 * 0.9
+    # Fewer passes: a smaller share in proportion.
+    assert model.predict(cost(latency_key="b32/t1/p2/contiguous", probe_s=1.5e-4))[1] == pytest.approx(0.6)
+
+
+def test_the_estimate_says_what_it_leaves_out():
+    estimate = Estimate(0.0, {"a": 10.0}, 10.0, 2.0, {"this machine": 1}, 1, left_out="the ONNX Runtime phase")
+    assert estimate.line().endswith("cells' records: 1 from this machine; the ONNX Runtime phase not included)")

@@ -84,7 +84,9 @@ def test_save_models_keeps_each_network_and_times_it_in_onnx_runtime(kept_run):
     assert "layer" in sealed["ort_error"] and "ListLowRank" in sealed["ort_error"]
     assert "ORT speedup" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert f"harness export {out}" in page and "--format onnx" in page
+    # The answer row is whichever network measured fastest (the sealed one, which ONNX cannot express, now and then):
+    # its command names the format that network is known to export to.
+    assert f"harness export {out}" in page and ("--format onnx" in page or "--format torchscript" in page)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -36,7 +36,11 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     if not common:
         return [Finding(key, title, "The targets were never run at the same ratio; no comparison.", {}, table)]
     overall = per[per["ratio"].isin(common)].groupby("target")[["delta", "speedup"]].mean()
-    least_loss, most_speed = overall["delta"].idxmax(), overall["speedup"].idxmax()
+    # A data-free run has no accuracy to lose, and a run that timed nothing no speed to gain.
+    least_loss = overall["delta"].idxmax() if overall["delta"].notna().any() else None
+    if not overall["speedup"].notna().any():
+        return [Finding(key, title, "No target's speed was measured; no comparison.", {}, table)]
+    most_speed = overall["speedup"].idxmax()
     ratios = ", ".join(_ratio_or_total(r) for r in common)
     speeds = ", ".join(f"{t} {v:.2f}×" for t, v in overall["speedup"].items())
     # The words follow the numbers: "gained speed" only above 1x, and a loss is called one.
@@ -45,8 +49,9 @@ def target_payoff(cells: pd.DataFrame) -> list[Finding]:
     else:
         speed_text = (f"no target gained speed: every one ran slower than dense on average (mean measured speedup "
                       f"{speeds}; {most_speed} lost least)")
-    text = (f"At the ratios every target ran ({ratios}), {least_loss} lost least accuracy (mean Δ vs dense "
-            + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + f" pp) and {speed_text}{regime_note}.")
+    accuracy_text = ("" if least_loss is None else f"{least_loss} lost least accuracy (mean Δ vs dense "
+                     + ", ".join(f"{t} {v:+.2f}" for t, v in overall["delta"].items()) + " pp) and ")
+    text = f"At the ratios every target ran ({ratios}), {accuracy_text}{speed_text}{regime_note}."
     if MIXED in overall.index:
         text += f" {MIXED} = a method chosen per layer (a mix or auto)."
     numbers = {"least_accuracy_loss": least_loss, "most_speedup": most_speed if overall["speedup"].max() > 1 else None,

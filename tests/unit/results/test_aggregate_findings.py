@@ -159,6 +159,14 @@ def test_conv_vs_linear_finding_says_which_target_paid_off():
     assert "conv lost least accuracy" in finding.text and "×2, ×4" in finding.text
 
 
+def test_conv_vs_linear_in_a_data_free_run_compares_speed_alone():
+    cells = planted_results().cells.copy()
+    cells[["acc_final", "acc_baseline"]] = float("nan")  # no accuracy: it had raised on idxmax of all-NA deltas
+    finding = target_payoff(cells)[0]
+    assert finding.numbers["least_accuracy_loss"] is None and "lost least accuracy" not in finding.text
+    assert "no target gained speed" in finding.text
+
+
 def test_regime_finding_compares_only_matching_configurations():
     finding = regime(planted_results().cells)[0]
     assert finding.numbers["scratch"]["pairs"] == 2  # cp/linear at ×2 and ×4

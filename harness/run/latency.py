@@ -279,7 +279,10 @@ def measure_ort(run_dir: Path, kept: list[PendingNetwork], store: ResultStore,
         cell_id = cell.cell_id
         if cell_id in failed:
             # Where ONNX cannot express the network, the format that can (if any), so the report offers that one.
-            store.update_metrics(cell_id, {"ort_error": failed[cell_id], "export_format": fallbacks.get(cell_id)})
+            values = {"ort_error": failed[cell_id], "export_format": fallbacks.get(cell_id)}
+            if quantized is not None:  # no FP32 graph, so no INT8 one: counted among the networks not quantized
+                values["int8_error"] = f"no ONNX graph to quantize: {failed[cell_id]}"
+            store.update_metrics(cell_id, values)
             continue
         values = ({f"ort_{key}": value for key, value in latency_summary(samples[cell_id]).items()}
                   | {"onnx_file": graphs[cell_id][1].relative_to(run_dir).as_posix()})

@@ -132,7 +132,13 @@ def test_a_network_that_cannot_be_quantized_gets_int8_error_naming_the_node(tmp_
         broken[0].weight[0, 0, 0, 0] = math.nan  # a scale computed from NaN: neither static nor dynamic can quantize
     images = torch.randn(64, 1, 28, 28)
     labels = torch.randint(0, 10, (64,))
-    cells = [PendingNetwork("ok", "m", "d", 0, {}), PendingNetwork("nan", "m", "d", 0, {})]
+    cells = [PendingNetwork("ok", "m", "d", 0, {}), PendingNetwork("nan", "m", "d", 0, {}),
+             PendingNetwork("gone", "m", "d", 0, {})]
+
+    def load(cell, path):
+        if cell.cell_id == "gone":
+            raise RuntimeError("the kept network cannot be rebuilt")
+        return broken if cell.cell_id == "nan" else _lenet_like()
 
     class Splits:  # what calibration_sample reads: train_batches(count, generator)
         def train_batches(self, count, generator):
@@ -141,14 +147,16 @@ def test_a_network_that_cannot_be_quantized_gets_int8_error_naming_the_node(tmp_
     int8 = Int8Data(lambda cell: calibration_sample(Splits(), (1, 28, 28)), lambda cell: [(images, labels)])
     store = _Store()
     lines: list[str] = []
-    measure_ort(tmp_path, cells, store, lambda cell: (dense, images[:4]),
-                lambda cell, path: broken if cell.cell_id == "nan" else _lenet_like(), lines.append, passes=1,
-                rounds=2, int8=int8)
+    measure_ort(tmp_path, cells, store, lambda cell: (dense, images[:4]), load, lines.append, passes=1, rounds=2,
+                int8=int8)
     ok, nan = store.metrics["ok"], store.metrics["nan"]
     assert ok["int8_mode"] == "static" and ok["int8_speedup"] > 0 and "int8_error" not in ok
     assert nan["int8_error"].startswith("INT8 quantization fails at node node_conv2d (Conv of layer 0)")
     assert "int8_speedup" not in nan and nan["ort_speedup"] > 0  # the FP32 graph is timed all the same
-    assert any(line.startswith("[2/2] INT8 of nan not measured: INT8 quantization fails") for line in lines)
+    assert any(line.startswith("[2/3] INT8 of nan not measured: INT8 quantization fails") for line in lines)
+    # A network without an FP32 graph has no INT8 one either, and says why.
+    assert store.metrics["gone"]["int8_error"] == ("no ONNX graph to quantize: RuntimeError: the kept network cannot "
+                                                   "be rebuilt")
 
 
 def test_every_cell_is_calibrated_on_the_same_training_images():

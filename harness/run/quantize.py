@@ -24,8 +24,8 @@ import torch
 from harness.core.errors import one_line
 from harness.run.export import quiet
 
-# The calibration sample: this many training images at most, fewer for large inputs (the calibration runs every
-# image through the graph with every tensor an output: VGG-16 at 224x224 has ~30 M floats of them per image).
+# The calibration sample: this many training images at most, fewer for large inputs (each image is a forward of the
+# whole graph with a min and max taken of every tensor, so the sample's size sets the quantization's time).
 CALIBRATION_IMAGES = 128
 CALIBRATION_ELEMENTS = 1 << 23
 CALIBRATION_BATCH = 8

@@ -95,6 +95,18 @@ def with_delta(cells: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def numeric_column(cells: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` as numbers, NaN where a row holds none or the run did not record it (a phase it did not run)."""
+    if column not in cells.columns:
+        return pd.Series(math.nan, index=cells.index, dtype=float)
+    return pd.to_numeric(cells[column], errors="coerce")
+
+
+def with_numbers(cells: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` exists and holds a number in some row (a phase the run did not run leaves it out)."""
+    return bool(numeric_column(cells, column).notna().any())
+
+
 def seed_summary(cells: pd.DataFrame, metrics: list[str], group: list[str]) -> pd.DataFrame:
     """Per group of ok cells: ``<metric>_mean``, ``<metric>_std`` (ddof=1, NaN for one seed) and ``n``."""
     columns = group + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n"]

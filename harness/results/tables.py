@@ -23,6 +23,7 @@ from harness.results.aggregate import (
     layer_info,
     seed_summary,
     with_delta,
+    with_numbers,
 )
 from harness.results.store import RunResults
 
@@ -99,10 +100,10 @@ def summary_table(cells: pd.DataFrame, summary: dict[str, str] = SUMMARY) -> pd.
     if "layers_decomposed" in ok.columns and (pd.to_numeric(ok["layers_decomposed"], errors="coerce")
                                               < pd.to_numeric(ok["layers_targeted"], errors="coerce")).any():
         summary = {**summary, "layers_decomposed": "layers decomposed", "layers_targeted": "of targeted"}
-    if "ort_speedup" in ok.columns and pd.to_numeric(ok["ort_speedup"], errors="coerce").notna().any():
+    if with_numbers(ok, "ort_speedup"):
         # --save-models with onnxruntime: does the factorisation still pay off once ONNX Runtime runs the graph?
         summary = {**summary, "ort_speedup": "ORT speedup ×"}
-    if "int8_speedup" in ok.columns and pd.to_numeric(ok["int8_speedup"], errors="coerce").notna().any():
+    if with_numbers(ok, "int8_speedup"):
         # --quantize int8: the INT8 network against the INT8 dense baseline, and its accuracy where the run measured
         # one (a data-free run's accuracies are on random inputs, so its summary has none).
         accuracy = {} if data_free else {"int8_acc": "INT8 acc %"}

@@ -56,11 +56,6 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value)
 
 
-def with_numbers(cells: pd.DataFrame, column: str) -> bool:
-    """Whether ``column`` exists and holds a number in some row (a phase the run did not run leaves it out)."""
-    return column in cells.columns and pd.to_numeric(cells[column], errors="coerce").notna().any()
-
-
 def _pp(value: Any, digits: int = 2, signed: bool = False) -> str:
     """Accuracy or percentage points with fixed decimals ("96.20", "+0.10"); "–" when missing."""
     return "–" if _missing(value) else f"{float(value):{'+' if signed else ''}.{digits}f}"

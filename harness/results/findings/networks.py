@@ -23,8 +23,8 @@ import pandas as pd
 
 from harness.contract.selection import DEFAULT_SELECTION
 from harness.plan.cells import NO_RATIO
-from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta
-from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups, with_numbers
+from harness.results.aggregate import decomposed_ok, mean_std, seed_summary, with_delta, with_numbers
+from harness.results.findings.common import COMPARE, _pp, _ratio_or_total, _times, trusted_speedups
 
 WITHIN_DENSE_PP = 1.0
 # A ratio target is met within rounding: a x4 cell at 3.99x (a layer kept dense, a budget not filled) answers ">= x4".

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.results.aggregate import decomposed_ok, mean_std, seed_summary
+from harness.results.aggregate import decomposed_ok, mean_std, numeric_column, seed_summary, with_numbers
 from harness.results.findings.common import (
     COMPARE,
     SINGLE_SEED_TIE_PP,
@@ -30,7 +30,6 @@ from harness.results.findings.common import (
     _pp,
     _ratio_or_total,
     _several,
-    with_numbers,
 )
 
 GROUP = COMPARE + ["backend"]
@@ -38,13 +37,6 @@ METRICS = ["fp32_delta", "int8_delta", "int8_extra_loss", "ort_speedup", "ort_sp
            "int8_speedup_iqr", "int8_vs_fp32_speedup"]
 MODES = {"static": "static INT8, calibrated QDQ", "dynamic": "dynamic INT8"}
 FASTER, SLOWER, AS_FAST = "faster than dense", "slower than dense", "within the spread of dense"
-
-
-def _column(cells: pd.DataFrame, name: str) -> pd.Series:
-    """``name`` as numbers, NaN where the run did not record it."""
-    if name not in cells.columns:
-        return pd.Series(math.nan, index=cells.index, dtype=float)
-    return pd.to_numeric(cells[name], errors="coerce")
 
 
 def _speed_verdict(mean: Any, std: Any, iqr: Any) -> str | None:
@@ -141,11 +133,11 @@ def int8_payoff(cells: pd.DataFrame, data_free: bool = False) -> list[Finding]:
     if not (with_numbers(ok, "int8_speedup") or with_numbers(ok, "int8_acc")) and failed.empty:
         return []  # the run did not quantize: nothing to say
     data_free = data_free or not with_numbers(ok, "acc_final")
-    fp32_delta = (_column(ok, "ort_acc") - _column(ok, "ort_dense_acc")).fillna(
-        _column(ok, "acc_final") - _column(ok, "acc_baseline"))
-    int8_delta = _column(ok, "int8_acc") - _column(ok, "int8_dense_acc")
+    fp32_delta = (numeric_column(ok, "ort_acc") - numeric_column(ok, "ort_dense_acc")).fillna(
+        numeric_column(ok, "acc_final") - numeric_column(ok, "acc_baseline"))
+    int8_delta = numeric_column(ok, "int8_acc") - numeric_column(ok, "int8_dense_acc")
     ok = ok.assign(fp32_delta=fp32_delta, int8_delta=int8_delta, int8_extra_loss=fp32_delta - int8_delta)
-    quantized = ok[_column(ok, "int8_speedup").notna() | _column(ok, "int8_acc").notna()]
+    quantized = ok[numeric_column(ok, "int8_speedup").notna() | numeric_column(ok, "int8_acc").notna()]
     # Only the seeds that were quantized: n is how many seeds stand behind each INT8 number.
     summary = seed_summary(quantized, METRICS, GROUP) if not quantized.empty else pd.DataFrame()
     first_error = _first_line(failed["int8_error"].iloc[0]) if not failed.empty else None

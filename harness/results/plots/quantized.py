@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.results.aggregate import decomposed_ok, seed_summary
+from harness.results.aggregate import decomposed_ok, numeric_column, seed_summary
 from harness.results.plots.common import (
     TARGET_MARKERS,
     _clip_accuracy,
@@ -33,12 +33,6 @@ WIDE_LATENCY_RANGE = 10.0
 CONFIGURATION = ["backend", "method", "target", "init", "ratio", "rank_selection", "tensorize"]
 
 
-def _numbers(cells: pd.DataFrame, name: str) -> pd.Series:
-    if name not in cells.columns:
-        return pd.Series(math.nan, index=cells.index, dtype=float)
-    return pd.to_numeric(cells[name], errors="coerce")
-
-
 def _points(axis, x: pd.Series, y: pd.Series, floor: float, marker: str, colour: str, hollow: bool,
             size: float = 6) -> None:
     """Markers at (x, y); a y below ``floor`` (a network that collapsed) is a ▼ at the lower edge instead."""
@@ -52,22 +46,22 @@ def _points(axis, x: pd.Series, y: pd.Series, floor: float, marker: str, colour:
 def int8_accuracy_vs_latency(cells: pd.DataFrame, data_free: bool = False) -> Figure:
     """Accuracy (whole-model compression in a data-free run) against ONNX Runtime latency, FP32 and INT8 joined."""
     ok = decomposed_ok(cells)
-    data_free = data_free or ok.empty or _numbers(ok, "acc_final").isna().all()
+    data_free = data_free or ok.empty or numeric_column(ok, "acc_final").isna().all()
     what = "Whole-model compression" if data_free else "Accuracy"
     title = f"{what} vs ONNX Runtime latency: FP32 (filled) → INT8 (hollow), mean over seeds"
     if not ok.empty:
-        ok = ok[_numbers(ok, "int8_latency_ms").notna()]
+        ok = ok[numeric_column(ok, "int8_latency_ms").notna()]
     if ok.empty:
         return _empty(title, "No network was quantized and timed in INT8 (harness run --save-models --quantize int8).")
     if data_free:
-        compression = _numbers(ok, "model_params_dense") / _numbers(ok, "model_params")
+        compression = numeric_column(ok, "model_params_dense") / numeric_column(ok, "model_params")
         ok = ok.assign(fp32_y=compression, int8_y=compression, dense_fp32_y=1.0, dense_int8_y=1.0)
         y_label = "compression × (whole model)"
     else:
-        ok = ok.assign(fp32_y=_numbers(ok, "ort_acc").fillna(_numbers(ok, "acc_final")),
-                       int8_y=_numbers(ok, "int8_acc"),
-                       dense_fp32_y=_numbers(ok, "ort_dense_acc").fillna(_numbers(ok, "acc_baseline")),
-                       dense_int8_y=_numbers(ok, "int8_dense_acc"))
+        ok = ok.assign(fp32_y=numeric_column(ok, "ort_acc").fillna(numeric_column(ok, "acc_final")),
+                       int8_y=numeric_column(ok, "int8_acc"),
+                       dense_fp32_y=numeric_column(ok, "ort_dense_acc").fillna(numeric_column(ok, "acc_baseline")),
+                       dense_int8_y=numeric_column(ok, "int8_dense_acc"))
         y_label = "test accuracy % (ONNX Runtime)"
     colours = backend_colours(cells["backend"].unique())
     panels, notes = _panels(ok, [])

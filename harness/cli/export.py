@@ -155,7 +155,7 @@ def _export_int8(run_dir: Path, meta: dict[str, Any], cell: Any, model: Any, dat
             with tempfile.TemporaryDirectory() as scratch:
                 fp32 = Path(scratch) / "fp32.onnx"
                 export.export_network(model, data.head("test", 2)[0], "onnx", fp32)
-                mode = quantize_int8(fp32, out, calibration_sample(data, data.input_shape)).mode
+                mode = quantize_int8(fp32, out, calibration_sample(data)).mode
             made = f"quantized again ({mode}): the run's INT8 graph is gone"
     except (export.ExportFailed, QuantizeFailed) as exc:
         print(f"harness export: {cell_id}: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from harness.core.errors import one_line
-from harness.run.export import quiet
+from harness.run.export import load_exported, quiet
 
 # The calibration sample: this many training images at most, fewer for large inputs (each image is a forward of the
 # whole graph with a min and max taken of every tensor, so the sample's size sets the quantization's time).
@@ -93,11 +93,11 @@ def cpu_scheme() -> Scheme:
     return Scheme("QUInt8", "QInt8", reduce_range=not (_cpu_flags() & VNNI_FLAGS))
 
 
-def calibration_sample(data, input_shape: Iterable[int]) -> torch.Tensor:
+def calibration_sample(data) -> torch.Tensor:
     """The calibration images of a dataset: the first images of a permutation of its training split drawn with
     :data:`CALIBRATION_SEED` (``data`` is a :class:`harness.run.data.DataSplits` or ``FolderData``), on the CPU."""
     elements = 1
-    for size in input_shape:
+    for size in data.input_shape:
         elements *= int(size)
     count = max(1, min(CALIBRATION_IMAGES, CALIBRATION_ELEMENTS // max(elements, 1)))
     images, _ = next(iter(data.train_batches(count, torch.Generator().manual_seed(CALIBRATION_SEED))))
@@ -122,8 +122,6 @@ def _input_name(path: Path) -> str:
 
 def _runs(path: Path, example: torch.Tensor) -> None:
     """Load the graph in ONNX Runtime and run it once: a quantized graph whose kernels are missing fails here."""
-    from harness.run.export import load_exported
-
     load_exported(path, "onnx", threads=1)(example)
 
 
@@ -206,8 +204,6 @@ def _failing_node(source: Path, scratch: Path, scheme: Scheme, example: torch.Te
 def onnx_accuracy(path: Path, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], threads: int | None = None
                   ) -> float:
     """Accuracy (in %) of the graph at ``path`` in ONNX Runtime over ``batches`` of (images, labels)."""
-    from harness.run.export import load_exported
-
     run = load_exported(path, "onnx", threads)
     correct = seen = 0
     for images, labels in batches:

@@ -262,8 +262,7 @@ def _int8_data(config: RunConfig, data: dict[str, Data]) -> Int8Data | None:
 
     def calibration(cell: PendingNetwork) -> torch.Tensor:
         if cell.dataset not in samples:
-            splits = data[cell.dataset]
-            samples[cell.dataset] = calibration_sample(splits, splits.input_shape)
+            samples[cell.dataset] = calibration_sample(data[cell.dataset])
         return samples[cell.dataset]
 
     return Int8Data(calibration, lambda cell: data[cell.dataset].test_batches())

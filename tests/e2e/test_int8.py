@@ -140,11 +140,13 @@ def test_a_network_that_cannot_be_quantized_gets_int8_error_naming_the_node(tmp_
             raise RuntimeError("the kept network cannot be rebuilt")
         return broken if cell.cell_id == "nan" else _lenet_like()
 
-    class Splits:  # what calibration_sample reads: train_batches(count, generator)
+    class Splits:  # what calibration_sample reads: input_shape and train_batches(count, generator)
+        input_shape = (1, 28, 28)
+
         def train_batches(self, count, generator):
             yield images[torch.randperm(64, generator=generator)[:count]], labels[:count]
 
-    int8 = Int8Data(lambda cell: calibration_sample(Splits(), (1, 28, 28)), lambda cell: [(images, labels)])
+    int8 = Int8Data(lambda cell: calibration_sample(Splits()), lambda cell: [(images, labels)])
     store = _Store()
     lines: list[str] = []
     measure_ort(tmp_path, cells, store, lambda cell: (dense, images[:4]), load, lines.append, passes=1, rounds=2,
@@ -167,7 +169,9 @@ def test_every_cell_is_calibrated_on_the_same_training_images():
     splits = DataSplits(torch.randn(300, 1, 8, 8, generator=generator), torch.zeros(300, dtype=torch.long),
                         torch.randn(10, 1, 8, 8), torch.zeros(10, dtype=torch.long), 2)
     torch.manual_seed(5)
-    first = calibration_sample(splits, (1, 8, 8))
+    first = calibration_sample(splits)
     torch.manual_seed(6)  # a cell's seed does not move the sample
-    assert torch.equal(first, calibration_sample(splits, (1, 8, 8))) and len(first) == CALIBRATION_IMAGES
-    assert len(calibration_sample(splits, (3, 224, 224))) == 55  # fewer images where each is large
+    assert torch.equal(first, calibration_sample(splits)) and len(first) == CALIBRATION_IMAGES
+    large = DataSplits(torch.randn(64, 3, 224, 224, generator=generator), torch.zeros(64, dtype=torch.long),
+                       torch.randn(2, 3, 224, 224), torch.zeros(2, dtype=torch.long), 2)
+    assert len(calibration_sample(large)) == 55  # fewer images where each is large
